@@ -1,0 +1,133 @@
+"""Command line: ``python -m pyramid_dm {fit,validate,test,predict} --config configs/....yaml``, plus ``shards``
+and ``bench``.
+
+Configs are LightningCLI YAML with OmegaConf interpolation resolved over the merged config (``${exp.name}``,
+``${oc.env:VAR,default}``). A config may list ``defaults:`` (paths relative to itself): those pieces are loaded first,
+then the file itself, then command-line overrides, so configs compose without copy-paste.
+"""
+
+from __future__ import annotations
+
+import sys
+from operator import attrgetter
+from pathlib import Path
+
+import yaml
+from jsonargparse import set_parsing_settings
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from .errors import UserError
+from .loggers import RunLogger
+
+LINKED_FROM_DATA = ("image_size", "channels", "num_classes")
+
+
+def expand_defaults(argv: list[str]) -> list[str]:
+    """Insert ``--config PIECE`` for every ``defaults:`` entry of each ``--config FILE`` (recursively, pieces first)."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            path, i = argv[i + 1], i + 2
+        elif arg.startswith("--config="):
+            path, i = arg.split("=", 1)[1], i + 1
+        else:
+            out.append(arg)
+            i += 1
+            continue
+        for piece in _config_chain(Path(path), ()):
+            out += ["--config", str(piece)]
+    return out
+
+
+def _config_chain(path: Path, seen: tuple[Path, ...]) -> list[Path]:
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    if path.resolve() in seen:
+        raise UserError(f"config {path}: circular defaults ({' -> '.join(map(str, seen))})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config {path}: invalid YAML ({exc})") from exc
+    defaults = data.get("defaults") or [] if isinstance(data, dict) else []
+    chain = []
+    for piece in defaults:
+        chain += _config_chain(path.parent / piece, (*seen, path.resolve()))
+    return [*chain, path]
+
+
+class LoggerSaveConfigCallback(SaveConfigCallback):
+    """Writes the resolved config.yaml into the run directory (rank 0) and logs it to W&B as ``cli_config``."""
+
+    def save_config(self, trainer, pl_module, stage) -> None:
+        if trainer.logger is not None:
+            cfg = yaml.safe_load(self.parser.dump(self.config, skip_none=False, format="yaml"))
+            trainer.logger.log_hyperparams({"cli_config": cfg})
+
+
+class PyramidCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--exp.name", type=str, default="default", help="Experiment name: run directory and W&B group."
+        )
+        parser.add_argument(
+            "--exp.root", type=str, default="runs", help="Directory that holds one folder per experiment."
+        )
+        parser.add_argument("--exp.project", type=str, default="pyramid_dm", help="W&B project.")
+        parser.add_argument("--defaults", type=list[str] | None, default=None, help="Config pieces loaded first.")
+        for key in LINKED_FROM_DATA:
+            parser.link_arguments("data", f"model.init_args.{key}", compute_fn=attrgetter(key), apply_on="instantiate")
+
+    def before_fit(self) -> None:
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        for cb in self.trainer.checkpoint_callbacks:
+            if (
+                ckpt_path is None
+                and isinstance(cb, ModelCheckpoint)
+                and cb.dirpath
+                and any(Path(cb.dirpath).glob("*.ckpt"))
+            ):
+                raise UserError(
+                    f"{cb.dirpath} already holds checkpoints of an earlier run; resume it with --ckpt_path last, "
+                    "or start a new experiment with --exp.name NEW_NAME (nothing was overwritten)"
+                )
+        for logger in self.trainer.loggers:
+            if isinstance(logger, RunLogger):
+                name = self.config_init[self.subcommand].get("exp", {}).get("name")
+                tags = [getattr(self.model, "family", "model"), getattr(self.datamodule, "dataset_name", "data")]
+                logger.prepare_run(resume=ckpt_path is not None, group=name, tags=tags)
+
+
+def run_lightning(argv: list[str]) -> None:
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    PyramidCLI(
+        model_class=LightningModule,
+        datamodule_class=LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=LoggerSaveConfigCallback,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"parser_mode": "omegaconf+"},
+        seed_everything_default=0,
+        args=expand_defaults(argv),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "shards":
+            from .commands.shards import main as shards_main
+
+            return shards_main(argv[1:])
+        if argv and argv[0] == "bench":
+            from .bench import main as bench_main
+
+            return bench_main(argv[1:])
+        run_lightning(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

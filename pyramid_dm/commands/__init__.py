@@ -1,0 +1,1 @@
+"""Subcommands beside LightningCLI's: ``shards`` (and ``bench`` in ``pyramid_dm.bench``)."""

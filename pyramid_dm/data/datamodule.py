@@ -1,0 +1,167 @@
+"""LightningDataModule over webdataset shards (local, or any webdataset URL such as ``pipe:aws s3 cp ... -``).
+
+Training: shards are resampled with replacement and every rank draws exactly ``train_batches_per_epoch`` batches, so
+DDP ranks never wait on each other. Validation: each shard is read exactly once, split across ranks then workers.
+Batches are tuples ``(image (B, C, H, W) in [-1, 1], label (B,) or -1, seed (B,))``; ``seed`` is a stable per-sample
+integer (CRC32 of the key) used for deterministic validation noise.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import warnings
+import zlib
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from ..errors import UserError
+from .builtin import PREFIX, resolve_builtin
+from .manifest import Manifest, ShardError
+
+log = logging.getLogger(__name__)
+IMAGE_KEYS = ("png", "jpg", "jpeg")
+
+
+class SampleError(UserError):
+    """A sample inside a shard that cannot be decoded; the message names the shard and key."""
+
+
+def decode_sample(sample: dict, channels: int, image_size: int, hflip: bool) -> tuple[torch.Tensor, int, int]:
+    """Raw webdataset sample -> (CHW float tensor in [-1, 1], label or -1, seed). PIL only, no torchvision."""
+    key, url = sample.get("__key__", "?"), sample.get("__url__", "?")
+    data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
+    if data is None:
+        raise SampleError(f"{url}: sample {key!r} has no image (expected one of {IMAGE_KEYS})")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            img = img.convert("L" if channels == 1 else "RGB")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise SampleError(f"{url}: sample {key!r}: cannot decode image ({exc})") from exc
+    if img.size != (image_size, image_size):
+        img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    x = torch.from_numpy(np.array(img, dtype=np.uint8))
+    x = (x[None] if x.ndim == 2 else x.permute(2, 0, 1)).float().div(127.5).sub(1)
+    if hflip and torch.rand(()) < 0.5:
+        x = x.flip(-1)
+    label = int(sample["cls"]) if "cls" in sample else -1
+    return x, label, zlib.crc32(key.encode())
+
+
+class SkipAndCount:
+    """webdataset handler for the training stream: warn about a corrupt sample or shard, count it, and go on."""
+
+    def __init__(self):
+        self.skipped = 0
+
+    def __call__(self, exn: Exception) -> bool:
+        self.skipped += 1
+        log.warning("skipped corrupt training data (%d so far in this worker): %s", self.skipped, exn)
+        return True
+
+
+def _raise_with_culprit(exn: Exception) -> bool:
+    if isinstance(exn, SampleError):
+        raise exn
+    raise ShardError(f"validation data: {exn!r}") from exn
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Images from a shard set written by ``python -m pyramid_dm shards``, or ``builtin:digits`` / ``fashion_mnist``.
+
+    Args:
+        shards: shard directory, its ``manifest.json``, or ``builtin:NAME``. The manifest gives image size, channels
+            and classes; the model config receives them through links, so they are never typed twice.
+        train_urls / val_urls: override where the shards are read from (brace patterns, ``pipe:`` commands, http);
+            the manifest still describes their content.
+        resize: resize images to resize x resize (default: the manifest's size); the model follows.
+        train_batches_per_epoch: batches each rank draws per epoch (default: one pass over the training split).
+        verify_checksums: check every local shard's SHA-256 against the manifest at setup (reads all bytes).
+    """
+
+    def __init__(
+        self,
+        shards: str = "builtin:digits",
+        train_urls: str | None = None,
+        val_urls: str | None = None,
+        resize: int | None = None,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        hflip: bool = False,
+        train_batches_per_epoch: int | None = None,
+        shuffle_buffer: int = 1000,
+        verify_checksums: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        location = resolve_builtin(shards, progress=True) if shards.startswith(PREFIX) else Path(shards).expanduser()
+        self.manifest = Manifest.load(location)
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.image_size = int(resize or self.manifest.image_size)
+        self.channels = self.manifest.channels
+        self.num_classes = self.manifest.num_classes
+        self.dataset_name = self.manifest.name
+
+    def setup(self, stage: str | None = None) -> None:
+        h = self.hparams
+        if h.train_urls is None and stage in (None, "fit"):
+            self.manifest.check("train", h.verify_checksums)
+        if h.val_urls is None:
+            self.manifest.check("val", h.verify_checksums)
+
+    def _urls(self, split: str):
+        override = self.hparams.train_urls if split == "train" else self.hparams.val_urls
+        return override or [str(p) for p in self.manifest.shard_paths(split)]
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    def batches_per_epoch(self) -> int:
+        h = self.hparams
+        per_rank = h.batch_size * self.world_size
+        return h.train_batches_per_epoch or max(1, math.ceil(self.manifest.count("train") / per_rank))
+
+    def _decode(self, hflip: bool):
+        return partial(decode_sample, channels=self.channels, image_size=self.image_size, hflip=hflip)
+
+    def train_dataloader(self):
+        h, handler = self.hparams, SkipAndCount()
+        ds = (
+            wds.WebDataset(self._urls("train"), resampled=True, shardshuffle=False, nodesplitter=None, handler=handler)
+            .shuffle(h.shuffle_buffer)
+            .map(self._decode(h.hflip), handler=handler)
+            .batched(h.batch_size, partial=False)
+        )
+        n = self.batches_per_epoch()
+        loader = wds.WebLoader(ds, batch_size=None, num_workers=h.num_workers, persistent_workers=h.num_workers > 0)
+        with warnings.catch_warnings():  # with_length only sets __len__ (for the progress bar), which is all we want
+            warnings.simplefilter("ignore", UserWarning)
+            return loader.with_epoch(n).with_length(n)
+
+    def val_dataloader(self):
+        h = self.hparams
+        urls = self._urls("val")
+        ds = (
+            wds.WebDataset(
+                urls,
+                shardshuffle=False,
+                nodesplitter=wds.split_by_node,
+                workersplitter=wds.split_by_worker,
+                empty_check=False,
+                handler=_raise_with_culprit,
+            )
+            .map(self._decode(False), handler=_raise_with_culprit)
+            .batched(h.batch_size, partial=True)
+        )
+        workers = min(h.num_workers, len(urls)) if isinstance(urls, list) else h.num_workers
+        return wds.WebLoader(ds, batch_size=None, num_workers=workers)

@@ -1,0 +1,155 @@
+"""Real image sources turned into deterministic train/val example lists: image folders, IDX files, sklearn digits.
+
+Every source yields :class:`Example`s whose ``load()`` returns a uint8 array, (H, W) for grayscale or (H, W, 3) for RGB.
+Order is deterministic: folders are sorted, then a seeded permutation picks the validation examples.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+
+
+class SourceError(UserError):
+    """A data source that cannot be read; the message names the path at fault."""
+
+
+@dataclass
+class Example:
+    key: str
+    label: int | None
+    load: Callable[[], np.ndarray]
+    origin: str = ""  # where it came from, for error messages
+
+
+@dataclass
+class ImageSet:
+    source: str
+    classes: list[str] | None
+    splits: dict[str, list[Example]] = field(default_factory=dict)
+
+
+def _split(examples: list[Example], val_fraction: float, seed: int) -> dict[str, list[Example]]:
+    if not 0 <= val_fraction < 1:
+        raise SourceError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(len(examples))
+    n_val = int(round(len(examples) * val_fraction))
+    val, train = order[:n_val], order[n_val:]  # permuted, so that no shard holds a single class
+    return {"train": [examples[i] for i in train], "val": [examples[i] for i in val]}
+
+
+def _array_examples(images: np.ndarray, labels: np.ndarray | None, prefix: str) -> list[Example]:
+    return [
+        Example(f"{prefix}{i:08d}", None if labels is None else int(labels[i]), partial(images.__getitem__, i))
+        for i in range(len(images))
+    ]
+
+
+# ---- image folder ---------------------------------------------------------------------------------------------------
+
+
+def _load_image_file(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = img.mode not in ("L", "1", "I", "I;16", "F", "LA")
+            return np.array(img.convert("RGB" if rgb else "L"))
+    except (OSError, SyntaxError) as exc:
+        raise SourceError(f"{path}: cannot read image ({exc})") from exc
+
+
+def image_folder(root: str | Path, val_fraction: float = 0.1, seed: int = 0) -> ImageSet:
+    """A folder of PNG/JPEG images; one sub-folder per class (sorted names = class ids), or a flat unlabelled folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SourceError(f"image folder {root} does not exist or is not a directory")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files = lambda d: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)  # noqa: E731
+    if class_dirs:
+        classes = [d.name for d in class_dirs]
+        items = [(p, label) for label, d in enumerate(class_dirs) for p in files(d)]
+    else:
+        classes, items = None, [(p, None) for p in files(root)]
+    if not items:
+        raise SourceError(f"image folder {root} holds no {'/'.join(IMAGE_SUFFIXES)} files")
+    examples = [
+        Example(f"img{i:08d}", label, partial(_load_image_file, p), str(p)) for i, (p, label) in enumerate(items)
+    ]
+    return ImageSet(f"folder:{root.resolve()}", classes, _split(examples, val_fraction, seed))
+
+
+# ---- IDX (MNIST / Fashion-MNIST) -------------------------------------------------------------------------------------
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): magic 2051 = uint8 images (N, H, W), 2049 = uint8 labels (N,)."""
+    path = Path(path)
+    try:
+        data = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read IDX file ({exc})") from exc
+    magic = int.from_bytes(data[:4], "big")
+    dims = {2051: 3, 2049: 1}.get(magic)
+    if dims is None:
+        raise SourceError(f"{path}: not an IDX uint8 image/label file (magic number {magic})")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    offset = 4 + 4 * dims
+    if len(data) - offset != int(np.prod(shape)):
+        raise SourceError(f"{path}: header says {shape} but the file holds {len(data) - offset} bytes of data")
+    return np.frombuffer(data, np.uint8, offset=offset).reshape(shape)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (root / name).exists():
+            return root / name
+    raise SourceError(f"IDX directory {root} has no {stem}[.gz]")
+
+
+def idx_dataset(root: str | Path, classes: list[str] | None = None) -> ImageSet:
+    """MNIST-format directory: train-{images-idx3,labels-idx1}-ubyte[.gz] and t10k-... (the test split is val)."""
+    root = Path(root)
+    if not root.is_dir():
+        hint = " (install it with `apt-get install dataset-fashion-mnist`)" if root == FASHION_MNIST_DIR else ""
+        raise SourceError(f"IDX directory {root} does not exist{hint}")
+    splits = {}
+    for split, stem in (("train", "train"), ("val", "t10k")):
+        images = read_idx(_find_idx(root, f"{stem}-images-idx3-ubyte"))
+        labels = read_idx(_find_idx(root, f"{stem}-labels-idx1-ubyte"))
+        if len(images) != len(labels):
+            raise SourceError(f"{root}: {stem} has {len(images)} images but {len(labels)} labels")
+        splits[split] = _array_examples(images, labels, prefix=split)
+    n = int(max(int(ex.label) for ex in splits["train"])) + 1
+    names = classes or (FASHION_MNIST_CLASSES if root == FASHION_MNIST_DIR else [str(i) for i in range(n)])
+    return ImageSet(f"idx:{root}", names, splits)
+
+
+# ---- scikit-learn digits ---------------------------------------------------------------------------------------------
+
+
+def sklearn_digits(val_fraction: float = 0.1, seed: int = 0) -> ImageSet:
+    """UCI optical digits from scikit-learn (1,797 real 8x8 images, levels 0..16 mapped exactly to 0..255)."""
+    if importlib.util.find_spec("sklearn") is None:
+        raise SourceError("the digits source needs scikit-learn (pip install scikit-learn)")
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.round(d.images * 255 / 16).astype(np.uint8)
+    examples = _array_examples(images, d.target, prefix="digit")
+    return ImageSet("sklearn:digits", [str(i) for i in range(10)], _split(examples, val_fraction, seed))
+
+
+SOURCES = {"folder": image_folder, "idx": idx_dataset, "digits": sklearn_digits}

@@ -1,0 +1,5 @@
+"""Networks: plain ``nn.Module``s that know nothing about diffusion."""
+
+from .unet import UNet
+
+__all__ = ["UNet"]

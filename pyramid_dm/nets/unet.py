@@ -1,0 +1,164 @@
+"""UNet for images (the DDPM layout of Ho et al. 2020; same block structure as diffusers' ``UNet2DModel``).
+
+A plain network of (x, noise_level, class_labels): it knows nothing about diffusion. ``noise_level`` is any per-sample
+scalar (the engine passes t in [0, 1]); it is embedded sinusoidally after multiplying by ``time_scale``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-6)
+
+
+def sinusoidal_embedding(x: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Transformer sinusoidal features [cos, sin] of a (B,) tensor (Vaswani et al. 2017)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    args = x.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-Conv twice, with the embedding added in between and a 1x1 skip when widths differ."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float = 0.0, groups: int = 32):
+        super().__init__()
+        self.norm1, self.conv1 = group_norm(cin, groups), nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, cout)
+        self.norm2, self.drop = group_norm(cout, groups), nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(emb)[:, :, None, None]
+        h = self.conv2(self.drop(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over pixels through ``scaled_dot_product_attention``, residual."""
+
+    def __init__(self, channels: int, num_heads: int = 1, groups: int = 32):
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"attention: {channels} channels do not split into {num_heads} heads")
+        self.norm, self.heads = group_norm(channels, groups), num_heads
+        self.qkv, self.out = nn.Linear(channels, 3 * channels), nn.Linear(channels, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        y = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        q, k, v = self.qkv(y).view(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
+        return x + self.out(y).transpose(1, 2).reshape(b, c, h, w)
+
+
+class Level(nn.Module):
+    """One resolution of the encoder or decoder: residual blocks, each optionally followed by attention."""
+
+    def __init__(self, widths: Sequence[tuple[int, int]], emb_dim: int, attn: bool, heads: int, dropout, groups):
+        super().__init__()
+        self.res = nn.ModuleList(ResBlock(i, o, emb_dim, dropout, groups) for i, o in widths)
+        self.attn = nn.ModuleList(SelfAttention(o, heads, groups) if attn else nn.Identity() for _, o in widths)
+
+
+class UNet(nn.Module):
+    """DDPM UNet.
+
+    Args:
+        in_channels / out_channels: image channels in and out (out defaults to in).
+        image_size: input resolution, used to place attention at ``attention_resolutions``.
+        base_channels, channel_mult: width of level i is base_channels * channel_mult[i]; one 2x down/up per level.
+        num_res_blocks: residual blocks per encoder level (the decoder has one more, as in DDPM).
+        attention_resolutions: resolutions (in pixels) whose blocks get self-attention; the middle block always does.
+        num_classes: if set, adds a learned class embedding; label ``num_classes`` (or ``None``) means unconditional.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int | None = None,
+        image_size: int = 32,
+        base_channels: int = 128,
+        channel_mult: Sequence[int] = (1, 2, 2, 2),
+        num_res_blocks: int = 2,
+        attention_resolutions: Sequence[int] = (16,),
+        num_heads: int = 1,
+        dropout: float = 0.0,
+        num_classes: int | None = None,
+        norm_groups: int = 32,
+        time_scale: float = 1000.0,
+    ):
+        super().__init__()
+        n_down = len(channel_mult) - 1
+        if image_size % (2**n_down):
+            raise ValueError(f"image_size {image_size} is not divisible by 2^{n_down} for {len(channel_mult)} levels")
+        widths = [base_channels * m for m in channel_mult]
+        emb_dim, self.base_channels, self.time_scale = 4 * base_channels, base_channels, time_scale
+        self.num_classes = num_classes
+        self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
+        args = dict(emb_dim=emb_dim, heads=num_heads, dropout=dropout, groups=norm_groups)
+
+        self.down, self.downsample, skips, ch = nn.ModuleList(), nn.ModuleList(), [widths[0]], widths[0]
+        for i, w in enumerate(widths):
+            blocks = [(ch if j == 0 else w, w) for j in range(num_res_blocks)]
+            self.down.append(Level(blocks, attn=(image_size >> i) in attention_resolutions, **args))
+            ch = w
+            skips += [w] * num_res_blocks
+            if i < n_down:
+                self.downsample.append(nn.Conv2d(w, w, 3, stride=2, padding=1))
+                skips.append(w)
+        self.mid1 = ResBlock(ch, ch, emb_dim, dropout, norm_groups)
+        self.mid_attn = SelfAttention(ch, num_heads, norm_groups)
+        self.mid2 = ResBlock(ch, ch, emb_dim, dropout, norm_groups)
+
+        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        for i, w in reversed(list(enumerate(widths))):
+            blocks = []
+            for _ in range(num_res_blocks + 1):
+                blocks.append((ch + skips.pop(), w))
+                ch = w
+            self.up.append(Level(blocks, attn=(image_size >> i) in attention_resolutions, **args))
+            if i > 0:
+                self.upsample.append(nn.Conv2d(w, w, 3, padding=1))
+        self.norm_out = group_norm(ch, norm_groups)
+        self.conv_out = nn.Conv2d(ch, out_channels or in_channels, 3, padding=1)
+
+    def embed(self, noise_level: Tensor, class_labels: Tensor | None) -> Tensor:
+        emb = self.time_mlp(sinusoidal_embedding(noise_level * self.time_scale, self.base_channels))
+        if self.class_emb is not None:
+            if class_labels is None:
+                class_labels = torch.full((emb.shape[0],), self.num_classes, device=emb.device, dtype=torch.long)
+            emb = emb + self.class_emb(class_labels)
+        return emb
+
+    def forward(self, x: Tensor, noise_level: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        emb = self.embed(noise_level.expand(x.shape[0]), class_labels).to(x.dtype)
+        h = self.conv_in(x)
+        hs = [h]
+        for i, level in enumerate(self.down):
+            for res, attn in zip(level.res, level.attn):
+                h = attn(res(h, emb))
+                hs.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
+                hs.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for i, level in enumerate(self.up):
+            for res, attn in zip(level.res, level.attn):
+                h = attn(res(torch.cat([h, hs.pop()], dim=1), emb))
+            if i < len(self.upsample):
+                h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.conv_out(F.silu(self.norm_out(h)))
