@@ -69,7 +69,7 @@ class SkipAndCount:
 
 
 def _raise_with_culprit(exn: Exception) -> bool:
-    if isinstance(exn, SampleError):
+    if isinstance(exn, UserError):
         raise exn
     raise ShardError(f"validation data: {exn!r}") from exn
 
@@ -134,13 +134,38 @@ class ShardDataModule(L.LightningDataModule):
     def _decode(self, hflip: bool):
         return partial(decode_sample, channels=self.channels, image_size=self.image_size, hflip=hflip)
 
+    def _samples(self, strict: bool, handler):
+        """Tar shards -> raw samples, checking that each shard yields the sample count its manifest records (a
+        clobbered tar header otherwise ends the stream early without any error)."""
+        expected = {e["file"]: e["count"] for split in ("train", "val") for e in self.manifest.split(split)["shards"]}
+        to_samples = wds.tarfile_to_samples(handler=handler)
+
+        def stage(urls):
+            for url in urls:
+                n = 0
+                for sample in to_samples(iter([url])):
+                    n += 1
+                    yield sample
+                name = next((f for f in expected if f in url["url"]), None)
+                if name is not None and n != expected[name]:
+                    exc = ShardError(
+                        f"shard {url['url']} yielded {n} of the {expected[name]} samples that {self.manifest.path} "
+                        "records: it is corrupt or truncated; write the shard set again with --overwrite"
+                    )
+                    if strict:
+                        raise exc
+                    handler(exc)
+
+        return stage
+
     def train_dataloader(self):
         h, handler = self.hparams, SkipAndCount()
-        ds = (
-            wds.WebDataset(self._urls("train"), resampled=True, shardshuffle=False, nodesplitter=None, handler=handler)
-            .shuffle(h.shuffle_buffer)
-            .map(self._decode(h.hflip), handler=handler)
-            .batched(h.batch_size, partial=False)
+        ds = wds.DataPipeline(
+            wds.ResampledShards(self._urls("train")),
+            self._samples(strict=False, handler=handler),
+            wds.shuffle(h.shuffle_buffer),
+            wds.map(self._decode(h.hflip), handler=handler),
+            wds.batched(h.batch_size, partial=False),
         )
         n = self.batches_per_epoch()
         loader = wds.WebLoader(ds, batch_size=None, num_workers=h.num_workers, persistent_workers=h.num_workers > 0)
@@ -151,17 +176,13 @@ class ShardDataModule(L.LightningDataModule):
     def val_dataloader(self):
         h = self.hparams
         urls = self._urls("val")
-        ds = (
-            wds.WebDataset(
-                urls,
-                shardshuffle=False,
-                nodesplitter=wds.split_by_node,
-                workersplitter=wds.split_by_worker,
-                empty_check=False,
-                handler=_raise_with_culprit,
-            )
-            .map(self._decode(False), handler=_raise_with_culprit)
-            .batched(h.batch_size, partial=True)
+        ds = wds.DataPipeline(
+            wds.SimpleShardList(urls),
+            wds.split_by_node,
+            wds.split_by_worker,
+            self._samples(strict=True, handler=_raise_with_culprit),
+            wds.map(self._decode(False), handler=_raise_with_culprit),
+            wds.batched(h.batch_size, partial=True),
         )
         workers = min(h.num_workers, len(urls)) if isinstance(urls, list) else h.num_workers
         return wds.WebLoader(ds, batch_size=None, num_workers=workers)

@@ -9,6 +9,7 @@ from typing import TypedDict
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.throughput import measure_flops
 from torch import Tensor
 from torchmetrics import MeanMetric
 
@@ -143,8 +144,19 @@ class DiffusionModel(L.LightningModule):
                 "or set data.init_args.resize"
             )
 
+    def training_flops(self, batch_size: int) -> int:
+        """FLOPs of one training step's network forward + backward, counted by ``torch.utils.flop_counter`` on a
+        meta-device copy (no memory, no compute)."""
+        with torch.device("meta"):
+            net = _build_unet(self.hparams)
+            x, t = torch.empty(batch_size, *self.latent_shape), torch.empty(batch_size)
+        return measure_flops(net, lambda: net(x, t), loss_fn=lambda y: y.sum())
+
     def on_fit_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
+        batch_size = getattr(getattr(dm, "hparams", None), "batch_size", None)
+        if batch_size:  # read by ThroughputMonitor for flops_per_sec and MFU
+            self.flops_per_batch = self.training_flops(batch_size)
         if dm is not None and hasattr(dm, "image_size"):
             h = self.hparams
             got, want = (dm.channels, dm.image_size), (h.channels, h.image_size)

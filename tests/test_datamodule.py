@@ -1,0 +1,138 @@
+"""ShardDataModule: streams, resizing, labels, pipe: URLs, and a clear error (or a counted skip) for bad data."""
+
+import hashlib
+import io
+import json
+import logging
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyramid_dm.data import SampleError, ShardDataModule, ShardError
+from pyramid_dm.data.datamodule import decode_sample
+
+
+@pytest.fixture
+def shards(tmp_path, digits_shards) -> Path:
+    """A private copy of the digits shard set that a test may damage."""
+    return Path(shutil.copytree(digits_shards, tmp_path / "digits"))
+
+
+def rewrite_shard(root: Path, name: str, mutate) -> None:
+    """Rewrite shard ``name`` with ``mutate(members: dict[name, bytes])`` and keep the manifest consistent with it."""
+    with tarfile.open(root / name) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    mutate(members)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for member, payload in members.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    (root / name).write_bytes(buf.getvalue())
+    manifest = json.loads((root / "manifest.json").read_text())
+    for split in manifest["splits"].values():
+        for entry in split["shards"]:
+            if entry["file"] == name:
+                entry["bytes"], entry["sha256"] = len(buf.getvalue()), hashlib.sha256(buf.getvalue()).hexdigest()
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def truncate_first_png(members: dict) -> str:
+    key = sorted(k for k in members if k.endswith(".png"))[0]
+    members[key] = members[key][: len(members[key]) // 2]
+    return key[:-4]
+
+
+def make(root, **kw) -> ShardDataModule:
+    dm = ShardDataModule(str(root), **{"batch_size": 32, "num_workers": 0, **kw})
+    dm.setup("fit")
+    return dm
+
+
+def test_manifest_configures_size_channels_classes(shards):
+    dm = make(shards)
+    assert (dm.image_size, dm.channels, dm.num_classes, dm.dataset_name) == (8, 1, 10, "digits")
+    images, labels, seeds = next(iter(dm.train_dataloader()))
+    assert images.shape == (32, 1, 8, 8) and images.dtype == torch.float32
+    assert images.min() >= -1 and images.max() <= 1 and images.min() == -1  # digits have a black background
+    assert labels.min() >= 0 and labels.max() <= 9 and seeds.dtype == torch.int64
+
+
+def test_train_epoch_length_and_exact_once_validation(shards):
+    dm = make(shards, train_batches_per_epoch=7)
+    assert sum(1 for _ in dm.train_dataloader()) == 7
+    seeds = torch.cat([b[2] for b in dm.val_dataloader()])
+    assert len(seeds) == dm.manifest.count("val") == len(set(seeds.tolist()))
+    default = make(shards)
+    assert len(default.train_dataloader()) == -(-dm.manifest.count("train") // 32)
+
+
+def test_resize_and_pipe_urls(shards):
+    paths = " ".join(str(p) for p in sorted(shards.glob("train-*.tar")))
+    dm = make(shards, resize=16, train_urls=f"pipe:cat {paths}", train_batches_per_epoch=2)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 2 and batches[0][0].shape == (32, 1, 16, 16)
+
+
+def test_hflip_flips_about_half_the_samples(shards):
+    with tarfile.open(shards / "val-000000.tar") as tar:
+        png = tar.extractfile(sorted(n for n in tar.getnames() if n.endswith(".png"))[0]).read()
+    sample = {"__key__": "k", "png": png, "cls": b"3"}
+    plain, label, _ = decode_sample(sample, 1, 8, hflip=False)
+    assert label == 3 and not torch.equal(plain, plain.flip(-1))
+    torch.manual_seed(0)
+    flips = [torch.equal(decode_sample(sample, 1, 8, hflip=True)[0], plain.flip(-1)) for _ in range(400)]
+    assert 150 < sum(flips) < 250
+
+
+def test_missing_shard_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ShardError, match=r"shard path .*nowhere does not exist"):
+        ShardDataModule(str(tmp_path / "nowhere"))
+
+
+def test_empty_and_truncated_tar_are_named(shards):
+    (shards / "val-000001.tar").write_bytes(b"")
+    with pytest.raises(ShardError, match=r"val-000001.tar is empty"):
+        make(shards)
+    shutil.copy(shards / "train-000000.tar", shards / "val-000001.tar")
+    data = (shards / "train-000003.tar").read_bytes()
+    (shards / "train-000003.tar").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ShardError, match=r"train-000003.tar has \d+ bytes but .* records"):
+        make(shards)
+
+
+def test_corrupt_tar_same_size_fails_validation_naming_it_and_is_skipped_in_training(shards, caplog):
+    path = shards / "val-000000.tar"
+    data = bytearray(path.read_bytes())
+    data[1024:3072] = b"\x07" * 2048  # clobber headers, keep the size: only reading can tell
+    path.write_bytes(bytes(data))
+    make(shards)  # the fast preflight passes ...
+    with pytest.raises(ShardError, match=r"val-000000.tar yielded \d+ of the 100 samples"):  # ... validation names it
+        list(make(shards).val_dataloader())
+    train = bytearray((shards / "train-000000.tar").read_bytes())  # the same damage in training: warned and skipped
+    train[1024:3072] = b"\x07" * 2048
+    (shards / "train-000000.tar").write_bytes(bytes(train))
+    with caplog.at_level(logging.WARNING, logger="pyramid_dm.data.datamodule"):
+        assert len(list(make(shards, train_batches_per_epoch=30).train_dataloader())) == 30
+    assert any("train-000000.tar yielded" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ShardError, match="fails its SHA-256 check"):
+        make(shards, verify_checksums=True)
+
+
+def test_truncated_image_fails_validation_and_is_skipped_with_a_count_in_training(shards, caplog):
+    keys = []
+    rewrite_shard(shards, "val-000000.tar", lambda m: keys.append(truncate_first_png(m)))
+    with pytest.raises(SampleError, match=rf"val-000000.tar: sample '{keys[0]}': cannot decode image"):
+        list(make(shards).val_dataloader())
+    for name in [p.name for p in shards.glob("train-*.tar")]:
+        rewrite_shard(shards, name, truncate_first_png)
+    dm = make(shards, train_batches_per_epoch=60, batch_size=64)
+    with caplog.at_level(logging.WARNING, logger="pyramid_dm.data.datamodule"):
+        batches = list(dm.train_dataloader())
+    assert len(batches) == 60 and all(b[0].shape == (64, 1, 8, 8) for b in batches)
+    skipped = [r.getMessage() for r in caplog.records if "skipped corrupt training data" in r.getMessage()]
+    assert skipped and "cannot decode image" in skipped[0] and "(1 so far" in skipped[0]
