@@ -9,7 +9,7 @@ MU, STD = 0.5, 0.3
 
 
 def gaussian_denoiser(schedule):
-    """E[x0 | x_t] for x0 ~ N(MU, STD^2) per dimension: MU + alpha STD^2 / (alpha^2 STD^2 + sigma^2) (x_t - alpha MU)."""
+    """E[x0 | x_t] for x0 ~ N(MU, STD^2): MU + alpha STD^2 / (alpha^2 STD^2 + sigma^2) (x_t - alpha MU)."""
 
     def denoise(x, t):
         alpha, sigma = schedule.alpha_sigma(t.reshape(1))
