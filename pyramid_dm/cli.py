@@ -102,6 +102,7 @@ class PyramidCLI(LightningCLI):
 
 def run_lightning(argv: list[str]) -> None:
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    sys.argv[1:] = []  # the arguments travel in args= (LightningCLI warns when both are given)
     PyramidCLI(
         model_class=LightningModule,
         datamodule_class=LightningDataModule,
@@ -111,8 +112,20 @@ def run_lightning(argv: list[str]) -> None:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"parser_mode": "omegaconf+"},
         seed_everything_default=0,
+        auto_configure_optimizers=False,  # the module configures AdamW + warm-up itself
         args=expand_defaults(argv),
     )
+
+
+def find_user_error(exc: BaseException) -> UserError | None:
+    """The UserError behind ``exc`` (jsonargparse and Lightning wrap errors raised while instantiating classes)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UserError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return bench_main(argv[1:])
         run_lightning(argv)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        user_error = find_user_error(exc)
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
         return 2
     return 0

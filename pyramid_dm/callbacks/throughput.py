@@ -14,5 +14,5 @@ class ImageThroughput(ThroughputMonitor):
     ranks) and ``train/device/samples_per_sec`` (per rank) at the trainer's ``log_every_n_steps``, averaged over
     ``window_size`` batches."""
 
-    def __init__(self, window_size: int = 20):
+    def __init__(self, window_size: int = 5):
         super().__init__(batch_size_fn=_batch_images, window_size=window_size)

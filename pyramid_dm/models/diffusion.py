@@ -166,6 +166,15 @@ class DiffusionModel(L.LightningModule):
                     f"was built for {want[0]}x{want[1]}x{want[1]} (model.image_size / model.channels)"
                 )
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        h = checkpoint.get("hyper_parameters", {})
+        trained = (h.get("channels"), h.get("image_size"), h.get("image_size"))
+        if None not in trained and trained != self.image_shape:
+            raise UserError(
+                f"the checkpoint was trained on images of shape {trained} (C, H, W) but the data gives "
+                f"{self.image_shape}: use the data it was trained on, or drop data.init_args.resize"
+            )
+
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, labels, _ = batch
         if batch_idx == 0:

@@ -1,0 +1,144 @@
+"""End to end through ``python -m pyramid_dm``: fit on real shards, read the offline W&B run back, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyramid_dm.models import ema_net_from_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+FAST = [
+    "--trainer.val_check_interval",
+    "3",
+    "--trainer.log_every_n_steps",
+    "1",
+    "--data.init_args.num_workers",
+    "0",
+    "--trainer.enable_progress_bar",
+    "false",
+]
+
+
+def run(args: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pyramid_dm", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def fit(root: Path, env: dict, *extra: str, steps: int = 6) -> subprocess.CompletedProcess:
+    args = ["fit", "--config", "configs/quickstart.yaml", "--exp.root", str(root), "--trainer.max_steps", str(steps)]
+    return run([*args, *FAST, *extra], env)
+
+
+def inspect_run(run_dir: Path) -> dict:
+    out = subprocess.run(
+        ["wandb", "leet", "inspect", "--summary", "--json", str(run_dir)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, session_env, digits_shards):
+    root = tmp_path_factory.mktemp("runs")
+    proc = fit(root, session_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "quickstart"
+
+
+def test_fit_writes_checkpoints_config_and_an_offline_wandb_run(trained):
+    assert (trained / "checkpoints" / "last.ckpt").exists()
+    assert len(list((trained / "checkpoints").glob("best-step*.ckpt"))) == 1
+    assert "quickstart" in (trained / "config.yaml").read_text()
+    assert sorted(p.name for p in (trained / "samples").glob("*.png")) == ["step00000003.png", "step00000006.png"]
+    runs = list((trained / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    rec = inspect_run(runs[0])
+    assert rec["state"] == "finished" and rec["name"] == "quickstart" and set(rec["tags"]) == {"pixel", "digits"}
+    summary = rec["summary"]
+    for key in ("train/loss", "val/loss", "train/grad_norm", "lr-AdamW", "train/device/samples_per_sec"):
+        assert isinstance(summary[key], float), key
+    assert summary["trainer/global_step"] == 5 and summary["val/loss"] > 0
+    image = summary["samples"]
+    assert image["_type"] == "images/separated" and "step 6 | ddim 50 steps" in image["captions"][0]
+    png = runs[0] / "files" / image["filenames"][0]
+    assert png.exists() and png.stat().st_size > 100
+    config = rec["config"]
+    assert config["cli_config"]["exp"]["name"] == "quickstart" and config["image_size"] == 8
+    assert config["cli_config"]["model"]["class_path"] == "pyramid_dm.models.PixelDiffusion"
+
+
+def test_ema_weights_load_into_the_bare_network(trained):
+    ckpt = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)
+    net = ema_net_from_checkpoint(str(trained / "checkpoints" / "last.ckpt"))
+    ema = {k[len("ema.module.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema.module.")}
+    raw = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    state = net.state_dict()
+    assert state.keys() == ema.keys() and all(torch.equal(state[k], ema[k]) for k in ema)
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)  # the EMA really differs from the raw weights
+    out = net(torch.randn(2, 1, 8, 8), torch.rand(2), torch.tensor([1, 2]))
+    assert out.shape == (2, 1, 8, 8) and torch.isfinite(out).all()
+
+
+def test_resume_continues_global_step_optimizer_and_ema(trained, session_env, tmp_path):
+    before = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=False)
+    proc = fit(trained.parent, session_env, "--ckpt_path", "last", steps=9)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=False)
+    assert before["global_step"] == 6 and after["global_step"] == 9
+    assert int(after["state_dict"]["ema.n_averaged"]) == 9
+    assert after["optimizer_states"][0]["state"][0]["step"] == 9
+    assert (trained / "wandb_run_id").read_text().strip() in {
+        p.name.split("-")[-1] for p in (trained / "wandb").glob("offline-run-*")
+    }
+    runs = sorted((trained / "wandb").glob("offline-run-*"))
+    assert len({p.name.split("-")[-1] for p in runs}) == 1  # the same W&B run id, continued
+
+
+def test_fresh_start_on_an_existing_run_is_refused_and_loses_nothing(trained, session_env):
+    last = (trained / "checkpoints" / "last.ckpt").read_bytes()
+    proc = fit(trained.parent, session_env)
+    assert proc.returncode == 2
+    assert "already holds checkpoints" in proc.stderr and "--ckpt_path last" in proc.stderr
+    assert (trained / "checkpoints" / "last.ckpt").read_bytes() == last
+
+
+def test_unknown_config_key_names_it(session_env, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"defaults: [{ROOT}/configs/quickstart.yaml]\nmodel:\n  init_args:\n    learning_rate: 0.1\n")
+    proc = run(["fit", "--config", str(bad), "--exp.root", str(tmp_path)], session_env)
+    assert proc.returncode != 0 and "learning_rate" in proc.stderr
+    proc = run(["fit", "--config", "configs/quickstart.yaml", "--trainer.max_stepz", "3"], session_env)
+    assert proc.returncode != 0 and "max_stepz" in proc.stderr
+
+
+def test_missing_shards_and_size_mismatch_are_named(trained, session_env, tmp_path):
+    proc = fit(tmp_path, session_env, "--data.init_args.shards", str(tmp_path / "nope"))
+    assert proc.returncode == 2 and "nope does not exist" in proc.stderr
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    args = ["validate", "--config", "configs/quickstart.yaml", "--exp.root", str(tmp_path), *FAST]
+    proc = run([*args, "--ckpt_path", str(ckpt), "--data.init_args.resize", "16"], session_env)
+    assert proc.returncode == 2 and "(1, 16, 16)" in proc.stderr and "(1, 8, 8)" in proc.stderr
+
+
+def test_validate_subcommand_and_bf16(trained, session_env, tmp_path):
+    args = ["validate", "--config", "configs/quickstart.yaml", "--exp.root", str(tmp_path), *FAST]
+    proc = run([*args, "--ckpt_path", str(trained / "checkpoints" / "last.ckpt")], session_env)
+    assert proc.returncode == 0 and "val/loss" in proc.stdout
+    proc = fit(tmp_path, session_env, "--trainer.precision", "bf16-mixed", steps=3)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert torch.load(tmp_path / "quickstart/checkpoints/last.ckpt", weights_only=False)["global_step"] == 3
