@@ -102,7 +102,8 @@ class PyramidCLI(LightningCLI):
 
 def run_lightning(argv: list[str]) -> None:
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
-    sys.argv[1:] = []  # the arguments travel in args= (LightningCLI warns when both are given)
+    # Lightning's DDP launcher starts the other ranks by re-running sys.argv, so the expanded arguments go there.
+    sys.argv[1:] = expand_defaults(argv)
     PyramidCLI(
         model_class=LightningModule,
         datamodule_class=LightningDataModule,
@@ -113,7 +114,6 @@ def run_lightning(argv: list[str]) -> None:
         parser_kwargs={"parser_mode": "omegaconf+"},
         seed_everything_default=0,
         auto_configure_optimizers=False,  # the module configures AdamW + warm-up itself
-        args=expand_defaults(argv),
     )
 
 

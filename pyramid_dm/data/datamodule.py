@@ -74,6 +74,33 @@ def _raise_with_culprit(exn: Exception) -> bool:
     raise ShardError(f"validation data: {exn!r}") from exn
 
 
+class CountedShards:
+    """Pipeline stage: tar shards -> raw samples, checking that each shard yields the sample count its manifest
+    records (a clobbered tar header otherwise ends tarfile's stream early without any error). A short shard raises
+    when ``strict`` (validation) and is reported to ``handler`` otherwise (training). A class, so workers can pickle it.
+    """
+
+    def __init__(self, expected: dict[str, int], manifest: str, strict: bool, handler):
+        self.expected, self.manifest, self.strict, self.handler = expected, manifest, strict, handler
+
+    def __call__(self, urls):
+        to_samples = wds.tarfile_to_samples(handler=self.handler)
+        for url in urls:
+            n = 0
+            for sample in to_samples(iter([url])):
+                n += 1
+                yield sample
+            name = next((f for f in self.expected if f in url["url"]), None)
+            if name is not None and n != self.expected[name]:
+                exc = ShardError(
+                    f"shard {url['url']} yielded {n} of the {self.expected[name]} samples that {self.manifest} "
+                    "records: it is corrupt or truncated; write the shard set again with --overwrite"
+                )
+                if self.strict:
+                    raise exc
+                self.handler(exc)
+
+
 class ShardDataModule(L.LightningDataModule):
     """Images from a shard set written by ``python -m pyramid_dm shards``, or ``builtin:digits`` / ``fashion_mnist``.
 
@@ -134,29 +161,9 @@ class ShardDataModule(L.LightningDataModule):
     def _decode(self, hflip: bool):
         return partial(decode_sample, channels=self.channels, image_size=self.image_size, hflip=hflip)
 
-    def _samples(self, strict: bool, handler):
-        """Tar shards -> raw samples, checking that each shard yields the sample count its manifest records (a
-        clobbered tar header otherwise ends the stream early without any error)."""
+    def _samples(self, strict: bool, handler) -> CountedShards:
         expected = {e["file"]: e["count"] for split in ("train", "val") for e in self.manifest.split(split)["shards"]}
-        to_samples = wds.tarfile_to_samples(handler=handler)
-
-        def stage(urls):
-            for url in urls:
-                n = 0
-                for sample in to_samples(iter([url])):
-                    n += 1
-                    yield sample
-                name = next((f for f in expected if f in url["url"]), None)
-                if name is not None and n != expected[name]:
-                    exc = ShardError(
-                        f"shard {url['url']} yielded {n} of the {expected[name]} samples that {self.manifest.path} "
-                        "records: it is corrupt or truncated; write the shard set again with --overwrite"
-                    )
-                    if strict:
-                        raise exc
-                    handler(exc)
-
-        return stage
+        return CountedShards(expected, str(self.manifest.path), strict, handler)
 
     def train_dataloader(self):
         h, handler = self.hparams, SkipAndCount()

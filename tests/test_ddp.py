@@ -1,0 +1,89 @@
+"""Two-rank DDP on CPU (gloo): equal training batch counts per rank, disjoint and complete validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Trainer:  # the two attributes the data module reads from Lightning's trainer
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+
+
+def _rank(rank: int, world: int, port: int, shards: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from pyramid_dm.data import ShardDataModule
+
+    dm = ShardDataModule(shards, batch_size=16, num_workers=2)
+    dm.trainer = _Trainer(world)
+    dm.setup("fit")
+    train = sum(1 for _ in dm.train_dataloader())
+    val = torch.cat([b[2] for b in dm.val_dataloader()]).tolist()
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"train_batches": train, "val_seeds": val}))
+    dist.destroy_process_group()
+
+
+def test_two_ranks_see_equal_train_batches_and_disjoint_val(digits_shards, tmp_path):
+    mp.spawn(_rank, args=(2, free_port(), str(digits_shards), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    from pyramid_dm.data import Manifest
+
+    m = Manifest.load(digits_shards)
+    assert r0["train_batches"] == r1["train_batches"] == -(-m.count("train") // (16 * 2))
+    assert r0["val_seeds"] and r1["val_seeds"] and not set(r0["val_seeds"]) & set(r1["val_seeds"])
+    assert len(r0["val_seeds"]) + len(r1["val_seeds"]) == m.count("val")
+
+
+def test_two_process_ddp_fit_through_the_cli(session_env, tmp_path):
+    """Lightning's DDP on 2 CPU processes: trains, validates across ranks without hanging, one W&B run."""
+    args = [
+        "fit",
+        "--config",
+        "configs/quickstart.yaml",
+        "--exp.root",
+        str(tmp_path),
+        "--trainer.max_steps",
+        "4",
+        "--trainer.val_check_interval",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--data.init_args.num_workers",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyramid_dm", *args],
+        cwd=ROOT,
+        env={**os.environ, **session_env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "quickstart"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 1
