@@ -9,13 +9,13 @@ from typing import TypedDict
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.throughput import measure_flops
 from torch import Tensor
 from torchmetrics import MeanMetric
 
 from ..diffusion import PredictionDenoiser, build_schedule, diffusion_loss, get_sampler, q_sample, target
 from ..diffusion.parameterization import check_prediction
 from ..errors import UserError
+from ..eval.cost import training_flops
 from ..nets import UNet
 from .ema import make_ema
 
@@ -147,10 +147,7 @@ class DiffusionModel(L.LightningModule):
     def training_flops(self, batch_size: int) -> int:
         """FLOPs of one training step's network forward + backward, counted by ``torch.utils.flop_counter`` on a
         meta-device copy (no memory, no compute)."""
-        with torch.device("meta"):
-            net = _build_unet(self.hparams)
-            x, t = torch.empty(batch_size, *self.latent_shape), torch.empty(batch_size)
-        return measure_flops(net, lambda: net(x, t), loss_fn=lambda y: y.sum())
+        return training_flops(lambda: _build_unet(self.hparams), self.latent_shape, batch_size)
 
     def on_fit_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)

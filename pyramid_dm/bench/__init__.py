@@ -1,0 +1,142 @@
+"""``python -m pyramid_dm bench unet``: one UNet training step (forward + backward) against diffusers' UNet2DModel.
+
+Both networks are built with the same widths, blocks per level, attention resolutions, batch and image size, and timed
+alternately in the same process; the last line is ``ratio_vs_diffusers: X.XX`` (ours / theirs, images per second).
+On a GPU it also reports model-FLOP utilisation (training FLOPs counted by ``torch.utils.flop_counter``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from ..errors import UserError
+from ..nets import UNet
+
+
+def build_pair(args) -> tuple[torch.nn.Module, torch.nn.Module]:
+    try:
+        from diffusers import UNet2DModel
+    except ImportError as exc:
+        raise UserError("bench unet compares against diffusers: pip install -e '.[bench]'") from exc
+    widths = [args.base * m for m in args.mult]
+    attn = [args.image_size >> i in args.attn for i in range(len(widths))]
+    ours = UNet(
+        args.channels,
+        image_size=args.image_size,
+        base_channels=args.base,
+        channel_mult=args.mult,
+        num_res_blocks=args.blocks,
+        attention_resolutions=args.attn,
+        dropout=args.dropout,
+    )
+    theirs = UNet2DModel(
+        sample_size=args.image_size,
+        in_channels=args.channels,
+        out_channels=args.channels,
+        block_out_channels=widths,
+        layers_per_block=args.blocks,
+        dropout=args.dropout,
+        down_block_types=["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
+        up_block_types=["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
+        attention_head_dim=None,  # one head per attention layer, as DDPM and ours
+        norm_num_groups=32,
+    )
+    return ours, theirs
+
+
+def step_fn(net, x, t, is_diffusers: bool):
+    def step():
+        out = net(x, t * 999 if is_diffusers else t)
+        out = out.sample if is_diffusers else out
+        out.float().square().mean().backward()
+        net.zero_grad(set_to_none=True)
+
+    return step
+
+
+def time_steps(fn, n: int, device: torch.device) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / n
+
+
+def bench_unet(args) -> float:
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(0)
+    ours, theirs = (m.to(device).train() for m in build_pair(args))
+    if device.type == "cuda":
+        ours, theirs = (m.to(memory_format=torch.channels_last) for m in (ours, theirs))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    print(
+        f"device {device} | batch {args.batch} | {args.channels}x{args.image_size}x{args.image_size} | "
+        f"widths {[args.base * m for m in args.mult]} | blocks {args.blocks} | attention at {args.attn} | {args.dtype}"
+    )
+    print(f"params: ours {count(ours) / 1e6:.3f}M, diffusers {count(theirs) / 1e6:.3f}M")
+    x = torch.randn(args.batch, args.channels, args.image_size, args.image_size, device=device)
+    t = torch.rand(args.batch, device=device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[args.dtype]
+    fns = {"ours": step_fn(ours, x, t, False), "diffusers": step_fn(theirs, x, t, True)}
+    if args.compile:
+        fns = {k: torch.compile(f) for k, f in fns.items()}
+    times = {k: [] for k in fns}
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        for fn in fns.values():
+            time_steps(fn, args.warmup, device)
+        for _ in range(args.rounds):  # alternate, so that both see the same machine state
+            for name, fn in fns.items():
+                times[name].append(time_steps(fn, args.steps, device))
+    ips = {k: args.batch / statistics.median(v) for k, v in times.items()}
+    for name, value in ips.items():
+        print(f"{name:10s} {value:10.1f} images/s  (median of {args.rounds} rounds x {args.steps} steps)")
+    if device.type == "cuda":
+        from lightning.fabric.utilities.throughput import get_available_flops
+
+        from ..eval.cost import training_flops
+
+        flops = training_flops(lambda: build_pair(args)[0], (args.channels, args.image_size, args.image_size), 1)
+        peak = get_available_flops(device, dtype or torch.float32)
+        print(f"training GFLOPs/image {flops / 1e9:.2f} | peak {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s")
+        if peak:
+            print(f"MFU ours {ips['ours'] * flops / peak:.1%} | diffusers {ips['diffusers'] * flops / peak:.1%}")
+        print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    ratio = ips["ours"] / ips["diffusers"]
+    print(f"ratio_vs_diffusers: {ratio:.2f}")
+    return ratio
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pyramid_dm bench", description=__doc__)
+    sub = p.add_subparsers(dest="what", required=True)
+    u = sub.add_parser("unet", help="UNet training step vs diffusers' UNet2DModel")
+    u.add_argument("--image-size", type=int, default=32)
+    u.add_argument("--channels", type=int, default=3)
+    u.add_argument("--batch", type=int, default=16)
+    u.add_argument("--base", type=int, default=64)
+    u.add_argument("--mult", type=int, nargs="+", default=[1, 2, 2, 2])
+    u.add_argument("--blocks", type=int, default=2)
+    u.add_argument("--attn", type=int, nargs="*", default=[16])
+    u.add_argument("--dropout", type=float, default=0.0)
+    u.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    u.add_argument("--device", default="auto")
+    u.add_argument("--compile", action="store_true", help="torch.compile both training steps")
+    u.add_argument("--warmup", type=int, default=2)
+    u.add_argument("--steps", type=int, default=3)
+    u.add_argument("--rounds", type=int, default=5)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    if args.what == "unet":
+        bench_unet(args)
+    return 0
