@@ -17,6 +17,7 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from .errors import UserError
 from .loggers import RunLogger
@@ -82,13 +83,12 @@ class PyramidCLI(LightningCLI):
 
     def before_fit(self) -> None:
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        # A requeued SLURM job passes no ckpt_path: Lightning resumes it from the hpc_ckpt_*.ckpt it saved on SIGUSR1.
+        root = Path(self.trainer.default_root_dir)
+        slurm_resume = SLURMEnvironment.detect() and any(root.glob("hpc_ckpt_*.ckpt"))
+        resume = ckpt_path is not None or slurm_resume
         for cb in self.trainer.checkpoint_callbacks:
-            if (
-                ckpt_path is None
-                and isinstance(cb, ModelCheckpoint)
-                and cb.dirpath
-                and any(Path(cb.dirpath).glob("*.ckpt"))
-            ):
+            if not resume and isinstance(cb, ModelCheckpoint) and cb.dirpath and any(Path(cb.dirpath).glob("*.ckpt")):
                 raise UserError(
                     f"{cb.dirpath} already holds checkpoints of an earlier run; resume it with --ckpt_path last, "
                     "or start a new experiment with --exp.name NEW_NAME (nothing was overwritten)"
@@ -97,7 +97,7 @@ class PyramidCLI(LightningCLI):
             if isinstance(logger, RunLogger):
                 name = self.config_init[self.subcommand].get("exp", {}).get("name")
                 tags = [getattr(self.model, "family", "model"), getattr(self.datamodule, "dataset_name", "data")]
-                logger.prepare_run(resume=ckpt_path is not None, group=name, tags=tags)
+                logger.prepare_run(resume=resume, group=name, tags=tags)
 
 
 def run_lightning(argv: list[str]) -> None:
