@@ -77,6 +77,9 @@ def test_fit_writes_checkpoints_config_and_an_offline_wandb_run(trained):
     assert image["_type"] == "images/separated" and "step 6 | ddim 50 steps" in image["captions"][0]
     png = runs[0] / "files" / image["filenames"][0]
     assert png.exists() and png.stat().st_size > 100
+    records = subprocess.run(["wandb", "leet", "inspect", "--json", str(runs[0])], capture_output=True, text=True)
+    run_record = next(json.loads(line)["run"] for line in records.stdout.splitlines() if '"type":"run"' in line)
+    assert run_record["run_group"] == "quickstart"
     config = rec["config"]
     assert config["cli_config"]["exp"]["name"] == "quickstart" and config["image_size"] == 8
     assert config["cli_config"]["model"]["class_path"] == "pyramid_dm.models.PixelDiffusion"

@@ -117,7 +117,9 @@ def test_corrupt_tar_same_size_fails_validation_naming_it_and_is_skipped_in_trai
     train[1024:3072] = b"\x07" * 2048
     (shards / "train-000000.tar").write_bytes(bytes(train))
     with caplog.at_level(logging.WARNING, logger="pyramid_dm.data.datamodule"):
-        assert len(list(make(shards, train_batches_per_epoch=30).train_dataloader())) == 30
+        # two shards, one damaged, ~32 random draws: the damaged one is drawn except with probability 2^-32
+        urls = str(shards / "train-{000000..000001}.tar")
+        assert len(list(make(shards, train_urls=urls, train_batches_per_epoch=100).train_dataloader())) == 100
     assert any("train-000000.tar yielded" in r.getMessage() for r in caplog.records)
     with pytest.raises(ShardError, match="fails its SHA-256 check"):
         make(shards, verify_checksums=True)
@@ -136,3 +138,10 @@ def test_truncated_image_fails_validation_and_is_skipped_with_a_count_in_trainin
     assert len(batches) == 60 and all(b[0].shape == (64, 1, 8, 8) for b in batches)
     skipped = [r.getMessage() for r in caplog.records if "skipped corrupt training data" in r.getMessage()]
     assert skipped and "cannot decode image" in skipped[0] and "(1 so far" in skipped[0]
+
+
+def test_training_stream_of_unreadable_shards_stops_with_an_error(shards):
+    for path in shards.glob("train-*.tar"):
+        path.write_bytes(b"\x07" * path.stat().st_size)  # same size, nothing readable
+    with pytest.raises(ShardError, match="yielded no sample at all"):
+        list(make(shards, train_batches_per_epoch=2).train_dataloader())

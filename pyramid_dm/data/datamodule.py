@@ -83,13 +83,19 @@ class CountedShards:
     def __init__(self, expected: dict[str, int], manifest: str, strict: bool, handler):
         self.expected, self.manifest, self.strict, self.handler = expected, manifest, strict, handler
 
+    max_empty_in_a_row = 50  # a resampled stream whose shards all fail would otherwise spin forever
+
     def __call__(self, urls):
         to_samples = wds.tarfile_to_samples(handler=self.handler)
+        empty = 0
         for url in urls:
             n = 0
             for sample in to_samples(iter([url])):
                 n += 1
                 yield sample
+            empty = 0 if n else empty + 1
+            if empty >= self.max_empty_in_a_row:
+                raise ShardError(f"the last {empty} shards read (the latest {url['url']}) yielded no sample at all")
             name = next((f for f in self.expected if f in url["url"]), None)
             if name is not None and n != self.expected[name]:
                 exc = ShardError(
