@@ -42,10 +42,14 @@ class NoiseSchedule:
 
     def sample_t(self, n: int, *, device=None, generator: torch.Generator | None = None) -> Tensor:
         """Training times: uniform over the T grid points when discrete, uniform on (0, 1] when continuous."""
+        return self.from_uniform(torch.rand(n, device=device, generator=generator))
+
+    def from_uniform(self, u: Tensor) -> Tensor:
+        """Map u ~ U[0, 1) to a training time: t = 1 - u on (0, 1], snapped up to the T grid when discrete."""
+        t = 1.0 - u
         if self.num_steps is not None:
-            i = torch.randint(0, self.num_steps, (n,), device=device, generator=generator)
-            return (i + 1).float() / self.num_steps
-        return 1.0 - torch.rand(n, device=device, generator=generator)  # (0, 1]
+            t = (t * self.num_steps).ceil().clamp(1, self.num_steps) / self.num_steps
+        return t
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_steps={self.num_steps})"

@@ -110,7 +110,7 @@ class DiffusionModel(L.LightningModule):
         alpha, sigma = self.schedule.alpha_sigma(t)
         out = net(zt, t, **self._cond(labels))
         tgt = target(h.prediction, z, eps, alpha, sigma)
-        return diffusion_loss(out, tgt, (alpha / sigma) ** 2, h.prediction, h.loss_weighting, h.min_snr_gamma)
+        return diffusion_loss(out, tgt, self.schedule.snr(t), h.prediction, h.loss_weighting, h.min_snr_gamma)
 
     def denoiser(self, ema: bool = True) -> PredictionDenoiser:
         net = self.ema.module if ema else self.net
@@ -193,14 +193,12 @@ class DiffusionModel(L.LightningModule):
         """EMA weights; noise and t drawn from each sample's own seed, so val/loss is comparable across runs."""
         images, labels, seeds = batch
         self.check_batch(images)
-        noise, t = [], []
+        noise, u = [], []
         for s in seeds.tolist():
             g = torch.Generator().manual_seed(int(s))
-            t.append(1.0 - torch.rand((), generator=g))
+            u.append(torch.rand((), generator=g))
             noise.append(torch.randn(self.latent_shape, generator=g))
-        t = torch.stack(t).to(self.device)
-        if self.schedule.num_steps:  # snap to the discrete grid
-            t = (t * self.schedule.num_steps).ceil().clamp(min=1) / self.schedule.num_steps
+        t = self.schedule.from_uniform(torch.stack(u).to(self.device))
         loss = self.loss(self.ema.module, images, labels, t, torch.stack(noise).to(images.device))
         self.val_loss.update(loss)
 
