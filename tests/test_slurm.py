@@ -85,12 +85,13 @@ def test_a_killed_rank_fails_the_job_quickly(cluster, session_env, digits_shards
         wait=False,
     )
     deadline = time.time() + 120
-    while "Epoch" not in job_log(tmp_path) and time.time() < deadline:  # wait until both ranks train
+    first_ckpt = tmp_path / "quickstart" / "checkpoints" / "last.ckpt"
+    while not first_ckpt.exists() and time.time() < deadline:  # both ranks are training once step 3 is saved
         time.sleep(1)
     ranks = subprocess.run(["pgrep", "-f", f"exp.root {tmp_path}"], capture_output=True, text=True).stdout.split()
     argv0 = lambda pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]  # noqa: E731
     pythons = [pid for pid in ranks if b"python" in argv0(pid)]  # the ranks themselves, not srun or the batch script
-    assert len(pythons) >= 2, job_log(tmp_path)[-2000:]
+    assert first_ckpt.exists() and len(pythons) >= 2, job_log(tmp_path)[-2000:]
     killed_at = time.time()
     os.kill(int(pythons[-1]), 9)
     while time.time() - killed_at < 120:
