@@ -86,4 +86,11 @@ def test_two_process_ddp_fit_through_the_cli(session_env, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "quickstart"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
-    assert len(list((run / "wandb").glob("offline-run-*"))) == 1
+    runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    rec = subprocess.run(
+        ["wandb", "leet", "inspect", "--summary", "--json", str(runs[0])], capture_output=True, text=True, timeout=120
+    )
+    config = json.loads(rec.stdout)["config"]
+    assert config["world_size"] == 2 and config["effective_batch_size"] == 2 * 128
+    assert config["effective_lr"] == config["lr"]  # no silent learning-rate scaling with more GPUs

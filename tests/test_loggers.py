@@ -23,3 +23,14 @@ def test_api_key_and_other_hosts(tmp_path, monkeypatch):
     assert not has_wandb_credentials()
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
     assert has_wandb_credentials() and not wandb_offline(None)
+
+
+def test_learning_rate_scaling_is_explicit():
+    import pytest
+
+    from pyramid_dm.errors import UserError
+    from pyramid_dm.models.diffusion import LR_SCALINGS, PixelDiffusion
+
+    assert LR_SCALINGS["none"](8.0) == 1.0 and LR_SCALINGS["linear"](8.0) == 8.0 and LR_SCALINGS["sqrt"](4.0) == 2.0
+    with pytest.raises(UserError, match="model.lr_scaling 'auto'"):
+        PixelDiffusion(8, 1, lr_scaling="auto", unet={"base_channels": 16, "channel_mult": [1, 2]})

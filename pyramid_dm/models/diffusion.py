@@ -19,6 +19,8 @@ from ..eval.cost import training_flops
 from ..nets import UNet
 from .ema import make_ema
 
+LR_SCALINGS = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": lambda ratio: ratio**0.5}
+
 
 class UNetArgs(TypedDict, total=False):
     """Network widths and layout (see :class:`pyramid_dm.nets.UNet`); image size and channels come from the data."""
@@ -43,6 +45,10 @@ class DiffusionModel(L.LightningModule):
         prediction: what the network predicts: ``eps``, ``x0`` or ``v``.
         loss_weighting: ``uniform`` or ``min_snr`` (with ``min_snr_gamma``).
         lr, weight_decay, betas, warmup_steps: AdamW with a linear learning-rate warm-up.
+        lr_scaling: ``none`` (default: ``lr`` is used as given, whatever the number of GPUs), ``linear`` or ``sqrt``:
+            scale ``lr`` by (effective batch / ``lr_reference_batch``) or its square root. The effective batch
+            (batch x ranks x accumulation) and the learning rate used are logged as ``effective_batch_size`` and
+            ``effective_lr``.
         ema_decay: EMA of the network weights, used for validation and sampling.
         sampler, sample_steps: the default sampler for ``sample()``.
     """
@@ -62,6 +68,8 @@ class DiffusionModel(L.LightningModule):
         loss_weighting: str = "uniform",
         min_snr_gamma: float = 5.0,
         lr: float = 2e-4,
+        lr_scaling: str = "none",
+        lr_reference_batch: int = 128,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 500,
@@ -73,6 +81,8 @@ class DiffusionModel(L.LightningModule):
         self.save_hyperparameters()
         check_prediction(prediction)
         get_sampler(sampler)
+        if lr_scaling not in LR_SCALINGS:
+            raise UserError(f"model.lr_scaling {lr_scaling!r} is not one of {list(LR_SCALINGS)}")
         self.schedule = build_schedule(schedule, num_timesteps)
         self.num_classes = num_classes if class_conditional else 0
         self.net = _build_unet(self.hparams)
@@ -207,9 +217,29 @@ class DiffusionModel(L.LightningModule):
         self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=False)
         self.val_loss.reset()
 
+    def effective_batch_size(self) -> int | None:
+        dm = getattr(self.trainer, "datamodule", None)
+        batch = getattr(getattr(dm, "hparams", None), "batch_size", None)
+        return batch and batch * self.trainer.world_size * self.trainer.accumulate_grad_batches
+
+    def effective_lr(self) -> float:
+        h, batch = self.hparams, self.effective_batch_size()
+        return h.lr * LR_SCALINGS[h.lr_scaling](batch / h.lr_reference_batch) if batch else h.lr
+
+    def on_train_start(self) -> None:
+        if self.logger is not None:
+            self.logger.log_hyperparams(
+                {
+                    "world_size": self.trainer.world_size,
+                    "effective_batch_size": self.effective_batch_size(),
+                    "effective_lr": self.effective_lr(),
+                }
+            )
+
     def configure_optimizers(self):
         h = self.hparams
-        opt = torch.optim.AdamW(self.net.parameters(), lr=h.lr, weight_decay=h.weight_decay, betas=tuple(h.betas))
+        lr = self.effective_lr()
+        opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=h.weight_decay, betas=tuple(h.betas))
         warmup = max(1, h.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
