@@ -37,9 +37,9 @@ def test_denoiser_wrapper_inverts_the_prediction():
     s = build_schedule("linear", 1000)
     x0 = torch.randn(4, 1, 2, 2)
     t = torch.full((4,), 0.3)
-    xt, eps = (lambda a, b: (a * x0 + b * torch.randn_like(x0), None))(*(v.view(-1, 1, 1, 1) for v in s.alpha_sigma(t)))
-    alpha, sigma = s.alpha_sigma(t)
-    true_eps = (xt - alpha.view(-1, 1, 1, 1) * x0) / sigma.view(-1, 1, 1, 1)
+    alpha, sigma = (v.view(-1, 1, 1, 1) for v in s.alpha_sigma(t))
+    true_eps = torch.randn_like(x0)
+    xt = alpha * x0 + sigma * true_eps
     oracle = PredictionDenoiser(lambda x, t: true_eps, s, "eps")
     assert torch.allclose(oracle(xt, t), x0, atol=1e-4)
 

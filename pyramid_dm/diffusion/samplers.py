@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .parameterization import Denoiser
+from .parameterization import Denoiser, to_eps
 from .schedules import NoiseSchedule
 
 SPACINGS = ("leading", "trailing", "linspace")
@@ -110,7 +110,7 @@ def ddim(
         a_t, s_t = (v.double() for v in schedule.alpha_sigma(t.reshape(1).to(x.device)))
         a_s, s_s = (v.double() for v in schedule.alpha_sigma(s.reshape(1).to(x.device)))
         x0 = denoiser(x, t.float().to(x.device), **cond)
-        eps = (x - a_t.to(x.dtype) * x0) / s_t.to(x.dtype)
+        eps = to_eps("x0", x0, x, a_t.to(x.dtype), s_t.to(x.dtype))
         c = eta * (s_s / s_t) * (1 - (a_t / a_s) ** 2).clamp(min=0).sqrt()
         x = a_s.to(x.dtype) * x0 + (s_s**2 - c**2).clamp(min=0).sqrt().to(x.dtype) * eps
         if eta > 0 and s > 0:

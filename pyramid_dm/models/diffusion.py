@@ -15,7 +15,7 @@ from torchmetrics import MeanMetric
 from ..diffusion import PredictionDenoiser, build_schedule, diffusion_loss, get_sampler, q_sample, target
 from ..diffusion.parameterization import check_prediction
 from ..errors import UserError
-from ..eval.cost import training_flops
+from ..eval.cost import training_flops as count_training_flops
 from ..nets import UNet
 from .ema import make_ema
 
@@ -157,11 +157,16 @@ class DiffusionModel(L.LightningModule):
     def training_flops(self, batch_size: int) -> int:
         """FLOPs of one training step's network forward + backward, counted by ``torch.utils.flop_counter`` on a
         meta-device copy (no memory, no compute)."""
-        return training_flops(lambda: _build_unet(self.hparams), self.latent_shape, batch_size)
+        return count_training_flops(lambda: _build_unet(self.hparams), self.latent_shape, batch_size)
+
+    def _data_batch_size(self) -> int | None:
+        """Per-rank batch size of the attached data module, if it has one."""
+        dm = getattr(self.trainer, "datamodule", None)
+        return getattr(getattr(dm, "hparams", None), "batch_size", None)
 
     def on_fit_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
-        batch_size = getattr(getattr(dm, "hparams", None), "batch_size", None)
+        batch_size = self._data_batch_size()
         if batch_size:  # read by ThroughputMonitor for flops_per_sec and MFU
             self.flops_per_batch = self.training_flops(batch_size)
         if dm is not None and hasattr(dm, "image_size"):
@@ -218,8 +223,7 @@ class DiffusionModel(L.LightningModule):
         self.val_loss.reset()
 
     def effective_batch_size(self) -> int | None:
-        dm = getattr(self.trainer, "datamodule", None)
-        batch = getattr(getattr(dm, "hparams", None), "batch_size", None)
+        batch = self._data_batch_size()
         return batch and batch * self.trainer.world_size * self.trainer.accumulate_grad_batches
 
     def effective_lr(self) -> float:
