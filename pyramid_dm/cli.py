@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
+from .config import config_chain
 from .errors import UserError
 from .loggers import RunLogger
 
@@ -38,25 +39,9 @@ def expand_defaults(argv: list[str]) -> list[str]:
             out.append(arg)
             i += 1
             continue
-        for piece in _config_chain(Path(path), ()):
+        for piece in config_chain(Path(path)):
             out += ["--config", str(piece)]
     return out
-
-
-def _config_chain(path: Path, seen: tuple[Path, ...]) -> list[Path]:
-    if not path.is_file():
-        raise UserError(f"config file {path} does not exist")
-    if path.resolve() in seen:
-        raise UserError(f"config {path}: circular defaults ({' -> '.join(map(str, seen))})")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"config {path}: invalid YAML ({exc})") from exc
-    defaults = data.get("defaults") or [] if isinstance(data, dict) else []
-    chain = []
-    for piece in defaults:
-        chain += _config_chain(path.parent / piece, (*seen, path.resolve()))
-    return [*chain, path]
 
 
 class LoggerSaveConfigCallback(SaveConfigCallback):
@@ -80,6 +65,11 @@ class PyramidCLI(LightningCLI):
         parser.add_argument("--defaults", type=list[str] | None, default=None, help="Config pieces loaded first.")
         for key in LINKED_FROM_DATA:
             parser.link_arguments("data", f"model.init_args.{key}", compute_fn=attrgetter(key), apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        # The pieces were expanded into --config arguments already; the saved config.yaml is complete without them.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        config.defaults = None
 
     def before_fit(self) -> None:
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
@@ -135,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
             from .commands.shards import main as shards_main
 
             return shards_main(argv[1:])
+        if argv and argv[0] == "train-classifier":
+            from .commands.train_classifier import main as train_classifier_main
+
+            return train_classifier_main(argv[1:])
+        if argv and argv[0] == "evaluate":
+            from .commands.evaluate import main as evaluate_main
+
+            return evaluate_main(argv[1:])
         if argv and argv[0] == "bench":
             from .bench import main as bench_main
 

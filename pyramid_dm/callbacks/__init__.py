@@ -1,6 +1,7 @@
-"""Callbacks for cross-cutting work: sample grids and throughput."""
+"""Callbacks for cross-cutting work: sample grids, sample quality (FID/KID) and throughput."""
 
+from .evaluation import SampleQuality
 from .samples import SampleGrid
 from .throughput import ImageThroughput
 
-__all__ = ["ImageThroughput", "SampleGrid"]
+__all__ = ["ImageThroughput", "SampleGrid", "SampleQuality"]

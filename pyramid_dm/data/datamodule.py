@@ -168,8 +168,7 @@ class ShardDataModule(L.LightningDataModule):
         return partial(decode_sample, channels=self.channels, image_size=self.image_size, hflip=hflip)
 
     def _samples(self, strict: bool, handler) -> CountedShards:
-        expected = {e["file"]: e["count"] for split in ("train", "val") for e in self.manifest.split(split)["shards"]}
-        return CountedShards(expected, str(self.manifest.path), strict, handler)
+        return CountedShards(_expected_counts(self.manifest), str(self.manifest.path), strict, handler)
 
     def train_dataloader(self):
         h, handler = self.hparams, SkipAndCount()
@@ -189,13 +188,48 @@ class ShardDataModule(L.LightningDataModule):
     def val_dataloader(self):
         h = self.hparams
         urls = self._urls("val")
-        ds = wds.DataPipeline(
-            wds.SimpleShardList(urls),
-            wds.split_by_node,
-            wds.split_by_worker,
-            self._samples(strict=True, handler=_raise_with_culprit),
-            wds.map(self._decode(False), handler=_raise_with_culprit),
-            wds.batched(h.batch_size, partial=True),
-        )
+        ds = ordered_batches(self.manifest, urls, self._decode(False), h.batch_size, split_by_rank=True)
         workers = min(h.num_workers, len(urls)) if isinstance(urls, list) else h.num_workers
         return wds.WebLoader(ds, batch_size=None, num_workers=workers)
+
+
+def _expected_counts(manifest: Manifest) -> dict[str, int]:
+    return {e["file"]: e["count"] for split in ("train", "val") for e in manifest.split(split)["shards"]}
+
+
+def ordered_batches(manifest: Manifest, urls, decode, batch_size: int, split_by_rank: bool) -> wds.DataPipeline:
+    """Every sample of ``urls`` exactly once, in shard order, strictly checked (a bad sample or short shard raises,
+    naming it). ``split_by_rank`` splits the shards across DDP ranks and loader workers."""
+    stages = [wds.SimpleShardList(urls)]
+    if split_by_rank:
+        stages += [wds.split_by_node, wds.split_by_worker]
+    return wds.DataPipeline(
+        *stages,
+        CountedShards(_expected_counts(manifest), str(manifest.path), strict=True, handler=_raise_with_culprit),
+        wds.map(decode, handler=_raise_with_culprit),
+        wds.batched(batch_size, partial=True),
+    )
+
+
+def read_split(
+    manifest: Manifest, split: str, limit: int | None = None, image_size: int | None = None, batch_size: int = 500
+):
+    """Yield ``(images in [-1, 1], labels)`` batches of the first ``limit`` samples of a split, in shard order, in
+    this process (evaluation statistics, classifier training). Asking for more samples than the split holds raises."""
+    available = manifest.count(split)
+    if limit is not None and limit > available:
+        raise ShardError(
+            f"asked for {limit} real {split} images but {manifest.path} holds only {available} in that split; "
+            f"ask for at most {available} (or use the other split)"
+        )
+    manifest.check(split)
+    decode = partial(
+        decode_sample, channels=manifest.channels, image_size=image_size or manifest.image_size, hflip=False
+    )
+    urls = [str(p) for p in manifest.shard_paths(split)]
+    remaining = available if limit is None else limit
+    for images, labels, _ in ordered_batches(manifest, urls, decode, batch_size, split_by_rank=False):
+        if remaining <= 0:
+            return
+        yield torch.as_tensor(images[:remaining]), torch.as_tensor(labels[:remaining])
+        remaining -= len(images)

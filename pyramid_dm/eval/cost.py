@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from lightning.fabric.utilities.throughput import measure_flops
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def training_flops(build_net: Callable[[], nn.Module], input_shape: tuple[int, ...], batch_size: int) -> int:
@@ -16,3 +18,95 @@ def training_flops(build_net: Callable[[], nn.Module], input_shape: tuple[int, .
         net = build_net()
         x, t = torch.empty(batch_size, *input_shape), torch.empty(batch_size)
     return measure_flops(net, lambda: net(x, t), loss_fn=lambda y: y.sum())
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of running ``fn()`` once, counted by ``torch.utils.flop_counter`` (matmuls and convolutions; a
+    multiply-add counts 2)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class PeakMemory:
+    """Peak memory inside a ``with`` block: CUDA max allocated on a GPU, else the process's peak resident set.
+
+    The CPU figure is Linux's VmHWM, reset at entry through ``/proc/self/clear_refs`` where the kernel allows it
+    (otherwise it is the peak since the process started, and ``cpu_peak_is_lifetime`` is True).
+    """
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        self.peak_mb: float | None = None
+        self.cpu_peak_is_lifetime = False
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                self.cpu_peak_is_lifetime = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self.peak_mb = _vm_hwm_mb()
+
+
+def _vm_hwm_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+class EnergyMeter:
+    """GPU energy inside a ``with`` block from NVML's total-energy counter (Volta and newer), in joules.
+    ``joules`` stays None on a CPU, without ``nvidia-ml-py``, or where the GPU does not report energy."""
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        self.joules: float | None = None
+        self._handle = None
+        if self.device.type != "cuda":
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self._nvml = pynvml
+        except Exception:  # no NVML library, no permission, or an unsupported GPU: energy is simply not reported
+            self._handle = None
+
+    def _read_mj(self) -> int | None:
+        try:
+            return self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
+        except Exception:
+            return None
+
+    def __enter__(self) -> EnergyMeter:
+        if self._handle is not None:
+            torch.cuda.synchronize(self.device)
+            self._start = self._read_mj()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None and self._start is not None:
+            torch.cuda.synchronize(self.device)
+            end = self._read_mj()
+            self.joules = None if end is None else (end - self._start) / 1000

@@ -13,7 +13,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from ..diffusion import PredictionDenoiser, build_schedule, diffusion_loss, get_sampler, q_sample, target
-from ..diffusion.parameterization import check_prediction
+from ..diffusion.parameterization import Denoiser, check_prediction
 from ..errors import UserError
 from ..eval.cost import training_flops as count_training_flops
 from ..nets import UNet
@@ -135,15 +135,21 @@ class DiffusionModel(L.LightningModule):
         labels: Tensor | None = None,
         generator: torch.Generator | None = None,
         ema: bool = True,
+        denoiser: Denoiser | None = None,
         **options,
     ) -> Tensor:
-        """Images in [-1, 1], shape (num_samples, C, H, W)."""
+        """Images in [-1, 1], shape (num_samples, C, H, W). ``denoiser`` replaces ``self.denoiser(ema)`` (e.g. a
+        :class:`~pyramid_dm.diffusion.CountingDenoiser` around it)."""
         x = torch.randn((num_samples, *self.latent_shape), generator=generator, device=self.device)
         fn = get_sampler(sampler or self.hparams.sampler)
         steps = steps or self.hparams.sample_steps
         cond = self._cond(labels.to(self.device) if labels is not None else None)
-        z = fn(self.denoiser(ema), x, self.schedule, steps, cond=cond, generator=generator, **options)
+        z = fn(denoiser or self.denoiser(ema), x, self.schedule, steps, cond=cond, generator=generator, **options)
         return self.decode(z).clamp(-1, 1)
+
+    def sample_labels(self, start: int, count: int) -> Tensor | None:
+        """Class labels for samples ``start .. start + count - 1`` of an evaluation: the classes in turn (balanced)."""
+        return torch.arange(start, start + count) % self.num_classes if self.num_classes else None
 
     # ---- Lightning hooks --------------------------------------------------------------------------------------------
     def check_batch(self, images: Tensor) -> None:
@@ -177,6 +183,12 @@ class DiffusionModel(L.LightningModule):
                     f"data {getattr(dm, 'dataset_name', '')!r} gives {got[0]}x{got[1]}x{got[1]} images but the model "
                     f"was built for {want[0]}x{want[1]}x{want[1]} (model.image_size / model.channels)"
                 )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["pyramid_dm"] = {
+            "family": self.family,
+            "class_path": f"{type(self).__module__}.{type(self).__name__}",
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         h = checkpoint.get("hyper_parameters", {})

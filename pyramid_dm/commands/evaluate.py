@@ -1,0 +1,238 @@
+"""``python -m pyramid_dm evaluate``: sample quality (FID/KID/precision/recall) and cost of a checkpoint over a grid
+of samplers x step counts.
+
+    python -m pyramid_dm evaluate --ckpt_path runs/quickstart/checkpoints/last.ckpt \
+        --sampler ddim ddpm --steps 10 20 50 --num_samples 2000
+
+``--config`` defaults to the run's saved ``config.yaml`` (next to ``checkpoints/``); the data section names the real
+shards. Writes ``results.json``, ``results.csv`` and ``pareto.png`` into ``--out`` (default: the run's
+``eval/<checkpoint>-<features>``) and logs them to W&B (a run of job type ``evaluate`` in the experiment's group).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import load_config
+from ..data.builtin import PREFIX, resolve_builtin
+from ..data.manifest import Manifest
+from ..diffusion import SAMPLERS
+from ..errors import UserError
+from ..eval.evaluate import evaluate_grid
+from ..eval.features import build_features
+from ..eval.real_features import real_features
+from ..eval.report import pareto_plot, write_table
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pyramid_dm evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt_path", required=True, help="checkpoint to evaluate (its EMA weights)")
+    p.add_argument("--config", help="config with the data section (default: the run's saved config.yaml)")
+    p.add_argument("--sampler", nargs="+", default=["ddim"], help=f"one or more of {sorted(SAMPLERS)}")
+    p.add_argument("--steps", nargs="+", type=int, default=[50], help="one or more step counts")
+    p.add_argument("--num_samples", type=int, default=1000, help="generated samples per sampler x steps")
+    p.add_argument("--batch_size", type=int, default=250)
+    p.add_argument(
+        "--features",
+        default="auto",
+        help="auto, a classifier name (fmnist_clf), a .pt file, random, inception or inception:/path/to/weights.pth",
+    )
+    p.add_argument("--real_split", default="train", choices=["train", "val"], help="real images to compare with")
+    p.add_argument("--num_real", type=int, default=None, help="real images used (default: the whole split)")
+    p.add_argument("--kid_subset_size", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--out", type=Path, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    p.add_argument("--no_wandb", action="store_true", help="do not log to W&B")
+    p.add_argument("--no_progress", action="store_true")
+    args = p.parse_args(argv)
+    for name in args.sampler:
+        if name not in SAMPLERS:
+            raise UserError(f"--sampler {name!r} is not one of {sorted(SAMPLERS)}")
+    if min(args.steps) < 1:
+        raise UserError(f"--steps must be >= 1, got {args.steps}")
+    if args.num_samples < 2:
+        raise UserError(f"--num_samples must be >= 2, got {args.num_samples}")
+    return args
+
+
+def load_checkpoint(path: str) -> dict:
+    if not Path(path).is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({exc})") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise UserError(f"{path} is not a pyramid_dm training checkpoint (no state_dict / hyper_parameters)")
+    return ckpt
+
+
+def _import(class_path: str):
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise UserError(f"cannot import {class_path!r} ({exc})") from exc
+
+
+def build_model(ckpt: dict, ckpt_path: str, config: dict | None, device: torch.device):
+    """The model class recorded in the checkpoint with its hyperparameters and weights; its family must match the
+    config's model (a latent config cannot evaluate a pixel checkpoint)."""
+    from ..models import DiffusionModel
+
+    hparams = dict(ckpt["hyper_parameters"])
+    stamp = ckpt.get("pyramid_dm", {})
+    class_path = stamp.get("class_path") or hparams.get("_class_path")
+    if not class_path:
+        raise UserError(f"{ckpt_path} does not record its model class; it was not written by pyramid_dm fit")
+    cls = _import(class_path)
+    if not (isinstance(cls, type) and issubclass(cls, DiffusionModel)):
+        raise UserError(
+            f"{ckpt_path} holds a {class_path}, not a diffusion model; evaluate needs a diffusion checkpoint"
+        )
+    family = stamp.get("family", cls.family)
+    want_path = ((config or {}).get("model") or {}).get("class_path")
+    if want_path:
+        want = _import(want_path)
+        want_family = getattr(want, "family", None)
+        if want_family != family:
+            raise UserError(
+                f"{ckpt_path} is a {family} diffusion checkpoint ({class_path}) but the config's model is "
+                f"{want_path} ({want_family}); pass the config the checkpoint was trained with"
+            )
+    kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    try:
+        model = cls(**kwargs)
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, RuntimeError) as exc:
+        raise UserError(f"{ckpt_path}: weights do not fit {class_path} ({exc})") from exc
+    return model.to(device).eval()
+
+
+def resolve_data(config: dict | None, ckpt: dict, ckpt_path: str) -> tuple[Manifest, int]:
+    """The real shard set and the image size the model was trained at."""
+    data = ((config or {}).get("data") or {}).get("init_args") or ckpt.get("datamodule_hyper_parameters") or {}
+    shards = data.get("shards")
+    if not shards:
+        raise UserError(f"no data.init_args.shards in the config or in {ckpt_path}; pass --config with a data section")
+    location = resolve_builtin(shards, progress=True) if shards.startswith(PREFIX) else Path(shards).expanduser()
+    manifest = Manifest.load(location)
+    return manifest, int(data.get("resize") or manifest.image_size)
+
+
+def default_config(ckpt_path: str) -> Path | None:
+    run_config = Path(ckpt_path).resolve().parent.parent / "config.yaml"
+    return run_config if run_config.is_file() else None
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def log_to_wandb(rows: list[dict], meta: dict, png: Path, out: Path, config: dict | None) -> str | None:
+    import wandb
+
+    from ..loggers import wandb_offline
+
+    exp = (config or {}).get("exp") or {}
+    run = wandb.init(
+        project=exp.get("project", "pyramid_dm"),
+        group=exp.get("name"),
+        job_type="evaluate",
+        name=f"eval-{Path(meta['ckpt_path']).stem}-{meta['features']}",
+        dir=str(out),
+        mode="offline" if wandb_offline(None) else "online",
+        config=meta,
+        tags=["evaluate", meta["features"]],
+    )
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    run.log(
+        {
+            "eval/results": wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows]),
+            "eval/pareto": wandb.Image(str(png)),
+        }
+    )
+    for row in rows:
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and key not in ("steps", "batch_size"):
+                run.summary[f"{row['sampler']}-{row['steps']}/{key}"] = value
+    run.finish()
+    return run.id
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    config_path = args.config or default_config(args.ckpt_path)
+    config = load_config(config_path, compose=args.config is not None) if config_path else None
+    ckpt = load_checkpoint(args.ckpt_path)
+    device = pick_device(args.device)
+    model = build_model(ckpt, args.ckpt_path, config, device)
+    manifest, image_size = resolve_data(config, ckpt, args.ckpt_path)
+    if (manifest.channels, image_size) != model.image_shape[:2]:
+        raise UserError(
+            f"{manifest.path} gives {manifest.channels}x{image_size}x{image_size} images but {args.ckpt_path} "
+            f"generates {model.image_shape}; point --config at the data it was trained on"
+        )
+    extractor = build_features(args.features, manifest.name).to(device)
+    space = extractor.name
+    out = args.out or Path(args.ckpt_path).resolve().parent.parent / "eval" / f"{Path(args.ckpt_path).stem}-{space}"
+    if (out / "results.json").exists() and not args.overwrite:
+        raise UserError(f"{out} already holds results.json; pass --overwrite to replace it, or choose --out")
+
+    start = time.perf_counter()
+    real = real_features(manifest, args.real_split, extractor, image_size, args.num_real, not args.no_progress)
+    rows = evaluate_grid(
+        model,
+        extractor,
+        real,
+        args.sampler,
+        args.steps,
+        args.num_samples,
+        args.batch_size,
+        args.seed,
+        args.kid_subset_size,
+        not args.no_progress,
+    )
+    meta = {
+        "ckpt_path": str(args.ckpt_path),
+        "global_step": ckpt.get("global_step"),
+        "config": str(config_path) if config_path else None,
+        "model": type(model).__name__,
+        "family": model.family,
+        "dataset": manifest.name,
+        "shards": str(manifest.path),
+        "image_size": image_size,
+        "features": space,
+        "real_split": args.real_split,
+        "num_real": len(real),
+        "seed": args.seed,
+        "device": str(device),
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    json_path, csv_path = write_table(rows, meta, out)
+    png = pareto_plot(rows, f"fid_{space}", out / "pareto.png", title=f"{manifest.name}: {Path(args.ckpt_path).name}")
+    if not args.no_wandb:
+        meta["wandb_run_id"] = log_to_wandb(rows, meta, png, out, config)
+        write_table(rows, meta, out)
+    for row in rows:
+        print(
+            f"{row['sampler']:>6} {row['steps']:>4} steps  NFE {row['nfe']:>4}  "
+            f"fid_{space} {row[f'fid_{space}']:8.3f}  "
+            f"kid {row[f'kid_{space}']:.4f}  {row['gflops_per_sample']:8.2f} GFLOPs/sample  "
+            f"{row['seconds_per_sample'] * 1e3:7.2f} ms/sample"
+        )
+    print(f"wrote {json_path}, {csv_path}, {png}", file=sys.stderr)
+    return 0

@@ -1,0 +1,69 @@
+"""Evaluation tables (JSON + CSV) and the quality-vs-compute Pareto plot (PNG via matplotlib)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from ..data.manifest import atomic_write_bytes
+
+COST_AXES = {"gflops_per_sample": "GFLOPs per sample", "seconds_per_sample": "seconds per sample"}
+
+
+def write_table(rows: list[dict], meta: dict, out_dir: Path) -> tuple[Path, Path]:
+    """``results.json`` ({meta, rows}) and ``results.csv`` (one row per sampler x steps), written atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = out_dir / "results.json", out_dir / "results.csv"
+    atomic_write_bytes(json_path, json.dumps({"meta": meta, "rows": rows}, indent=2).encode())
+    buf = io.StringIO()
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(csv_path, buf.getvalue().encode())
+    return json_path, csv_path
+
+
+def pareto_front(rows: list[dict], cost: str, quality: str) -> list[int]:
+    """Indices of the rows no other row beats on both ``cost`` and ``quality`` (lower is better for both), by cost."""
+    order = sorted(range(len(rows)), key=lambda i: (rows[i][cost], rows[i][quality]))
+    front, best = [], float("inf")
+    for i in order:
+        if rows[i][quality] < best:
+            front.append(i)
+            best = rows[i][quality]
+    return front
+
+
+def pareto_plot(rows: list[dict], quality: str, path: Path, title: str = "") -> Path:
+    """Quality (lower is better) against FLOPs and wall-clock per sample, one line per sampler, steps annotated,
+    the Pareto front dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(COST_AXES), figsize=(11, 4.2))
+    samplers = list(dict.fromkeys(row["sampler"] for row in rows))
+    for ax, (cost, label) in zip(axes, COST_AXES.items()):
+        for name in samplers:
+            pts = sorted((r[cost], r[quality], r["steps"]) for r in rows if r["sampler"] == name)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+            for x, y, steps in pts:
+                ax.annotate(str(steps), (x, y), textcoords="offset points", xytext=(3, 4), fontsize=7)
+        front = [rows[i] for i in pareto_front(rows, cost, quality)]
+        ax.plot([r[cost] for r in front], [r[quality] for r in front], "k--", lw=0.8, label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"{quality} (lower is better)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title or f"{quality} vs compute (numbers: sampler steps)", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
