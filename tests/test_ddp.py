@@ -53,7 +53,8 @@ def test_two_ranks_see_equal_train_batches_and_disjoint_val(digits_shards, tmp_p
 
 
 def test_two_process_ddp_fit_through_the_cli(session_env, tmp_path):
-    """Lightning's DDP on 2 CPU processes: trains, validates across ranks without hanging, one W&B run."""
+    """Lightning's DDP on 2 CPU processes: trains, validates and measures sample quality across ranks without
+    hanging, one W&B run."""
     args = [
         "fit",
         "--config",
@@ -74,6 +75,11 @@ def test_two_process_ddp_fit_through_the_cli(session_env, tmp_path):
         "1",
         "--trainer.enable_progress_bar",
         "false",
+        "--trainer.callbacks+=pyramid_dm.callbacks.SampleQuality",
+        "--trainer.callbacks.every_n_steps=2",
+        "--trainer.callbacks.num_samples=40",
+        "--trainer.callbacks.batch_size=10",
+        "--trainer.callbacks.steps=3",
     ]
     proc = subprocess.run(
         [sys.executable, "-m", "pyramid_dm", *args],
@@ -91,6 +97,9 @@ def test_two_process_ddp_fit_through_the_cli(session_env, tmp_path):
     rec = subprocess.run(
         ["wandb", "leet", "inspect", "--summary", "--json", str(runs[0])], capture_output=True, text=True, timeout=120
     )
+    summary = json.loads(rec.stdout)["summary"]
+    # sample quality: each rank drew 2 of the 4 batches; rank 0 gathered all 40 samples' features
+    assert summary["val/digits_clf_num_samples"] == 40 and summary["val/fid_digits_clf"] > 0
     config = json.loads(rec.stdout)["config"]
     assert config["world_size"] == 2 and config["effective_batch_size"] == 2 * 128
     assert config["effective_lr"] == config["lr"]  # no silent learning-rate scaling with more GPUs

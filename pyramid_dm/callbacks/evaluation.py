@@ -89,7 +89,11 @@ class SampleQuality(L.Callback):
             log.warning(
                 "sample quality at step %d: %d of %d samples fit the %.0f s budget (one batch takes %.1f s); raise "
                 "time_budget_s or lower num_samples for comparable numbers",
-                trainer.global_step, len(fake), self.num_samples, self.time_budget_s, slowest,
+                trainer.global_step,
+                len(fake),
+                self.num_samples,
+                self.time_budget_s,
+                slowest,
             )
         space = extractor.name
         metrics = quality_metrics(self.real, fake, space, self.kid_subset_size)

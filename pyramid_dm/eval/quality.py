@@ -2,7 +2,9 @@
 improved precision/recall (Kynkaanniemi et al. 2019, k-NN manifolds, k = 3).
 
 Features are computed elsewhere (:mod:`pyramid_dm.eval.features`) and fed to torchmetrics through an identity
-"feature network", so real features can be cached and fake features gathered from several ranks first.
+"feature network", so real features can be cached and fake features gathered from several ranks first. The metrics
+never sync on ``compute()``: under DDP only rank 0 computes them, and a torchmetrics sync there would wait forever
+for the other ranks.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class _Given(nn.Module):
 
 def fid(real: Tensor, fake: Tensor) -> float:
     """Frechet distance between Gaussians fitted to two (N, d) feature sets."""
-    metric = FrechetInceptionDistance(feature=_Given(real.shape[1]))
+    metric = FrechetInceptionDistance(feature=_Given(real.shape[1]), sync_on_compute=False)
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
     return float(metric.compute())
@@ -35,7 +37,9 @@ def fid(real: Tensor, fake: Tensor) -> float:
 def kid(real: Tensor, fake: Tensor, subset_size: int = 1000, subsets: int = 100, seed: int = 0) -> tuple[float, float]:
     """Kernel Inception Distance (unbiased MMD^2, cubic polynomial kernel): mean and std over random subsets."""
     size = min(subset_size, len(real), len(fake))
-    metric = KernelInceptionDistance(feature=_Given(real.shape[1]), subsets=subsets, subset_size=size)
+    metric = KernelInceptionDistance(
+        feature=_Given(real.shape[1]), subsets=subsets, subset_size=size, sync_on_compute=False
+    )
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
     with torch.random.fork_rng(devices=[]):  # torchmetrics draws the subsets from the global generator

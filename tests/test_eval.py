@@ -1,0 +1,390 @@
+"""Evaluation: FID/KID sanity on real data, FLOP counting, the offline feature classifiers, the evaluate command
+(files, W&B entries, bad input) and the analysis notebook."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pyramid_dm.data import Manifest
+from pyramid_dm.data.datamodule import read_split
+from pyramid_dm.errors import UserError
+from pyramid_dm.eval import count_flops, fid, kid, precision_recall
+from pyramid_dm.eval.features import ClassifierFeatures, RandomFeatures, build_features, extract
+from pyramid_dm.eval.real_features import real_features
+from pyramid_dm.eval.sampling import per_sample_flops, sample_with_cost
+from pyramid_dm.models import PixelDiffusion
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "pyramid_dm" / "eval" / "weights"
+
+
+def images_of(manifest: Manifest, split: str, limit: int | None = None) -> torch.Tensor:
+    return torch.cat([b[0] for b in read_split(manifest, split, limit)])
+
+
+@pytest.fixture(scope="module")
+def digits(digits_shards):
+    manifest = Manifest.load(digits_shards)
+    extractor = build_features("auto", manifest.name)
+    return manifest, extractor, real_features(manifest, "train", extractor, progress=False)
+
+
+def test_fid_of_a_set_against_itself_is_zero(digits):
+    _, _, real = digits
+    assert abs(fid(real, real)) < 1e-3
+    assert fid(real, real[torch.randperm(len(real))]) < 1e-3
+
+
+def test_fid_grows_monotonically_with_added_noise(digits):
+    manifest, extractor, real = digits
+    val = images_of(manifest, "val")
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(val.shape, generator=g)
+    scores = [fid(real, extract(extractor, (val + s * noise).clamp(-1, 1))) for s in (0.0, 0.1, 0.2, 0.4, 0.8)]
+    assert all(a < b for a, b in zip(scores, scores[1:])), scores
+    assert scores[-1] > 10 * scores[0]
+
+
+def test_kid_of_two_halves_of_the_same_data_is_zero_within_its_std(digits):
+    _, _, real = digits
+    perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))
+    a, b = real[perm[: len(real) // 2]], real[perm[len(real) // 2 :]]
+    mean, std = kid(a, b, subset_size=500)
+    assert abs(mean) <= 2 * std, (mean, std)
+    far_mean, far_std = kid(a, b + 0.5 * b.std(0))
+    assert far_mean > 5 * far_std
+
+
+def test_precision_recall_see_a_dropped_mode(digits):
+    manifest, extractor, real = digits
+    labels = torch.cat([b[1] for b in read_split(manifest, "train")])
+    fake = real[labels < 5]  # a "generator" that never draws the digits 5..9
+    precision, recall = precision_recall(real, fake)
+    assert precision > 0.95 and recall < 0.75
+
+
+def test_flop_counter_matches_an_analytic_count():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16 * 16, 10))
+    x = torch.randn(4, 3, 16, 16)
+    conv = 2 * (8 * 16 * 16) * (3 * 3 * 3)  # 2 FLOPs per multiply-add, per output element
+    linear = 2 * (8 * 16 * 16) * 10
+    assert count_flops(lambda: net(x)) == 4 * (conv + linear)
+
+
+def tiny_model() -> PixelDiffusion:
+    torch.manual_seed(0)
+    unet = {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [4]}
+    return PixelDiffusion(image_size=8, channels=1, num_classes=10, unet=unet).eval()
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddim", 5), ("ddpm", 3)])
+def test_flops_per_sample_equal_nfe_times_flops_per_call(sampler, steps):
+    model = tiny_model()
+    per_call, decoder = per_sample_flops(model)
+    total = count_flops(lambda: model.sample(1, sampler, steps, labels=torch.tensor([3])))
+    images, cost = sample_with_cost(model, sampler, steps, num_samples=6, batch_size=4, progress=False)
+    assert total == steps * per_call + decoder and cost.nfe == steps
+    assert cost.gflops_per_sample * 1e9 == pytest.approx(total)
+    assert images.shape == (6, 1, 8, 8) and cost.images_per_s > 0 and cost.peak_mem_mb > 0
+    assert cost.params == sum(p.numel() for p in model.net.parameters()) and cost.energy_j_per_sample is None
+    levels = (images + 1) * 127.5  # quantized to the 256 levels of real PNGs
+    assert torch.allclose(levels, levels.round(), atol=1e-4) and len(levels.unique()) > 10
+
+
+def test_same_seed_same_samples_whatever_the_batch_split():
+    model = tiny_model()
+    a, _ = sample_with_cost(model, "ddim", 4, num_samples=8, batch_size=4, seed=1, progress=False)
+    b, _ = sample_with_cost(model, "ddim", 4, num_samples=8, batch_size=4, seed=1, progress=False)
+    c, _ = sample_with_cost(model, "ddim", 4, num_samples=8, batch_size=4, seed=2, progress=False)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_real_features_are_cached_and_keyed_by_the_shard_checksums(digits, session_env):
+    manifest, extractor, _ = digits
+    first = real_features(manifest, "val", extractor, limit=100, progress=False)
+    cached = list((Path(session_env["PYRAMID_DM_CACHE"]) / "real_features").glob("digits-val-digits_clf-*.pt"))
+    assert len(cached) == 1 and first.shape == (100, extractor.num_features)
+    mtime = cached[0].stat().st_mtime_ns
+    assert torch.equal(real_features(manifest, "val", extractor, limit=100, progress=False), first)
+    assert cached[0].stat().st_mtime_ns == mtime  # read, not recomputed
+    changed = Manifest.load(manifest.path)
+    changed.data["splits"]["val"]["shards"][0]["sha256"] = "0" * 64  # as if the shards were rewritten
+    from pyramid_dm.eval.real_features import cache_key
+
+    assert cache_key(changed, "val", 8, 100, extractor) != cache_key(manifest, "val", 8, 100, extractor)
+
+
+def test_asking_for_more_real_images_than_the_split_holds_is_refused(digits):
+    manifest, extractor, _ = digits
+    with pytest.raises(UserError, match="holds only 180"):
+        real_features(manifest, "val", extractor, limit=181, progress=False)
+
+
+@pytest.mark.parametrize(
+    "name,shards,floor", [("digits_clf", "builtin:digits", 0.97), ("fmnist_clf", "builtin:fashion_mnist", 0.85)]
+)
+def test_committed_classifier_reaches_its_stated_val_accuracy(name, shards, floor, session_env):
+    from pyramid_dm.data.builtin import resolve_builtin
+
+    features = ClassifierFeatures(WEIGHTS / f"{name}.pt")
+    manifest = Manifest.load(resolve_builtin(shards))
+    batches = list(read_split(manifest, "val"))
+    images, labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    accuracy = features.net.accuracy(images, labels)
+    assert accuracy >= floor
+    assert accuracy == pytest.approx(features.meta["val_accuracy"], abs=2e-3)
+    assert features.meta["dataset"] == manifest.name and "train-classifier" in features.meta["command"]
+
+
+def test_train_classifier_command_writes_a_usable_extractor(session_env, tmp_path, digits_shards):
+    out = tmp_path / "clf.pt"
+    cmd = [sys.executable, "-m", "pyramid_dm", "train-classifier", "--shards", str(digits_shards), "--name", "my_clf"]
+    proc = subprocess.run(
+        [*cmd, "--out", str(out), "--epochs", "2", "--width", "8"],
+        cwd=ROOT,
+        env={**os.environ, **session_env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    features = build_features(str(out))
+    assert features.name == "my_clf" and features.meta["epochs"] == 2 and 0 < features.meta["val_accuracy"] <= 1
+    assert extract(features, torch.zeros(3, 1, 8, 8)).shape == (3, 32)
+    again = subprocess.run(
+        [*cmd, "--out", str(out)],
+        cwd=ROOT,
+        env={**os.environ, **session_env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 2 and "--overwrite" in again.stderr  # the weights already written are kept
+
+
+def test_missing_weights_and_unknown_extractors_say_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("PYRAMID_DM_INCEPTION_WEIGHTS", raising=False)
+    with pytest.raises(UserError, match="PYRAMID_DM_INCEPTION_WEIGHTS"):
+        build_features("inception")
+    with pytest.raises(UserError, match="train-classifier"):
+        build_features(str(tmp_path / "missing.pt"))
+    with pytest.raises(UserError, match="digits_clf"):
+        build_features("imagenet")
+    assert isinstance(build_features("auto", "my_photos"), RandomFeatures)
+
+
+# ---- the evaluate command, end to end ------------------------------------------------------------------------------
+
+
+def run(args: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pyramid_dm", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, session_env, digits_shards) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    proc = run(
+        [
+            "fit",
+            "--config",
+            "configs/quickstart.yaml",
+            "--exp.root",
+            str(root),
+            "--trainer.max_steps",
+            "4",
+            "--trainer.val_check_interval",
+            "4",
+            "--data.init_args.num_workers",
+            "0",
+            "--trainer.enable_progress_bar",
+            "false",
+            *IN_TRAINING_EVAL,
+        ],
+        session_env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "quickstart" / "checkpoints" / "last.ckpt"
+
+
+IN_TRAINING_EVAL = [
+    "--trainer.callbacks+=pyramid_dm.callbacks.SampleQuality",
+    "--trainer.callbacks.every_n_steps=2",
+    "--trainer.callbacks.num_samples=20",
+    "--trainer.callbacks.batch_size=10",
+    "--trainer.callbacks.steps=3",
+]
+
+
+def test_in_training_sample_quality_is_logged_every_n_steps(checkpoint):
+    from pyramid_dm.eval.history import run_history
+
+    run_dir = next((checkpoint.parent.parent / "wandb").glob("offline-run-*"))
+    rows = [r for r in run_history(run_dir, prefix="val/") if "val/fid_digits_clf" in r]
+    assert [r["trainer/global_step"] for r in rows] == [2, 4]
+    assert all(r["val/digits_clf_num_samples"] == 20 and r["val/kid_digits_clf_std"] >= 0 for r in rows)
+
+
+EVAL = [
+    "--sampler",
+    "ddim",
+    "ddpm",
+    "--steps",
+    "2",
+    "4",
+    "--num_samples",
+    "40",
+    "--batch_size",
+    "20",
+    "--num_real",
+    "300",
+    "--kid_subset_size",
+    "20",
+    "--no_progress",
+]
+
+
+@pytest.fixture(scope="module")
+def evaluated(checkpoint, session_env) -> Path:
+    proc = run(["evaluate", "--ckpt_path", str(checkpoint), *EVAL], session_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return checkpoint.parent.parent / "eval" / "last-digits_clf"
+
+
+def test_evaluate_writes_table_plot_and_wandb_entries(evaluated):
+    result = json.loads((evaluated / "results.json").read_text())
+    rows, meta = result["rows"], result["meta"]
+    assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 2), ("ddim", 4), ("ddpm", 2), ("ddpm", 4)]
+    for r in rows:
+        assert r["nfe"] == r["steps"] and r["num_samples"] == 40 and r["num_real"] == 300
+        assert r["gflops_per_sample"] == pytest.approx(r["nfe"] * r["gflops_per_call"] + r["decoder_gflops"])
+        assert r["fid_digits_clf"] > 0 and r["seconds_per_sample"] > 0 and r["params"] > 0
+    assert rows[1]["gflops_per_sample"] == pytest.approx(2 * rows[0]["gflops_per_sample"])
+    assert meta["features"] == "digits_clf" and meta["real_split"] == "train" and meta["dataset"] == "digits"
+    with (evaluated / "results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 4 and float(table[0]["fid_digits_clf"]) == pytest.approx(rows[0]["fid_digits_clf"])
+    png = (evaluated / "pareto.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24])[0] > 500
+    runs = list((evaluated / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and meta["wandb_run_id"] in runs[0].name
+    rec = json.loads(
+        subprocess.run(
+            ["wandb", "leet", "inspect", "--summary", "--json", str(runs[0])],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+    )
+    summary = rec["summary"]
+    assert summary["eval/results"]["_type"] == "table-file" and summary["eval/results"]["nrows"] == 4
+    assert summary["eval/pareto"]["_type"] == "image-file"
+    assert summary["ddpm-4/fid_digits_clf"] == pytest.approx(rows[3]["fid_digits_clf"])
+    assert rec["config"]["ckpt_path"].endswith("last.ckpt")
+
+
+def test_evaluate_refuses_to_overwrite_results(evaluated, checkpoint, session_env):
+    before = (evaluated / "results.json").read_bytes()
+    proc = run(["evaluate", "--ckpt_path", str(checkpoint), *EVAL], session_env)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    assert (evaluated / "results.json").read_bytes() == before
+
+
+def test_evaluate_bad_input_is_named(checkpoint, session_env, tmp_path):
+    too_many = run(
+        [
+            "evaluate",
+            "--ckpt_path",
+            str(checkpoint),
+            "--real_split",
+            "val",
+            "--num_real",
+            "500",
+            "--out",
+            str(tmp_path / "a"),
+            "--no_wandb",
+        ],
+        session_env,
+    )
+    assert too_many.returncode == 2 and "holds only 180" in too_many.stderr
+    ckpt = torch.load(checkpoint, weights_only=True)
+    assert ckpt["pyramid_dm"] == {"family": "pixel", "class_path": "pyramid_dm.models.diffusion.PixelDiffusion"}
+    ckpt["pyramid_dm"]["family"] = "latent"
+    torch.save(ckpt, tmp_path / "latent.ckpt")
+    wrong = run(
+        [
+            "evaluate",
+            "--ckpt_path",
+            str(tmp_path / "latent.ckpt"),
+            "--config",
+            "configs/quickstart.yaml",
+            "--out",
+            str(tmp_path / "b"),
+        ],
+        session_env,
+    )
+    assert wrong.returncode == 2 and "latent diffusion checkpoint" in wrong.stderr and "PixelDiffusion" in wrong.stderr
+    not_a_model = run(
+        ["evaluate", "--ckpt_path", str(WEIGHTS / "digits_clf.pt"), "--config", "configs/quickstart.yaml"], session_env
+    )
+    assert not_a_model.returncode == 2 and "not a pyramid_dm training checkpoint" in not_a_model.stderr
+    inception = run(
+        [
+            "evaluate",
+            "--ckpt_path",
+            str(checkpoint),
+            "--features",
+            f"inception:{tmp_path}/none.pth",
+            "--out",
+            str(tmp_path / "c"),
+        ],
+        session_env,
+    )
+    assert inception.returncode == 2 and "Inception weights" in inception.stderr
+    bad_sampler = run(["evaluate", "--ckpt_path", str(checkpoint), "--sampler", "dpm_magic"], session_env)
+    assert bad_sampler.returncode == 2 and "dpm_magic" in bad_sampler.stderr
+    assert not any((tmp_path / d).exists() for d in "abc")  # nothing half-written
+
+
+def test_notebook_executes_on_the_table_and_training_run(evaluated, checkpoint, session_env):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "notebooks" / "evaluation.ipynb", as_version=4)
+    training_run = next((checkpoint.parent.parent / "wandb").glob("offline-run-*"))
+    env = {
+        **session_env,
+        "PYRAMID_DM_EVAL_TABLE": str(evaluated / "results.csv"),
+        "PYRAMID_DM_WANDB_RUN": str(training_run),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+        ).execute()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "4 rows from" in text and "fid_digits_clf" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 1
