@@ -132,6 +132,11 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--warmup", type=int, default=2)
     u.add_argument("--steps", type=int, default=3)
     u.add_argument("--rounds", type=int, default=5)
+    f = sub.add_parser("fid-floor", help="FID-proxy of real val images against the real train statistics")
+    f.add_argument("--shards", default="builtin:digits")
+    f.add_argument("--resize", type=int, default=None)
+    f.add_argument("--num", type=int, nargs="+", default=[1000], help="val images compared (one row per value)")
+    f.add_argument("--features", default="auto")
     return p
 
 
@@ -139,4 +144,8 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.what == "unet":
         bench_unet(args)
+    elif args.what == "fid-floor":
+        from .fid_floor import fid_floor
+
+        fid_floor(args.shards, args.resize, args.num, args.features)
     return 0

@@ -9,6 +9,8 @@ for the other ranks.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -37,9 +39,11 @@ def fid(real: Tensor, fake: Tensor) -> float:
 def kid(real: Tensor, fake: Tensor, subset_size: int = 1000, subsets: int = 100, seed: int = 0) -> tuple[float, float]:
     """Kernel Inception Distance (unbiased MMD^2, cubic polynomial kernel): mean and std over random subsets."""
     size = min(subset_size, len(real), len(fake))
-    metric = KernelInceptionDistance(
-        feature=_Given(real.shape[1]), subsets=subsets, subset_size=size, sync_on_compute=False
-    )
+    with warnings.catch_warnings():  # "will save all extracted features": we hand it features, that is the point
+        warnings.filterwarnings("ignore", message=".*save all extracted features.*")
+        metric = KernelInceptionDistance(
+            feature=_Given(real.shape[1]), subsets=subsets, subset_size=size, sync_on_compute=False
+        )
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
     with torch.random.fork_rng(devices=[]):  # torchmetrics draws the subsets from the global generator
