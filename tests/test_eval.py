@@ -110,18 +110,20 @@ def test_same_seed_same_samples_whatever_the_batch_split():
 
 
 def test_real_features_are_cached_and_keyed_by_the_shard_checksums(digits, session_env):
-    manifest, extractor, _ = digits
-    first = real_features(manifest, "val", extractor, limit=100, progress=False)
-    cached = list((Path(session_env["PYRAMID_DM_CACHE"]) / "real_features").glob("digits-val-digits_clf-*.pt"))
-    assert len(cached) == 1 and first.shape == (100, extractor.num_features)
-    mtime = cached[0].stat().st_mtime_ns
-    assert torch.equal(real_features(manifest, "val", extractor, limit=100, progress=False), first)
-    assert cached[0].stat().st_mtime_ns == mtime  # read, not recomputed
-    changed = Manifest.load(manifest.path)
-    changed.data["splits"]["val"]["shards"][0]["sha256"] = "0" * 64  # as if the shards were rewritten
     from pyramid_dm.eval.real_features import cache_key
 
-    assert cache_key(changed, "val", 8, 100, extractor) != cache_key(manifest, "val", 8, 100, extractor)
+    manifest, extractor, _ = digits
+    first = real_features(manifest, "val", extractor, limit=100, progress=False)
+    key = cache_key(manifest, "val", 8, 100, extractor)
+    cached = Path(session_env["PYRAMID_DM_CACHE"]) / "real_features" / f"digits-val-digits_clf-{key}.pt"
+    assert cached.is_file() and first.shape == (100, extractor.num_features)
+    mtime = cached.stat().st_mtime_ns
+    assert torch.equal(real_features(manifest, "val", extractor, limit=100, progress=False), first)
+    assert cached.stat().st_mtime_ns == mtime  # read, not recomputed
+    assert cache_key(manifest, "val", 8, 99, extractor) != key
+    changed = Manifest.load(manifest.path)
+    changed.data["splits"]["val"]["shards"][0]["sha256"] = "0" * 64  # as if the shards were rewritten
+    assert cache_key(changed, "val", 8, 100, extractor) != key
 
 
 def test_asking_for_more_real_images_than_the_split_holds_is_refused(digits):
