@@ -37,19 +37,16 @@ def pareto_front(rows: list[dict], cost: str, quality: str) -> list[int]:
     return front
 
 
-def pareto_plot(rows: list[dict], quality: str, path: Path, title: str = "") -> Path:
+def pareto_figure(rows: list[dict], quality: str, title: str = ""):
     """Quality (lower is better) against FLOPs and wall-clock per sample, one line per sampler, steps annotated,
-    the Pareto front dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    the Pareto front dashed. Returns the matplotlib figure."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(COST_AXES), figsize=(11, 4.2))
     samplers = list(dict.fromkeys(row["sampler"] for row in rows))
     for ax, (cost, label) in zip(axes, COST_AXES.items()):
         for name in samplers:
-            pts = sorted((r[cost], r[quality], r["steps"]) for r in rows if r["sampler"] == name)
+            pts = sorted((r[cost], r[quality], int(r["steps"])) for r in rows if r["sampler"] == name)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
             for x, y, steps in pts:
                 ax.annotate(str(steps), (x, y), textcoords="offset points", xytext=(3, 4), fontsize=7)
@@ -62,6 +59,17 @@ def pareto_plot(rows: list[dict], quality: str, path: Path, title: str = "") -> 
     axes[0].legend(fontsize=8)
     fig.suptitle(title or f"{quality} vs compute (numbers: sampler steps)", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def pareto_plot(rows: list[dict], quality: str, path: Path, title: str = "") -> Path:
+    """:func:`pareto_figure` written as a PNG (atomically; no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = pareto_figure(rows, quality, title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
