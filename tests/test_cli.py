@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_cli
 
 from pyramid_dm.models import ema_net_from_checkpoint
 
@@ -29,14 +28,7 @@ FAST = [
 
 
 def run(args: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pyramid_dm", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_cli(args, env, timeout)
 
 
 def fit(root: Path, env: dict, *extra: str, steps: int = 6) -> subprocess.CompletedProcess:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_cli
 from torch import nn
 
 from pyramid_dm.data import Manifest
@@ -190,14 +191,7 @@ def test_missing_weights_and_unknown_extractors_say_what_to_do(tmp_path, monkeyp
 
 
 def run(args: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pyramid_dm", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_cli(args, env, timeout)
 
 
 @pytest.fixture(scope="module")
