@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             from .commands.evaluate import main as evaluate_main
 
             return evaluate_main(argv[1:])
+        if argv and argv[0] == "sample":
+            from .commands.sample import main as sample_main
+
+            return sample_main(argv[1:])
         if argv and argv[0] == "bench":
             from .bench import main as bench_main
 

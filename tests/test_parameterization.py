@@ -1,51 +1,88 @@
+import math
+
 import pytest
 import torch
 
-from pyramid_dm.diffusion import PREDICTIONS, PredictionDenoiser, build_schedule, loss_weight, target, to_eps, to_x0
+from pyramid_dm.diffusion import PREDICTIONS, Denoiser, build_schedule, coefficients, loss_weight, network_target
+
+
+def _noisy(prediction, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x0, eps = torch.randn(64, 3, 4, 4, generator=g), torch.randn(64, 3, 4, 4, generator=g)
+    sigma = torch.exp(torch.randn(64, generator=g, dtype=torch.float64) * 1.5)
+    return x0, eps, sigma
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
-def test_conversions_round_trip(prediction):
-    g = torch.Generator().manual_seed(0)
-    s = build_schedule("cosine", 1000)
-    x0, eps = torch.randn(64, 3, 4, 4, generator=g), torch.randn(64, 3, 4, 4, generator=g)
-    t = s.sample_t(64, generator=g).clamp(max=0.98)  # away from alpha = 0, where x0 from eps is ill-conditioned
-    alpha, sigma = s.alpha_sigma(t)
-    xt = alpha.view(-1, 1, 1, 1) * x0 + sigma.view(-1, 1, 1, 1) * eps
-    out = target(prediction, x0, eps, alpha, sigma)
-    assert torch.allclose(to_x0(prediction, out, xt, alpha, sigma), x0, atol=2e-4)
-    assert torch.allclose(to_eps(prediction, out, xt, alpha, sigma), eps, atol=2e-4)
+def test_a_network_that_outputs_its_target_denoises_exactly(prediction):
+    """D(x0 + sigma eps; sigma) = x0 when F returns F*: the preconditioning and the target are consistent."""
+    x0, eps, sigma = _noisy(prediction)
+    tgt = network_target(prediction, x0.double(), eps.double(), sigma)
+    den = Denoiser(lambda x_in, level: tgt, build_schedule("cosine", None), prediction)
+    x = x0.double() + sigma.view(-1, 1, 1, 1) * eps.double()
+    assert torch.allclose(den(x, sigma), x0.double(), atol=1e-9)
 
 
-def test_v_is_alpha_eps_minus_sigma_x0():
-    x0, eps = torch.randn(8, 2), torch.randn(8, 2)
-    alpha, sigma = torch.full((8,), 0.6), torch.full((8,), 0.8)
-    assert torch.allclose(target("v", x0, eps, alpha, sigma), 0.6 * eps - 0.8 * x0)
+def test_targets_are_the_textbook_eps_x0_v():
+    x0, eps, sigma = _noisy("v")
+    alpha, sig_vp = 1 / (1 + sigma**2).sqrt(), sigma / (1 + sigma**2).sqrt()
+    a, s = alpha.view(-1, 1, 1, 1), sig_vp.view(-1, 1, 1, 1)
+    assert torch.allclose(network_target("eps", x0, eps, sigma), eps, atol=1e-6)
+    assert torch.allclose(network_target("x0", x0, eps, sigma), x0, atol=1e-6)
+    assert torch.allclose(network_target("v", x0, eps, sigma), (a * eps - s * x0).float(), atol=1e-5)
 
 
-def test_min_snr_weights_equal_min_snr_gamma_on_x0_scale():
-    snr = torch.tensor([0.1, 1.0, 5.0, 50.0])
-    w_x0 = torch.minimum(snr, torch.tensor(5.0))
-    # eps-MSE = SNR * x0-MSE and v-MSE = (1 + SNR) * x0-MSE, so each weight must give the same x0-scale weight
-    assert torch.allclose(loss_weight("eps", snr, "min_snr") * snr, w_x0)
-    assert torch.allclose(loss_weight("v", snr, "min_snr") * (snr + 1), w_x0)
-    assert torch.allclose(loss_weight("x0", snr, "min_snr"), w_x0)
-    assert torch.equal(loss_weight("eps", snr), torch.ones(4))
+def test_edm_preconditioning_matches_karras_table_1():
+    sigma = torch.tensor([0.002, 0.5, 80.0], dtype=torch.float64)
+    c_skip, c_out, c_in = coefficients("edm", sigma, 0.5)
+    assert torch.allclose(c_skip, 0.25 / (sigma**2 + 0.25))
+    assert torch.allclose(c_out, sigma * 0.5 / (sigma**2 + 0.25).sqrt())
+    assert torch.allclose(c_in, 1 / (sigma**2 + 0.25).sqrt())
+    seen = {}
+    den = Denoiser(lambda x, level: seen.setdefault("level", level) * 0 + x, build_schedule("edm", None), "edm")
+    den(torch.zeros(2, 1), torch.tensor(math.e**4, dtype=torch.float64))
+    assert torch.allclose(seen["level"], torch.ones(2))  # c_noise = ln(sigma) / 4
 
 
-def test_denoiser_wrapper_inverts_the_prediction():
+def test_vp_networks_see_the_variance_preserving_input_and_time():
     s = build_schedule("linear", 1000)
-    x0 = torch.randn(4, 1, 2, 2)
-    t = torch.full((4,), 0.3)
-    alpha, sigma = (v.view(-1, 1, 1, 1) for v in s.alpha_sigma(t))
-    true_eps = torch.randn_like(x0)
-    xt = alpha * x0 + sigma * true_eps
-    oracle = PredictionDenoiser(lambda x, t: true_eps, s, "eps")
-    assert torch.allclose(oracle(xt, t), x0, atol=1e-4)
+    t = torch.tensor([0.3], dtype=torch.float64)
+    sigma = s.sigma(t)
+    seen = {}
+
+    def net(x_in, level):
+        seen.update(x_in=x_in, level=level)
+        return torch.zeros_like(x_in)
+
+    x0, eps = torch.randn(4, 2).double(), torch.randn(4, 2).double()
+    Denoiser(net, s, "eps")(x0 + sigma * eps, sigma[0])
+    alpha, sig_vp = s.alpha_sigma(t)
+    assert torch.allclose(seen["x_in"].double(), alpha * x0 + sig_vp * eps, atol=1e-6)
+    assert torch.allclose(seen["level"], torch.full((4,), 0.3), atol=1e-6)
 
 
-def test_bad_names_are_clear_errors():
+def test_weightings_on_the_x0_scale():
+    sigma = torch.tensor([3.0, 1.0, 0.4, 0.1], dtype=torch.float64)
+    snr = sigma**-2
+    w_x0 = snr.clamp(max=5.0)
+    # ||F - F*||^2 = ||D - x0||^2 / c_out^2: each weight divided by c_out^2 must give the same x0-scale weight
+    for prediction in PREDICTIONS:
+        c_out = coefficients(prediction, sigma)[1]
+        assert torch.allclose(loss_weight(prediction, sigma, "min_snr") / c_out**2, w_x0)
+        edm = (sigma**2 + 0.25) / (sigma * 0.5) ** 2
+        assert torch.allclose(loss_weight(prediction, sigma, "edm") / c_out**2, edm)
+    assert torch.allclose(loss_weight("eps", sigma, "min_snr"), w_x0 / snr)  # Hang et al.: min(SNR, g) / SNR
+    assert torch.allclose(loss_weight("v", sigma, "min_snr"), w_x0 / (snr + 1))  # min(SNR, g) / (SNR + 1)
+    assert torch.equal(loss_weight("eps", sigma), torch.ones(4, dtype=torch.float64))
+    assert torch.allclose(loss_weight("edm", sigma, "edm"), torch.ones(4, dtype=torch.float64))
+
+
+def test_bad_names_and_pairs_are_clear_errors():
     with pytest.raises(ValueError, match="unknown prediction type 'score'"):
-        PredictionDenoiser(lambda x, t: x, build_schedule("cosine"), "score")
+        Denoiser(lambda x, t: x, build_schedule("cosine"), "score")
     with pytest.raises(ValueError, match="unknown loss weighting 'p2'"):
         loss_weight("eps", torch.ones(1), "p2")
+    ztsnr = build_schedule("linear", 1000, zero_terminal_snr=True)
+    with pytest.raises(ValueError, match="'eps' cannot be used with the zero-terminal-SNR schedule"):
+        Denoiser(lambda x, t: x, ztsnr, "eps")
+    Denoiser(lambda x, t: x, ztsnr, "v")  # the pair Lin et al. recommend

@@ -1,25 +1,66 @@
-"""Diffusion math in pure torch: schedules, parameterizations, losses and samplers. No Lightning here."""
+"""Diffusion math in pure torch: schedules, parameterizations, losses, discretizations, samplers and guidance.
+No Lightning here."""
 
-from .losses import diffusion_loss, loss_weight
-from .parameterization import PREDICTIONS, PredictionDenoiser, target, to_eps, to_x0
-from .samplers import SAMPLERS, CountingDenoiser, ddim, ddpm, get_sampler, sampling_times
-from .schedules import NoiseSchedule, build_schedule, q_sample
+from .discretization import DISCRETIZATIONS, sampling_sigmas, sampling_times
+from .guidance import ClassifierFreeGuidance
+from .losses import WEIGHTINGS, diffusion_loss, loss_weight
+from .parameterization import PREDICTIONS, Denoiser, DenoiserFn, coefficients, network_target
+from .samplers import (
+    DEFAULT_DISCRETIZATION,
+    SAMPLERS,
+    CountingDenoiser,
+    ddim,
+    ddpm,
+    dpmpp_2m,
+    dpmpp_3m,
+    euler,
+    get_sampler,
+    heun,
+    nfe,
+    sample,
+    steps_for_nfe,
+)
+from .schedules import (
+    SCHEDULES,
+    TRAINING_NOISE,
+    NoiseSchedule,
+    build_schedule,
+    q_sample,
+    resolution_shift,
+    training_noise_levels,
+)
 
 __all__ = [
+    "DEFAULT_DISCRETIZATION",
+    "DISCRETIZATIONS",
     "PREDICTIONS",
     "SAMPLERS",
+    "SCHEDULES",
+    "TRAINING_NOISE",
+    "WEIGHTINGS",
+    "ClassifierFreeGuidance",
     "CountingDenoiser",
+    "Denoiser",
+    "DenoiserFn",
     "NoiseSchedule",
-    "PredictionDenoiser",
     "build_schedule",
+    "coefficients",
     "ddim",
     "ddpm",
     "diffusion_loss",
+    "dpmpp_2m",
+    "dpmpp_3m",
+    "euler",
     "get_sampler",
+    "heun",
     "loss_weight",
+    "network_target",
+    "nfe",
     "q_sample",
+    "resolution_shift",
+    "sample",
+    "sampling_sigmas",
     "sampling_times",
-    "target",
-    "to_eps",
-    "to_x0",
+    "steps_for_nfe",
+    "training_noise_levels",
 ]

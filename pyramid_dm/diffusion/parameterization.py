@@ -1,8 +1,16 @@
-"""What the network predicts, and the wrapper that turns it into a denoiser.
+"""Parameterizations: wrappers that turn any network F into a denoiser D(x~; sigma~) -> x0_hat.
 
-With x_t = alpha x0 + sigma eps (alpha^2 + sigma^2 = 1) and v = alpha eps - sigma x0 (Salimans & Ho 2022):
-  x0 = (x_t - sigma eps) / alpha = alpha x_t - sigma v,    eps = (x_t - alpha x0) / sigma = sigma x_t + alpha v.
-A *denoiser* is any callable D(x_t, t, **cond) -> x0_hat; every sampler in this package works on denoisers only.
+Every parameterization is one preconditioning (Karras et al. 2022, EDM, Table 1; sgm ``denoiser.py``):
+    D(x~; sigma) = c_skip(sigma) x~ + c_out(sigma) F(c_in(sigma) x~; c_noise(sigma))
+on x~ = x0 + sigma eps (sigma = sigma_t / alpha_t). With alpha = 1 / sqrt(1 + sigma^2), c_in x~ = x_t is the
+variance-preserving input, and (Salimans & Ho 2022 for v = alpha eps - sigma_t x0):
+    eps: c_skip = 1,                c_out = -sigma,                      c_in = alpha,  c_noise = t(sigma)
+    x0:  c_skip = 0,                c_out = 1,                           c_in = alpha,  c_noise = t(sigma)
+    v:   c_skip = alpha^2,          c_out = -sigma alpha,                c_in = alpha,  c_noise = t(sigma)
+    edm: c_skip = sd^2/(s^2+sd^2),  c_out = s sd / sqrt(s^2 + sd^2),     c_in = 1/sqrt(s^2 + sd^2), c_noise = ln(s)/4
+t(sigma) is the schedule's time for that noise level: a network trained as eps/x0/v sees t in [0, 1], as in DDPM.
+The network's training target follows from D = x0:  F* = ((1 - c_skip) x0 - c_skip sigma eps) / c_out,
+and ||F - F*||^2 = ||D - x0||^2 / c_out^2.
 """
 
 from __future__ import annotations
@@ -15,11 +23,13 @@ from torch import Tensor, nn
 
 from .schedules import NoiseSchedule
 
-PREDICTIONS = ("eps", "x0", "v")
+PREDICTIONS = ("eps", "x0", "v", "edm")
 
 
-class Denoiser(Protocol):
-    def __call__(self, x: Tensor, t: Tensor, **cond) -> Tensor: ...
+class DenoiserFn(Protocol):
+    """What every sampler calls: x0_hat = D(x~, sigma~, **cond); sigma~ is a 0-d or per-sample tensor."""
+
+    def __call__(self, x: Tensor, sigma: Tensor, **cond) -> Tensor: ...
 
 
 def check_prediction(prediction: str) -> str:
@@ -28,58 +38,88 @@ def check_prediction(prediction: str) -> str:
     return prediction
 
 
-def _bcast(a: Tensor, like: Tensor) -> Tensor:
-    a = torch.as_tensor(a, device=like.device, dtype=like.dtype)
-    return a.view(-1, *([1] * (like.ndim - 1))) if a.ndim == 1 else a
+def check_pair(prediction: str, schedule: NoiseSchedule) -> None:
+    """eps-prediction cannot give x0 where alpha = 0: x0 = (x_t - sigma_t eps) / alpha_t (Lin et al. 2024, Sec. 3.2)."""
+    if prediction == "eps" and schedule.zero_terminal_snr:
+        raise ValueError(
+            f"prediction 'eps' cannot be used with the zero-terminal-SNR schedule {schedule.name!r}: at t = 1 "
+            "alpha = 0 and x0 = (x_t - sigma eps) / alpha is undefined; use prediction 'v' (or 'x0')"
+        )
 
 
-def target(prediction: str, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """The regression target for ``prediction`` in {eps, x0, v}."""
+def expand(a: Tensor, like: Tensor) -> Tensor:
+    """A scalar or per-sample coefficient shaped to broadcast over ``like``."""
+    a = torch.as_tensor(a, device=like.device)
+    return a.reshape(-1, *([1] * (like.ndim - 1))) if a.ndim == 1 else a
+
+
+def coefficients(prediction: str, sigma: Tensor, sigma_data: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
+    """(c_skip, c_out, c_in) of ``prediction`` at noise level ``sigma`` (float64)."""
+    s = torch.as_tensor(sigma, dtype=torch.float64)
+    if prediction == "edm":
+        sd2 = sigma_data**2
+        return sd2 / (s**2 + sd2), s * sigma_data / (s**2 + sd2).sqrt(), 1 / (s**2 + sd2).sqrt()
+    alpha = 1 / (1 + s**2).sqrt()
     if prediction == "eps":
-        return eps
+        return torch.ones_like(s), -s, alpha
     if prediction == "x0":
-        return x0
+        return torch.zeros_like(s), torch.ones_like(s), alpha
     if prediction == "v":
-        return _bcast(alpha, x0) * eps - _bcast(sigma, x0) * x0
-    return check_prediction(prediction)
+        return alpha**2, -s * alpha, alpha
+    raise ValueError(f"unknown prediction type {prediction!r}; choose one of {list(PREDICTIONS)}")
 
 
-def to_x0(prediction: str, out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    a, s = _bcast(alpha, x_t), _bcast(sigma, x_t)
-    if prediction == "eps":
-        return (x_t - s * out) / a
-    if prediction == "x0":
-        return out
-    if prediction == "v":
-        return a * x_t - s * out
-    return check_prediction(prediction)
+def network_target(prediction: str, x0: Tensor, eps: Tensor, sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
+    """F* such that D = x0 for x~ = x0 + sigma eps: ((1 - c_skip) x0 - c_skip sigma eps) / c_out."""
+    c_skip, c_out, _ = coefficients(prediction, sigma, sigma_data)
+    a = expand((1 - c_skip) / c_out, x0).to(x0.dtype)
+    b = expand(c_skip * sigma / c_out, x0).to(x0.dtype)
+    return a * x0 - b * eps
 
 
-def to_eps(prediction: str, out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    a, s = _bcast(alpha, x_t), _bcast(sigma, x_t)
-    if prediction == "eps":
-        return out
-    if prediction == "x0":
-        return (x_t - a * out) / s
-    if prediction == "v":
-        return s * x_t + a * out
-    return check_prediction(prediction)
+class Denoiser(nn.Module):
+    """Wraps a network ``net(x_in, noise_level, **cond)`` into D(x~; sigma~) -> x0_hat (see the module docstring).
 
-
-class PredictionDenoiser(nn.Module):
-    """Wraps a network ``net(x_t, t, **cond)`` that predicts eps, x0 or v into a denoiser returning x0_hat.
-
-    The network sees the noisy input and t in [0, 1] unchanged; it knows nothing else about diffusion.
-    ``clip_x0`` clamps x0_hat to the data range [-1, 1] (pixel space only).
+    ``clip_x0`` clamps x0_hat to the data range [-1, 1] (pixel space only). The network runs in its own dtype;
+    the sampler's state (float64 in our samplers) is cast for it and the output cast back.
     """
 
-    def __init__(self, net: nn.Module | Callable, schedule: NoiseSchedule, prediction: str = "eps", clip_x0=False):
+    def __init__(
+        self,
+        net: nn.Module | Callable,
+        schedule: NoiseSchedule,
+        prediction: str = "eps",
+        sigma_data: float = 0.5,
+        clip_x0: bool = False,
+    ):
         super().__init__()
+        check_pair(check_prediction(prediction), schedule)
         self.net, self.schedule = net, schedule
-        self.prediction, self.clip_x0 = check_prediction(prediction), clip_x0
+        self.prediction, self.sigma_data, self.clip_x0 = prediction, sigma_data, clip_x0
 
-    def forward(self, x: Tensor, t: Tensor, **cond) -> Tensor:
-        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).expand(x.shape[0])
-        alpha, sigma = self.schedule.alpha_sigma(t)
-        x0 = to_x0(self.prediction, self.net(x, t, **cond).to(x.dtype), x, alpha, sigma)
+    def noise_level(self, sigma: Tensor, t: Tensor | None = None) -> Tensor:
+        """c_noise: the schedule time t(sigma) for eps/x0/v networks, ln(sigma)/4 for EDM ones (float64)."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        if self.prediction == "edm":
+            return sigma.log() / 4
+        if t is not None:
+            return torch.as_tensor(t, dtype=torch.float64)
+        if sigma.numel() == 1 and sigma.device.type == "cpu":
+            return torch.tensor(self.schedule.t_of_sigma_value(float(sigma)), dtype=torch.float64)
+        return self.schedule.t_of_sigma(sigma)
+
+    def _net_dtype(self, x: Tensor) -> torch.dtype:
+        p = next(self.net.parameters(), None) if isinstance(self.net, nn.Module) else None
+        return p.dtype if p is not None else (torch.float32 if x.dtype == torch.float64 else x.dtype)
+
+    def network(self, x_in: Tensor, sigma: Tensor, t: Tensor | None = None, **cond) -> Tensor:
+        """F(x_in; c_noise) on a batch, ``x_in`` already scaled by c_in."""
+        level = self.noise_level(sigma, t).to(device=x_in.device, dtype=torch.float32).expand(x_in.shape[0])
+        return self.net(x_in.to(self._net_dtype(x_in)), level, **cond)
+
+    def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        c_skip, c_out, c_in = (expand(c, x).to(x.dtype) for c in coefficients(self.prediction, sigma, self.sigma_data))
+        out = self.network(c_in * x, sigma, **cond).to(x.dtype)
+        x0 = c_skip * x + c_out * out
         return x0.clamp(-1, 1) if self.clip_x0 else x0

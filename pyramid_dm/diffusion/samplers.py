@@ -1,124 +1,206 @@
-"""Samplers: short functions of (denoiser, x, schedule, steps) that only call the denoiser D(x_t, t, **cond) -> x0_hat.
+"""Samplers: short functions that only call a denoiser D(x~, sigma~, **cond) -> x0_hat (see :mod:`.parameterization`).
 
-Shared signature: ``sampler(denoiser, x, schedule, steps=None, *, cond=None, generator=None, **options) -> x0``,
-where ``x`` is the starting noise N(0, I) and ``steps`` the number of denoiser calls (NFE) of a one-call-per-step
-sampler. Time grids come from :func:`sampling_times`; the last step always lands on t = 0 (alpha = 1, sigma = 0).
+Shared signature: ``sampler(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, **options) -> x0``.
+``x`` is the starting noise N(0, I); the sampler starts from x~ = x sqrt(1 + sigma_0^2) (the variance-preserving
+x_T = noise in sigma space) and walks the decreasing ``sigmas`` (from :func:`sampling_sigmas`, last one 0). The state
+is float64 (float32 on MPS), as in EDM; the denoiser casts it for the network. ``callback(i, x, x0_hat)`` is called
+after every step. :func:`nfe` gives the number of denoiser calls a sampler makes for a given grid.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from .parameterization import Denoiser, to_eps
+from .discretization import sampling_sigmas
+from .parameterization import DenoiserFn
 from .schedules import NoiseSchedule
 
-SPACINGS = ("leading", "trailing", "linspace")
 
-
-def sampling_times(schedule: NoiseSchedule, steps: int, spacing: str = "leading") -> Tensor:
-    """Decreasing times t_0 > ... > t_{steps-1} > t_steps = 0 (float64).
-
-    Discrete schedules follow diffusers' ``timestep_spacing``: ``leading`` takes every (T // steps)-th grid index
-    counted from 0, ``trailing`` counts back from T - 1, ``linspace`` rounds an even spread over [0, T - 1].
-    Continuous schedules spread the times evenly over (0, 1] whatever the spacing.
-    """
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if spacing not in SPACINGS:
-        raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {list(SPACINGS)}")
-    T = schedule.num_steps
-    if T is None:
-        return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    if steps > T:
-        raise ValueError(f"steps={steps} exceeds the {T} steps of the discrete schedule")
-    if spacing == "leading":
-        idx = torch.arange(steps, dtype=torch.float64) * (T // steps)
-    elif spacing == "trailing":
-        idx = torch.arange(T, 0, -T / steps, dtype=torch.float64).round().flip(0) - 1
-    else:
-        idx = torch.linspace(0, T - 1, steps, dtype=torch.float64).round()
-    return torch.cat([((idx.flip(0) + 1) / T), torch.zeros(1, dtype=torch.float64)])
+def _start(x: Tensor, sigmas: Tensor) -> Tensor:
+    dtype = torch.float32 if x.device.type == "mps" else torch.float64
+    return x.to(dtype) * math.sqrt(1 + float(sigmas[0]) ** 2)
 
 
 def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32).to(x.dtype)
 
 
-def _times(schedule: NoiseSchedule, steps: int | None, spacing: str) -> Tensor:
-    return sampling_times(schedule, (schedule.num_steps or 1000) if steps is None else steps, spacing)
+def _check_sigmas(sigmas: Tensor) -> Tensor:
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
+    if sigmas.ndim != 1 or len(sigmas) < 2 or sigmas[-1] != 0 or not bool((sigmas[1:] < sigmas[:-1]).all()):
+        raise ValueError("sigmas must be a decreasing 1-d grid of at least 2 noise levels ending at 0")
+    return sigmas
 
 
 @torch.no_grad()
-def ddpm(
-    denoiser: Denoiser,
-    x: Tensor,
-    schedule: NoiseSchedule,
-    steps: int | None = None,
-    *,
-    cond: dict | None = None,
-    generator: torch.Generator | None = None,
-    variance: str = "large",
-    spacing: str = "leading",
-) -> Tensor:
-    """DDPM ancestral sampling (Ho et al. 2020, Eq. 6-7), generalised to any pair t > s of the grid:
-    x_s ~ N(mu~(x_t, x0_hat), var) with beta = 1 - abar_t / abar_s,
+def ddpm(denoiser: DenoiserFn, x, sigmas, *, cond=None, generator=None, callback=None, variance: str = "large"):
+    """DDPM ancestral sampling (Ho et al. 2020, Eq. 6-7) between any two levels t > s of the grid, in VP form
+    (abar = 1 / (1 + sigma~^2)): x_s ~ N(mu~, var), beta = 1 - abar_t / abar_s,
     mu~ = sqrt(abar_s) beta / (1 - abar_t) x0_hat + sqrt(1 - beta) (1 - abar_s) / (1 - abar_t) x_t,
-    var = beta ("large", DDPM's CIFAR-10 choice) or beta (1 - abar_s) / (1 - abar_t) ("small");
-    no noise on the last step.
-    ``steps=None`` walks every step of a discrete schedule (1000 for a continuous one).
-    """
+    var = beta ("large", DDPM's CIFAR-10 choice) or beta (1 - abar_s) / (1 - abar_t) ("small"); no noise at the end."""
     if variance not in ("large", "small"):
         raise ValueError(f"unknown DDPM variance {variance!r}; choose 'large' or 'small'")
-    cond = cond or {}
-    times = _times(schedule, steps, spacing)
-    for t, s in zip(times[:-1], times[1:]):
-        ab_t, ab_s = (schedule.alpha_bar(v.reshape(1).to(x.device)).double() for v in (t, s))
-        x0 = denoiser(x, t.float().to(x.device), **cond)
+    sigmas, cond = _check_sigmas(sigmas), cond or {}
+    x = _start(x, sigmas)
+    for i, (st, ss) in enumerate(zip(sigmas[:-1].tolist(), sigmas[1:].tolist())):
+        x0 = denoiser(x, sigmas[i], **cond)
+        ab_t, ab_s = 1 / (1 + st**2), 1 / (1 + ss**2)
         beta = 1 - ab_t / ab_s
-        c0 = ab_s.sqrt() * beta / (1 - ab_t)
-        ct = (1 - beta).sqrt() * (1 - ab_s) / (1 - ab_t)
-        x = c0.to(x.dtype) * x0 + ct.to(x.dtype) * x
-        if s > 0:
+        xt = x * math.sqrt(ab_t)  # VP state
+        xs = math.sqrt(ab_s) * beta / (1 - ab_t) * x0 + math.sqrt(1 - beta) * (1 - ab_s) / (1 - ab_t) * xt
+        if ss > 0:
             var = beta if variance == "large" else beta * (1 - ab_s) / (1 - ab_t)
-            x = x + var.sqrt().to(x.dtype) * _noise(x, generator)
+            xs = xs + math.sqrt(var) * _noise(x, generator)
+        x = xs / math.sqrt(ab_s)
+        if callback:
+            callback(i, x, x0)
     return x
 
 
 @torch.no_grad()
-def ddim(
-    denoiser: Denoiser,
-    x: Tensor,
-    schedule: NoiseSchedule,
-    steps: int | None = 50,
-    *,
-    cond: dict | None = None,
-    generator: torch.Generator | None = None,
-    eta: float = 0.0,
-    spacing: str = "leading",
-) -> Tensor:
-    """DDIM (Song et al. 2021, Eq. 12): x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z with
-    c = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s). eta = 0 is deterministic; eta = 1 is DDPM-like.
-    """
+def ddim(denoiser: DenoiserFn, x, sigmas, *, cond=None, generator=None, callback=None, eta: float = 0.0):
+    """DDIM (Song et al. 2021, Eq. 12) in sigma space: x~_s = x0_hat + sqrt(sigma~_s^2 - c~^2) eps_hat + c~ z with
+    eps_hat = (x~_t - x0_hat) / sigma~_t and c~ = c / alpha_s,
+    c = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s).
+    eta = 0 is deterministic (= Euler in sigma space, = first-order DPM-Solver); eta = 1 is DDPM's "small" variance."""
     if eta < 0:
         raise ValueError(f"DDIM eta must be >= 0, got {eta}")
-    cond = cond or {}
-    times = _times(schedule, steps, spacing)
-    for t, s in zip(times[:-1], times[1:]):
-        a_t, s_t = (v.double() for v in schedule.alpha_sigma(t.reshape(1).to(x.device)))
-        a_s, s_s = (v.double() for v in schedule.alpha_sigma(s.reshape(1).to(x.device)))
-        x0 = denoiser(x, t.float().to(x.device), **cond)
-        eps = to_eps("x0", x0, x, a_t.to(x.dtype), s_t.to(x.dtype))
-        c = eta * (s_s / s_t) * (1 - (a_t / a_s) ** 2).clamp(min=0).sqrt()
-        x = a_s.to(x.dtype) * x0 + (s_s**2 - c**2).clamp(min=0).sqrt().to(x.dtype) * eps
-        if eta > 0 and s > 0:
-            x = x + c.to(x.dtype) * _noise(x, generator)
+    sigmas, cond = _check_sigmas(sigmas), cond or {}
+    x = _start(x, sigmas)
+    for i, (st, ss) in enumerate(zip(sigmas[:-1].tolist(), sigmas[1:].tolist())):
+        x0 = denoiser(x, sigmas[i], **cond)
+        eps = (x - x0) / st
+        ab_t, ab_s = 1 / (1 + st**2), 1 / (1 + ss**2)
+        c = eta * math.sqrt((1 - ab_s) / (1 - ab_t) * max(0.0, 1 - ab_t / ab_s)) / math.sqrt(ab_s)
+        x = x0 + math.sqrt(max(0.0, ss**2 - c**2)) * eps
+        if c > 0 and ss > 0:
+            x = x + c * _noise(x, generator)
+        if callback:
+            callback(i, x, x0)
     return x
 
 
-SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim}
+def _churn(x, sigma: float, n: int, churn: float, s_tmin: float, s_tmax: float, s_noise: float, generator):
+    """EDM Alg. 2 lines 4-6: raise the noise level to sigma_hat = sigma (1 + gamma) by adding fresh noise."""
+    gamma = min(churn / n, math.sqrt(2) - 1) if s_tmin <= sigma <= s_tmax else 0.0
+    if gamma <= 0:
+        return x, sigma
+    sigma_hat = sigma * (1 + gamma)
+    return x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * _noise(x, generator), sigma_hat
+
+
+def _edm(denoiser, x, sigmas, cond, generator, callback, second_order, churn, s_tmin, s_tmax, s_noise):
+    sigmas, cond = _check_sigmas(sigmas), cond or {}
+    x, n = _start(x, sigmas), len(sigmas) - 1
+    for i in range(n):
+        x, s_hat = _churn(x, float(sigmas[i]), n, churn, s_tmin, s_tmax, s_noise, generator)
+        s_next = float(sigmas[i + 1])
+        x0 = denoiser(x, torch.tensor(s_hat, dtype=torch.float64), **cond)
+        d = (x - x0) / s_hat
+        x_next = x + (s_next - s_hat) * d
+        if second_order and s_next > 0:
+            d_next = (x_next - denoiser(x_next, sigmas[i + 1], **cond)) / s_next
+            x_next = x + (s_next - s_hat) * (d + d_next) / 2
+        x = x_next
+        if callback:
+            callback(i, x, x0)
+    return x
+
+
+@torch.no_grad()
+def euler(
+    denoiser: DenoiserFn, x, sigmas, *, cond=None, generator=None, callback=None,
+    churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
+):  # fmt: skip
+    """Euler on the probability-flow ODE dx~/dsigma = (x~ - D(x~; sigma)) / sigma (Karras et al. 2022, Alg. 2 without
+    the correction), with optional churn: gamma = min(churn / N, sqrt(2) - 1) for sigma in [s_tmin, s_tmax]."""
+    return _edm(denoiser, x, sigmas, cond, generator, callback, False, churn, s_tmin, s_tmax, s_noise)
+
+
+@torch.no_grad()
+def heun(
+    denoiser: DenoiserFn, x, sigmas, *, cond=None, generator=None, callback=None,
+    churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
+):  # fmt: skip
+    """EDM's Heun sampler (Karras et al. 2022, Alg. 2): an Euler step corrected by the slope at its end point, except
+    for the last step to sigma = 0 (Euler). 2N - 1 denoiser calls for N intervals. Churn as in :func:`euler`."""
+    return _edm(denoiser, x, sigmas, cond, generator, callback, True, churn, s_tmin, s_tmax, s_noise)
+
+
+def _dpmpp_multistep(denoiser, x, sigmas, cond, callback, order: int, lower_order_final: bool):
+    """DPM-Solver++ multistep in data prediction (Lu et al. 2022, Alg. 2; diffusers ``DPMSolverMultistepScheduler``)
+    in sigma space, where lambda = -log sigma~ and x~_t = (sigma_t / sigma_s) x~_s - expm1(-h) D_0 + ..."""
+    sigmas, cond = _check_sigmas(sigmas), cond or {}
+    x, n = _start(x, sigmas), len(sigmas) - 1
+    lam = -sigmas.log()  # +inf at sigma = 0
+    history: list[Tensor] = []  # x0_hat at the previous levels, newest first
+    for i in range(n):
+        x0 = denoiser(x, sigmas[i], **cond)
+        history = [x0, *history][:order]
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        k = min(order, len(history))
+        if s_next == 0 or (lower_order_final and i == n - 1):
+            k = 1  # the step to sigma = 0 is x~ = x0_hat; higher-order terms would multiply 1 / h = 0 by infinity
+        elif lower_order_final and n < 15 and i == n - 2:
+            k = min(k, 2)  # as diffusers: fewer than 15 steps use at most second order on the penultimate step
+        h = float(lam[i + 1] - lam[i])
+        phi1 = -math.expm1(-h)  # 1 - e^-h
+        x = (s_next / s) * x + phi1 * history[0]
+        if k >= 2:
+            r0 = float(lam[i] - lam[i - 1]) / h
+            d1_0 = (history[0] - history[1]) / r0
+            if k == 2:
+                x = x + 0.5 * phi1 * d1_0
+            else:
+                r1 = float(lam[i - 1] - lam[i - 2]) / h
+                d1_1 = (history[1] - history[2]) / r1
+                d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                phi2 = phi1 / h - 1  # (1 - e^-h) / h - 1
+                phi3 = phi2 / h + 0.5  # ((1 - e^-h) / h - 1) / h + 1/2
+                x = x - phi2 * d1 + phi3 * d2
+        if callback:
+            callback(i, x, x0)
+    return x
+
+
+@torch.no_grad()
+def dpmpp_2m(denoiser: DenoiserFn, x, sigmas, *, cond=None, generator=None, callback=None):
+    """DPM-Solver++(2M) (Lu et al. 2022): second-order multistep with r = h_{i-1} / h_i,
+    D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}, x~_{i+1} = (sigma_{i+1}/sigma_i) x~_i - expm1(-h) D; one call per step.
+    The first step and the step to sigma = 0 are first order."""
+    return _dpmpp_multistep(denoiser, x, sigmas, cond, callback, order=2, lower_order_final=True)
+
+
+@torch.no_grad()
+def dpmpp_3m(denoiser: DenoiserFn, x, sigmas, *, cond=None, generator=None, callback=None):
+    """DPM-Solver++(3M): third-order multistep (Lu et al. 2022, App. B; diffusers ``solver_order=3``). Orders 1, 2
+    on the first two steps; first order to sigma = 0 and at most second order on the penultimate step of a
+    grid shorter than 15 steps, for stability, as diffusers does."""
+    return _dpmpp_multistep(denoiser, x, sigmas, cond, callback, order=3, lower_order_final=True)
+
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {
+    "ddpm": ddpm,
+    "ddim": ddim,
+    "euler": euler,
+    "heun": heun,
+    "dpmpp_2m": dpmpp_2m,
+    "dpmpp_3m": dpmpp_3m,
+}
+# The grid each sampler uses unless told otherwise: what its authors recommend at low resolution.
+DEFAULT_DISCRETIZATION = {
+    "ddpm": "leading",
+    "ddim": "leading",
+    "euler": "karras",
+    "heun": "karras",
+    "dpmpp_2m": "logsnr",
+    "dpmpp_3m": "logsnr",
+}
 
 
 def get_sampler(name: str) -> Callable[..., Tensor]:
@@ -128,12 +210,50 @@ def get_sampler(name: str) -> Callable[..., Tensor]:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}") from None
 
 
+def nfe(sampler: str, steps: int) -> int:
+    """Denoiser calls of ``sampler`` on a ``steps``-interval grid (per guidance branch)."""
+    get_sampler(sampler)
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def steps_for_nfe(sampler: str, budget: int) -> int:
+    """The most steps whose NFE fits ``budget`` (at least 1)."""
+    get_sampler(sampler)
+    return max(1, (budget + 1) // 2) if sampler == "heun" else max(1, budget)
+
+
+def sample(
+    denoiser: DenoiserFn,
+    noise: Tensor,
+    schedule: NoiseSchedule,
+    sampler: str = "dpmpp_2m",
+    steps: int = 20,
+    *,
+    discretization: str | None = None,
+    cond: dict | None = None,
+    generator: torch.Generator | None = None,
+    callback=None,
+    **options,
+) -> Tensor:
+    """Run ``sampler`` for ``steps`` intervals of the schedule's grid (``discretization`` defaults to the sampler's
+    :data:`DEFAULT_DISCRETIZATION`); returns x0 in the dtype of ``noise``."""
+    fn = get_sampler(sampler)
+    sigmas = sampling_sigmas(schedule, steps, discretization or DEFAULT_DISCRETIZATION[sampler])
+    try:
+        out = fn(denoiser, noise, sigmas, cond=cond, generator=generator, callback=callback, **options)
+    except TypeError as e:
+        if "unexpected keyword" in str(e):
+            raise ValueError(f"sampler {sampler!r} does not take these options: {sorted(options)} ({e})") from None
+        raise
+    return out.to(noise.dtype)
+
+
 class CountingDenoiser:
     """Wraps a denoiser and counts its calls: the number of function evaluations (NFE) of a sampler run."""
 
-    def __init__(self, denoiser: Denoiser):
+    def __init__(self, denoiser: DenoiserFn):
         self.denoiser, self.nfe = denoiser, 0
 
-    def __call__(self, x: Tensor, t: Tensor, **cond) -> Tensor:
+    def __call__(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         self.nfe += 1
-        return self.denoiser(x, t, **cond)
+        return self.denoiser(x, sigma, **cond)

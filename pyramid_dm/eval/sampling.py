@@ -51,11 +51,10 @@ def quantize(images: Tensor) -> Tensor:
 def per_sample_flops(model) -> tuple[float, float]:
     """(network FLOPs per call, decoder FLOPs) for one sample, counted by ``torch.utils.flop_counter``."""
     z = torch.zeros((1, *model.latent_shape), device=model.device)
-    t = torch.full((1,), 0.5, device=model.device)
-    cond = model._cond(model.sample_labels(0, 1))
-    cond = {k: v.to(model.device) for k, v in cond.items()}
+    sigma = torch.tensor(1.0, dtype=torch.float64)
+    cond = model.conditioning(model.sample_labels(0, 1))
     denoiser = model.denoiser(ema=True)
-    return float(count_flops(lambda: denoiser(z, t, **cond))), float(count_flops(lambda: model.decode(z)))
+    return float(count_flops(lambda: denoiser(z, sigma, **cond))), float(count_flops(lambda: model.decode(z)))
 
 
 @torch.no_grad()

@@ -12,8 +12,25 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from ..diffusion import PredictionDenoiser, build_schedule, diffusion_loss, get_sampler, q_sample, target
-from ..diffusion.parameterization import Denoiser, check_prediction
+from ..diffusion import (
+    DEFAULT_DISCRETIZATION,
+    DISCRETIZATIONS,
+    TRAINING_NOISE,
+    WEIGHTINGS,
+    ClassifierFreeGuidance,
+    Denoiser,
+    DenoiserFn,
+    build_schedule,
+    coefficients,
+    diffusion_loss,
+    get_sampler,
+    loss_weight,
+    network_target,
+    resolution_shift,
+    training_noise_levels,
+)
+from ..diffusion import sample as run_sampler
+from ..diffusion.parameterization import check_pair, check_prediction, expand
 from ..errors import UserError
 from ..eval.cost import training_flops as count_training_flops
 from ..nets import UNet
@@ -40,17 +57,24 @@ class DiffusionModel(L.LightningModule):
     Args:
         image_size, channels, num_classes: linked from the data module's manifest (num_classes 0 = unlabelled data).
         class_conditional: learn a class embedding when the data has labels (label -1 means "no label").
+        label_dropout: probability of training a sample without its label (the null class), so that the same network
+            is also the unconditional model classifier-free guidance needs (Ho & Salimans 2022; 0.1-0.2 typical).
         unet: network layout, :class:`UNetArgs`.
-        schedule: ``linear`` or ``cosine``; ``num_timesteps`` T for a discrete schedule, 0 for continuous time.
-        prediction: what the network predicts: ``eps``, ``x0`` or ``v``.
-        loss_weighting: ``uniform`` or ``min_snr`` (with ``min_snr_gamma``).
+        schedule: ``linear``, ``cosine``, ``sigmoid`` or ``edm``; ``num_timesteps`` T for a discrete schedule, 0 for
+            continuous time. ``zero_terminal_snr`` rescales it so its last step is pure noise (needs ``v`` or ``x0``).
+            ``shift_reference_resolution`` d_ref shifts its log-SNR by 2 log(d_ref / image_size) (simple diffusion).
+        prediction: the parameterization: the network predicts ``eps``, ``x0`` or ``v``, or is ``edm``-preconditioned
+            (with ``sigma_data``). Any of them samples with every sampler.
+        training_noise: ``schedule`` (t uniform on the schedule) or ``lognormal`` (EDM: ln sigma ~ N(mean, std^2)).
+        loss_weighting: ``uniform`` (the network's own MSE), ``min_snr`` (with ``min_snr_gamma``) or ``edm``.
         lr, weight_decay, betas, warmup_steps: AdamW with a linear learning-rate warm-up.
         lr_scaling: ``none`` (default: ``lr`` is used as given, whatever the number of GPUs), ``linear`` or ``sqrt``:
             scale ``lr`` by (effective batch / ``lr_reference_batch``) or its square root. The effective batch
             (batch x ranks x accumulation) and the learning rate used are logged as ``effective_batch_size`` and
             ``effective_lr``.
         ema_decay: EMA of the network weights, used for validation and sampling.
-        sampler, sample_steps: the default sampler for ``sample()``.
+        sampler, sample_steps, discretization: the default sampler for ``sample()`` (``discretization`` None: the
+            sampler's own default grid).
     """
 
     family = "pixel"
@@ -61,10 +85,17 @@ class DiffusionModel(L.LightningModule):
         channels: int,
         num_classes: int = 0,
         class_conditional: bool = True,
+        label_dropout: float = 0.1,
         unet: UNetArgs | None = None,
         schedule: str = "cosine",
         num_timesteps: int = 1000,
+        zero_terminal_snr: bool = False,
+        shift_reference_resolution: int | None = None,
         prediction: str = "eps",
+        sigma_data: float = 0.5,
+        training_noise: str = "schedule",
+        lognormal_mean: float = -1.2,
+        lognormal_std: float = 1.2,
         loss_weighting: str = "uniform",
         min_snr_gamma: float = 5.0,
         lr: float = 2e-4,
@@ -74,16 +105,34 @@ class DiffusionModel(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 500,
         ema_decay: float = 0.999,
-        sampler: str = "ddim",
-        sample_steps: int = 50,
+        sampler: str = "dpmpp_2m",
+        sample_steps: int = 20,
+        discretization: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
-        check_prediction(prediction)
-        get_sampler(sampler)
+        for key, value, choices in [
+            ("prediction", prediction, None),
+            ("training_noise", training_noise, TRAINING_NOISE),
+            ("loss_weighting", loss_weighting, WEIGHTINGS),
+            ("discretization", discretization, (None, *DISCRETIZATIONS)),
+        ]:
+            if choices is not None and value not in choices:
+                raise UserError(f"model.{key} {value!r} is not one of {list(choices)}")
+        try:
+            check_prediction(prediction)
+            get_sampler(sampler)
+            shift = resolution_shift(image_size, shift_reference_resolution) if shift_reference_resolution else 0.0
+            self.schedule = build_schedule(
+                schedule, num_timesteps, zero_terminal_snr=zero_terminal_snr, log_snr_shift=shift
+            )
+            check_pair(prediction, self.schedule)
+        except ValueError as e:
+            raise UserError(f"model: {e}") from None
+        if not 0 <= label_dropout < 1:
+            raise UserError(f"model.label_dropout must lie in [0, 1), got {label_dropout}")
         if lr_scaling not in LR_SCALINGS:
             raise UserError(f"model.lr_scaling {lr_scaling!r} is not one of {list(LR_SCALINGS)}")
-        self.schedule = build_schedule(schedule, num_timesteps)
         self.num_classes = num_classes if class_conditional else 0
         self.net = _build_unet(self.hparams)
         self.ema = make_ema(self.net, ema_decay)
@@ -107,24 +156,54 @@ class DiffusionModel(L.LightningModule):
         return self.image_shape
 
     # ---- diffusion ----------------------------------------------------------------------------------------------
-    def _cond(self, labels: Tensor | None) -> dict:
+    def conditioning(self, labels: Tensor | None) -> dict:
+        """Network keyword arguments for class ``labels`` (-1, or None for all, is the null class)."""
         if not self.num_classes or labels is None:
             return {}
+        labels = labels.to(self.device)
         return {"class_labels": torch.where(labels < 0, self.num_classes, labels)}
 
-    def loss(self, net, images: Tensor, labels: Tensor | None, t: Tensor, noise: Tensor) -> Tensor:
-        """Per-sample weighted loss of ``net`` at times ``t`` with the given noise."""
+    def loss(self, net, images: Tensor, labels: Tensor | None, u: Tensor, noise: Tensor) -> Tensor:
+        """Per-sample weighted loss of ``net`` at the noise levels drawn from ``u`` ~ U[0, 1) with the given noise."""
         h = self.hparams
         z = self.encode(images)
-        zt, eps = q_sample(z, t, self.schedule, noise)
-        alpha, sigma = self.schedule.alpha_sigma(t)
-        out = net(zt, t, **self._cond(labels))
-        tgt = target(h.prediction, z, eps, alpha, sigma)
-        return diffusion_loss(out, tgt, self.schedule.snr(t), h.prediction, h.loss_weighting, h.min_snr_gamma)
+        t, sigma = training_noise_levels(self.schedule, u, h.training_noise, h.lognormal_mean, h.lognormal_std)
+        _, _, c_in = coefficients(h.prediction, sigma, h.sigma_data)
+        # c_in (x0 + sigma eps), without forming x0 + sigma eps (sigma reaches 3e6 at zero terminal SNR)
+        x_in = expand(c_in, z).to(z.dtype) * z + expand(c_in * sigma, z).to(z.dtype) * noise
+        out = self.make_denoiser(net).network(x_in, sigma, t, **self.conditioning(labels))
+        tgt = network_target(h.prediction, z, noise, sigma, h.sigma_data)
+        return diffusion_loss(
+            out, tgt, loss_weight(h.prediction, sigma, h.loss_weighting, h.min_snr_gamma, h.sigma_data)
+        )
 
-    def denoiser(self, ema: bool = True) -> PredictionDenoiser:
-        net = self.ema.module if ema else self.net
-        return PredictionDenoiser(net, self.schedule, self.hparams.prediction, clip_x0=self.family == "pixel")
+    def make_denoiser(self, net) -> Denoiser:
+        h = self.hparams
+        return Denoiser(net, self.schedule, h.prediction, h.sigma_data, clip_x0=self.family == "pixel")
+
+    def denoiser(self, ema: bool = True) -> Denoiser:
+        """D(x~; sigma) of the EMA (or the raw) network."""
+        return self.make_denoiser(self.ema.module if ema else self.net)
+
+    def guided(self, denoiser: DenoiserFn, scale: float, labels: Tensor | None, **options) -> ClassifierFreeGuidance:
+        """``denoiser`` with classifier-free guidance of the given scale toward ``labels``."""
+        if not self.num_classes:
+            raise UserError(f"guidance {scale} needs a class-conditional model; this one has no classes")
+        if not self.hparams.get("label_dropout", 0):
+            raise UserError(
+                f"guidance {scale}: the model was trained with label_dropout=0, so its unconditional (null-class) "
+                "branch was never trained; retrain with model.label_dropout > 0 (0.1 is typical)"
+            )
+        if labels is None:
+            raise UserError(f"guidance {scale} needs class labels to guide toward")
+        null = self.conditioning(torch.full_like(labels, -1))
+        try:
+            return ClassifierFreeGuidance(denoiser, scale, null, **options)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+
+    def default_discretization(self, sampler: str) -> str:
+        return self.hparams.get("discretization") or DEFAULT_DISCRETIZATION[sampler]
 
     @torch.no_grad()
     def sample(
@@ -135,16 +214,32 @@ class DiffusionModel(L.LightningModule):
         labels: Tensor | None = None,
         generator: torch.Generator | None = None,
         ema: bool = True,
-        denoiser: Denoiser | None = None,
+        denoiser: DenoiserFn | None = None,
+        guidance: float = 1.0,
+        guidance_interval: tuple[float, float] | None = None,
+        guidance_rescale: float = 0.0,
+        discretization: str | None = None,
         **options,
     ) -> Tensor:
         """Images in [-1, 1], shape (num_samples, C, H, W). ``denoiser`` replaces ``self.denoiser(ema)`` (e.g. a
-        :class:`~pyramid_dm.diffusion.CountingDenoiser` around it)."""
+        :class:`~pyramid_dm.diffusion.CountingDenoiser` around it); ``guidance`` != 1 applies classifier-free
+        guidance toward ``labels``; ``options`` go to the sampler (e.g. ``eta``, ``churn``)."""
         x = torch.randn((num_samples, *self.latent_shape), generator=generator, device=self.device)
-        fn = get_sampler(sampler or self.hparams.sampler)
-        steps = steps or self.hparams.sample_steps
-        cond = self._cond(labels.to(self.device) if labels is not None else None)
-        z = fn(denoiser or self.denoiser(ema), x, self.schedule, steps, cond=cond, generator=generator, **options)
+        den = denoiser or self.denoiser(ema)
+        if guidance != 1.0:
+            interval = {"interval": tuple(guidance_interval)} if guidance_interval else {}
+            den = self.guided(den, guidance, labels, rescale=guidance_rescale, **interval)
+        z = run_sampler(
+            den,
+            x,
+            self.schedule,
+            sampler or self.hparams.sampler,
+            steps or self.hparams.sample_steps,
+            discretization=discretization or self.default_discretization(sampler or self.hparams.sampler),
+            cond=self.conditioning(labels),
+            generator=generator,
+            **options,
+        )
         return self.decode(z).clamp(-1, 1)
 
     def sample_labels(self, start: int, count: int) -> Tensor | None:
@@ -192,6 +287,8 @@ class DiffusionModel(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         h = checkpoint.get("hyper_parameters", {})
+        if "label_dropout" not in h:  # trained before label dropout existed: the null class never was
+            self.hparams.label_dropout = 0.0
         trained = (h.get("channels"), h.get("image_size"), h.get("image_size"))
         if None not in trained and trained != self.image_shape:
             raise UserError(
@@ -203,8 +300,11 @@ class DiffusionModel(L.LightningModule):
         images, labels, _ = batch
         if batch_idx == 0:
             self.check_batch(images)
-        t = self.schedule.sample_t(images.shape[0], device=self.device)
-        loss = self.loss(self.net, images, labels, t, torch.randn_like(images)).mean()
+        u = torch.rand(images.shape[0], device=self.device)
+        if self.num_classes and self.hparams.label_dropout > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.hparams.label_dropout
+            labels = torch.where(drop, -1, labels)
+        loss = self.loss(self.net, images, labels, u, torch.randn_like(images)).mean()
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -225,8 +325,9 @@ class DiffusionModel(L.LightningModule):
             g = torch.Generator().manual_seed(int(s))
             u.append(torch.rand((), generator=g))
             noise.append(torch.randn(self.latent_shape, generator=g))
-        t = self.schedule.from_uniform(torch.stack(u).to(self.device))
-        loss = self.loss(self.ema.module, images, labels, t, torch.stack(noise).to(images.device))
+        loss = self.loss(
+            self.ema.module, images, labels, torch.stack(u).to(self.device), torch.stack(noise).to(images.device)
+        )
         self.val_loss.update(loss)
 
     def on_validation_epoch_end(self) -> None:
