@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import run_cli
+from PIL import Image
 from torch import nn
 
 from pyramid_dm.data import Manifest
@@ -384,3 +385,48 @@ def test_notebook_executes_on_the_table_and_training_run(evaluated, checkpoint, 
     text = "".join(o.get("text", "") for o in outputs)
     assert "4 rows from" in text and "fid_digits_clf" in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 1
+
+
+# ---- the sample command ---------------------------------------------------------------------------------------------
+SAMPLE = ["--sampler", "dpmpp_2m", "--steps", "3", "--guidance", "2.0", "--num_samples", "6", "--batch_size", "4"]
+
+
+def test_sample_writes_pngs_grid_and_json_and_reproduces_them(checkpoint, session_env, tmp_path):
+    outs = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    for out, seed in zip(outs, ["0", "0", "1"]):
+        proc = run(["sample", "--ckpt_path", str(checkpoint), *SAMPLE, "--seed", seed, "--out", str(out)], session_env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((outs[0] / "samples.json").read_text())
+    assert record["nfe"] == 6  # 3 steps x 2 calls (conditional + unconditional)
+    assert (record["sampler"], record["steps"], record["guidance"], record["seed"]) == ("dpmpp_2m", 3, 2.0, 0)
+    assert record["discretization"] == "logsnr" and record["labels"] == [0, 1, 2, 3, 4, 5]
+    assert record["wall_seconds"] > 0 and record["global_step"] == 4
+    pngs = sorted(p.name for p in outs[0].glob("0*.png"))
+    assert pngs == [f"{i:06d}.png" for i in range(6)] and (outs[0] / "grid.png").is_file()
+    assert Image.open(outs[0] / "000000.png").size == (8, 8)
+    same = all((outs[0] / n).read_bytes() == (outs[1] / n).read_bytes() for n in pngs)
+    other = any((outs[0] / n).read_bytes() != (outs[2] / n).read_bytes() for n in pngs)
+    assert same and other
+
+
+def test_sample_bad_input_is_named(checkpoint, session_env, tmp_path):
+    (tmp_path / "samples.json").write_text("{}")
+    cases = [
+        (["--out", str(tmp_path)], "already holds samples.json"),
+        (["--out", str(tmp_path / "x"), "--labels", "3", "12"], "--labels [12] out of range"),
+        (["--out", str(tmp_path / "x"), "--option", "eta"], "is not KEY=VALUE"),
+    ]
+    for extra, message in cases:
+        proc = run(["sample", "--ckpt_path", str(checkpoint), *SAMPLE, *extra], session_env)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "x").exists() and (tmp_path / "samples.json").read_text() == "{}"
+
+
+def test_evaluate_takes_nfe_budgets(checkpoint, session_env, tmp_path):
+    args = ["--sampler", "heun", "dpmpp_2m", "--nfe", "5", "--num_samples", "20", "--batch_size", "20"]
+    args += ["--num_real", "100", "--kid_subset_size", "10", "--no_progress", "--no_wandb", "--out", str(tmp_path)]
+    proc = run(["evaluate", "--ckpt_path", str(checkpoint), *args], session_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [(r["sampler"], r["steps"], r["nfe"]) for r in rows] == [("heun", 3, 5), ("dpmpp_2m", 5, 5)]
+    assert [r["discretization"] for r in rows] == ["karras", "logsnr"] and rows[0]["guidance"] == 1.0

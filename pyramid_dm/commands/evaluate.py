@@ -23,7 +23,7 @@ import torch
 from ..config import load_config
 from ..data.builtin import PREFIX, resolve_builtin
 from ..data.manifest import Manifest
-from ..diffusion import SAMPLERS
+from ..diffusion import DISCRETIZATIONS, SAMPLERS
 from ..errors import UserError
 from ..eval.evaluate import evaluate_grid
 from ..eval.features import build_features
@@ -36,7 +36,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ckpt_path", required=True, help="checkpoint to evaluate (its EMA weights)")
     p.add_argument("--config", help="config with the data section (default: the run's saved config.yaml)")
     p.add_argument("--sampler", nargs="+", default=["ddim"], help=f"one or more of {sorted(SAMPLERS)}")
-    p.add_argument("--steps", nargs="+", type=int, default=[50], help="one or more step counts")
+    steps = p.add_mutually_exclusive_group()
+    steps.add_argument("--steps", nargs="+", type=int, default=[50], help="one or more step counts")
+    steps.add_argument("--nfe", nargs="+", type=int, help="one or more NFE budgets (Heun: (NFE + 1) // 2 steps)")
+    p.add_argument("--discretization", help=f"one of {list(DISCRETIZATIONS)} (default: each sampler's own)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--num_samples", type=int, default=1000, help="generated samples per sampler x steps")
     p.add_argument("--batch_size", type=int, default=250)
     p.add_argument(
@@ -57,8 +61,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for name in args.sampler:
         if name not in SAMPLERS:
             raise UserError(f"--sampler {name!r} is not one of {sorted(SAMPLERS)}")
+    if args.nfe:
+        args.steps = args.nfe
     if min(args.steps) < 1:
-        raise UserError(f"--steps must be >= 1, got {args.steps}")
+        raise UserError(f"--{'nfe' if args.nfe else 'steps'} must be >= 1, got {args.steps}")
+    if args.discretization is not None and args.discretization not in DISCRETIZATIONS:
+        raise UserError(f"--discretization {args.discretization!r} is not one of {list(DISCRETIZATIONS)}")
     if args.num_samples < 2:
         raise UserError(f"--num_samples must be >= 2, got {args.num_samples}")
     return args
@@ -112,6 +120,7 @@ def build_model(ckpt: dict, ckpt_path: str, config: dict | None, device: torch.d
     kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
     try:
         model = cls(**kwargs)
+        model.on_load_checkpoint(ckpt)
         model.load_state_dict(ckpt["state_dict"])
     except (TypeError, RuntimeError) as exc:
         raise UserError(f"{ckpt_path}: weights do not fit {class_path} ({exc})") from exc
@@ -203,6 +212,9 @@ def main(argv: list[str]) -> int:
         args.seed,
         args.kid_subset_size,
         not args.no_progress,
+        nfe_budgets=bool(args.nfe),
+        guidance=args.guidance,
+        discretization=args.discretization,
     )
     meta = {
         "ckpt_path": str(args.ckpt_path),

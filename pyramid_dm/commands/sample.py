@@ -30,7 +30,7 @@ from .evaluate import build_model, load_checkpoint, pick_device
 def _option(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise UserError(f"--option {text!r} is not KEY=VALUE (e.g. --option eta=0.5)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. --option eta=0.5)")
     try:
         return key, float(value)
     except ValueError:

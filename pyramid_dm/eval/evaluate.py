@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..diffusion import steps_for_nfe
 from .features import FeatureExtractor, extract
 from .quality import quality_metrics
 from .sampling import sample_with_cost
@@ -21,15 +22,21 @@ def evaluate_grid(
     seed: int = 0,
     kid_subset_size: int = 1000,
     progress: bool = True,
+    nfe_budgets: bool = False,
+    guidance: float = 1.0,
+    discretization: str | None = None,
 ) -> list[dict]:
     """One row per (sampler, steps): cost (:class:`~pyramid_dm.eval.sampling.SamplingCost`) and quality
-    (FID/KID/precision/recall in ``extractor``'s feature space against the ``real`` features)."""
+    (FID/KID/precision/recall in ``extractor``'s feature space against the ``real`` features). With ``nfe_budgets``
+    the ``steps`` are NFE budgets instead, turned into each sampler's step count (Heun: (NFE + 1) // 2)."""
     rows = []
-    grid = [(s, n) for s in samplers for n in steps]
+    grid = [(s, steps_for_nfe(s, n) if nfe_budgets else n) for s in samplers for n in steps]
     for sampler, n in tqdm(grid, desc="evaluate", disable=not progress or len(grid) == 1):
-        images, cost = sample_with_cost(model, sampler, n, num_samples, batch_size, seed, progress)
+        options = {"guidance": guidance, "discretization": discretization}
+        images, cost = sample_with_cost(model, sampler, n, num_samples, batch_size, seed, progress, **options)
         fake = extract(extractor.to(model.device), images)
         row = cost.as_dict()
+        row.update(discretization=discretization or model.default_discretization(sampler), guidance=guidance)
         row.update(num_samples=len(images), num_real=len(real))
         row.update(quality_metrics(real, fake, extractor.name, kid_subset_size))
         rows.append(row)
