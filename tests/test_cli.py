@@ -137,3 +137,17 @@ def test_validate_subcommand_and_bf16(trained, session_env, tmp_path):
     proc = fit(tmp_path, session_env, "--trainer.precision", "bf16-mixed", steps=3)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert torch.load(tmp_path / "quickstart/checkpoints/last.ckpt", weights_only=False)["global_step"] == 3
+
+
+def test_edm_model_config_trains_and_its_run_config_says_so(tmp_path, session_env, digits_shards):
+    """configs/model/pixel_small_edm.yaml composes onto the quickstart, trains and samples its grids."""
+    cfg = tmp_path / "edm.yaml"
+    cfg.write_text(
+        f"defaults: [{ROOT}/configs/quickstart.yaml, {ROOT}/configs/model/pixel_small_edm.yaml]\nexp:\n  name: edm\n"
+    )
+    args = ["fit", "--config", str(cfg), "--exp.root", str(tmp_path), "--trainer.max_steps", "3", *FAST]
+    proc = run(args, session_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = (tmp_path / "edm" / "config.yaml").read_text()
+    assert "prediction: edm" in saved and "training_noise: lognormal" in saved and "loss_weighting: edm" in saved
+    assert (tmp_path / "edm" / "samples" / "step00000003.png").is_file()

@@ -101,3 +101,12 @@ def test_bad_model_settings_are_clear_errors():
         _tiny(sampler="plms")
     with pytest.raises(UserError, match="label_dropout must lie in"):
         _tiny(label_dropout=1.0)
+
+
+def test_callback_sampler_settings_are_checked_when_the_config_is_read():
+    from pyramid_dm.callbacks import SampleGrid, SampleQuality
+
+    with pytest.raises(UserError, match="SampleGrid.sampler 'plms' is not one of"):
+        SampleGrid(sampler="plms")
+    with pytest.raises(UserError, match="SampleQuality.steps must be >= 1"):
+        SampleQuality(steps=0)

@@ -13,6 +13,7 @@ from ..eval.features import build_features, extract
 from ..eval.quality import quality_metrics
 from ..eval.real_features import real_features
 from ..eval.sampling import generate
+from .samples import check_sampler
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class SampleQuality(L.Callback):
         self,
         every_n_steps: int = 1000,
         num_samples: int = 1000,
-        sampler: str = "ddim",
+        sampler: str = "dpmpp_2m",
         steps: int = 20,
         batch_size: int = 250,
         features: str = "auto",
@@ -43,6 +44,7 @@ class SampleQuality(L.Callback):
         seed: int = 0,
     ):
         super().__init__()
+        check_sampler(f"{type(self).__name__}.sampler", sampler, steps)
         self.every_n_steps, self.num_samples, self.sampler, self.steps = every_n_steps, num_samples, sampler, steps
         self.batch_size, self.features, self.real_split, self.num_real = batch_size, features, real_split, num_real
         self.time_budget_s, self.kid_subset_size, self.seed = time_budget_s, kid_subset_size, seed

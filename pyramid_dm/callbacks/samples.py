@@ -9,7 +9,17 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from ..diffusion import SAMPLERS
+from ..errors import UserError
 from ..images import make_grid, save_png
+
+
+def check_sampler(owner: str, sampler: str, steps: int) -> None:
+    """A callback's sampler settings, checked when the config is read rather than at the first grid."""
+    if sampler not in SAMPLERS:
+        raise UserError(f"{owner} {sampler!r} is not one of {sorted(SAMPLERS)}")
+    if int(steps) < 1:
+        raise UserError(f"{owner.rsplit('.', 1)[0]}.steps must be >= 1, got {steps}")
 
 
 class SampleGrid(L.Callback):
@@ -20,12 +30,13 @@ class SampleGrid(L.Callback):
     def __init__(
         self,
         num_samples: int = 64,
-        sampler: str = "ddim",
-        steps: int = 50,
+        sampler: str = "dpmpp_2m",
+        steps: int = 20,
         every_n_steps: int | None = None,
         seed: int = 0,
     ):
         super().__init__()
+        check_sampler(f"{type(self).__name__}.sampler", sampler, steps)
         self.num_samples, self.sampler, self.steps = num_samples, sampler, steps
         self.every_n_steps, self.seed = every_n_steps, seed
 
