@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data.builtin import PREFIX, resolve_builtin
+from ..data.builtin import shard_location
 from ..data.manifest import Manifest
 from ..eval.features import build_features
 from ..eval.quality import quality_metrics
@@ -16,7 +16,7 @@ from ..eval.real_features import real_features
 
 
 def fid_floor(shards: str, resize: int | None, num: list[int], features: str = "auto", kid_subset_size: int = 1000):
-    location = resolve_builtin(shards) if shards.startswith(PREFIX) else shards
+    location = shard_location(shards)
     manifest = Manifest.load(location)
     extractor = build_features(features, manifest.name)
     train = real_features(manifest, "train", extractor, resize)

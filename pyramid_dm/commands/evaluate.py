@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..config import load_config
-from ..data.builtin import PREFIX, resolve_builtin
+from ..data.builtin import shard_location
 from ..data.manifest import Manifest
 from ..diffusion import DISCRETIZATIONS, SAMPLERS
 from ..errors import UserError
@@ -133,7 +133,7 @@ def resolve_data(config: dict | None, ckpt: dict, ckpt_path: str) -> tuple[Manif
     shards = data.get("shards")
     if not shards:
         raise UserError(f"no data.init_args.shards in the config or in {ckpt_path}; pass --config with a data section")
-    location = resolve_builtin(shards, progress=True) if shards.startswith(PREFIX) else Path(shards).expanduser()
+    location = shard_location(shards, progress=True)
     manifest = Manifest.load(location)
     return manifest, int(data.get("resize") or manifest.image_size)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data.builtin import PREFIX, resolve_builtin
+from ..data.builtin import shard_location
 from ..data.datamodule import read_split
 from ..data.manifest import Manifest, atomic_write_bytes
 from ..errors import UserError
@@ -47,7 +47,7 @@ def train_classifier(
     log=print,
 ) -> tuple[SmallClassifier, dict]:
     """Train a :class:`SmallClassifier` on a shard set; returns it and the metadata stored with its weights."""
-    location = resolve_builtin(shards) if shards.startswith(PREFIX) else Path(shards)
+    location = shard_location(shards)
     manifest = Manifest.load(location)
     if not manifest.num_classes:
         raise UserError(f"{manifest.path} records no classes; a feature classifier needs labelled data")
@@ -117,7 +117,6 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.out.exists() and not args.overwrite:
         raise UserError(f"{args.out} exists; pass --overwrite to replace it")
-    torch.set_num_threads(torch.get_num_threads())
     net, meta = train_classifier(args.shards, args.name, args.epochs, args.batch_size, args.lr, args.width, args.seed)
     meta["command"] = "python -m pyramid_dm train-classifier " + shlex.join(argv)
     save_classifier(net, meta, args.out)

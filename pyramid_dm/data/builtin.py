@@ -27,6 +27,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PYRAMID_DM_CACHE", Path.home() / ".cache" / "pyramid_dm"))
 
 
+def shard_location(spec: str, progress: bool = False) -> Path:
+    """The shard directory a ``data.shards`` value names: ``builtin:NAME`` (written on first use) or a path."""
+    return resolve_builtin(spec, progress) if spec.startswith(PREFIX) else Path(spec).expanduser()
+
+
 def resolve_builtin(spec: str, progress: bool = False) -> Path:
     """Path of the shard directory for ``builtin:NAME``, writing it on first use."""
     name = spec.removeprefix(PREFIX)

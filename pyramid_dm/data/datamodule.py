@@ -14,7 +14,6 @@ import math
 import warnings
 import zlib
 from functools import partial
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -23,7 +22,7 @@ import webdataset as wds
 from PIL import Image
 
 from ..errors import UserError
-from .builtin import PREFIX, resolve_builtin
+from .builtin import shard_location
 from .manifest import Manifest, ShardError
 
 log = logging.getLogger(__name__)
@@ -135,7 +134,7 @@ class ShardDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        location = resolve_builtin(shards, progress=True) if shards.startswith(PREFIX) else Path(shards).expanduser()
+        location = shard_location(shards, progress=True)
         self.manifest = Manifest.load(location)
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
