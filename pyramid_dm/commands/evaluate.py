@@ -229,6 +229,8 @@ def main(argv: list[str]) -> int:
         "real_split": args.real_split,
         "num_real": len(real),
         "seed": args.seed,
+        "guidance": args.guidance,
+        "steps_are_nfe_budgets": bool(args.nfe),
         "device": str(device),
         "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
