@@ -38,26 +38,29 @@ def pareto_front(rows: list[dict], cost: str, quality: str) -> list[int]:
 
 
 def pareto_figure(rows: list[dict], quality: str, title: str = ""):
-    """Quality (lower is better) against FLOPs and wall-clock per sample, one line per sampler, steps annotated,
-    the Pareto front dashed. Returns the matplotlib figure."""
+    """Quality (lower is better) against FLOPs and wall-clock per sample, one line per sampler, NFE annotated,
+    the Pareto front dashed; log quality axis when the values span more than 20x. Returns the matplotlib figure."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(COST_AXES), figsize=(11, 4.2))
     samplers = list(dict.fromkeys(row["sampler"] for row in rows))
     for ax, (cost, label) in zip(axes, COST_AXES.items()):
         for name in samplers:
-            pts = sorted((r[cost], r[quality], int(r["steps"])) for r in rows if r["sampler"] == name)
+            pts = sorted((r[cost], r[quality], int(r.get("nfe") or r["steps"])) for r in rows if r["sampler"] == name)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
             for x, y, steps in pts:
                 ax.annotate(str(steps), (x, y), textcoords="offset points", xytext=(3, 4), fontsize=7)
         front = [rows[i] for i in pareto_front(rows, cost, quality)]
         ax.plot([r[cost] for r in front], [r[quality] for r in front], "k--", lw=0.8, label="Pareto front")
         ax.set_xscale("log")
+        values = [r[quality] for r in rows]
+        if min(values) > 0 and max(values) > 20 * min(values):
+            ax.set_yscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel(f"{quality} (lower is better)")
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
-    fig.suptitle(title or f"{quality} vs compute (numbers: sampler steps)", fontsize=10)
+    fig.suptitle(title or f"{quality} vs compute (numbers: NFE)", fontsize=10)
     fig.tight_layout()
     return fig
 
