@@ -66,7 +66,7 @@ def test_fit_writes_checkpoints_config_and_an_offline_wandb_run(trained):
         assert isinstance(summary[key], float), key
     assert summary["trainer/global_step"] == 5 and summary["val/loss"] > 0
     image = summary["samples"]
-    assert image["_type"] == "images/separated" and "step 6 | ddim 50 steps" in image["captions"][0]
+    assert image["_type"] == "images/separated" and "step 6 | dpmpp_2m 20 steps" in image["captions"][0]
     png = runs[0] / "files" / image["filenames"][0]
     assert png.exists() and png.stat().st_size > 100
     records = subprocess.run(["wandb", "leet", "inspect", "--json", str(runs[0])], capture_output=True, text=True)
