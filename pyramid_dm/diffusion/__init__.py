@@ -4,7 +4,7 @@ No Lightning here."""
 from .discretization import DISCRETIZATIONS, sampling_sigmas, sampling_times
 from .guidance import ClassifierFreeGuidance
 from .losses import WEIGHTINGS, diffusion_loss, loss_weight
-from .parameterization import PREDICTIONS, Denoiser, DenoiserFn, coefficients, network_target
+from .parameterization import PREDICTIONS, Denoiser, DenoiserFn, coefficients, network_input, network_target
 from .samplers import (
     DEFAULT_DISCRETIZATION,
     SAMPLERS,
@@ -54,6 +54,7 @@ __all__ = [
     "get_sampler",
     "heun",
     "loss_weight",
+    "network_input",
     "network_target",
     "nfe",
     "q_sample",

@@ -69,6 +69,13 @@ def coefficients(prediction: str, sigma: Tensor, sigma_data: float = 0.5) -> tup
     raise ValueError(f"unknown prediction type {prediction!r}; choose one of {list(PREDICTIONS)}")
 
 
+def network_input(prediction: str, x0: Tensor, eps: Tensor, sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
+    """c_in (x0 + sigma eps), the network's input in training, without forming x0 + sigma eps (sigma reaches 3e6 at
+    zero terminal SNR, where x0 would drown in float32)."""
+    _, _, c_in = coefficients(prediction, sigma, sigma_data)
+    return expand(c_in, x0).to(x0.dtype) * x0 + expand(c_in * sigma, x0).to(x0.dtype) * eps
+
+
 def network_target(prediction: str, x0: Tensor, eps: Tensor, sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
     """F* such that D = x0 for x~ = x0 + sigma eps: ((1 - c_skip) x0 - c_skip sigma eps) / c_out."""
     c_skip, c_out, _ = coefficients(prediction, sigma, sigma_data)

@@ -21,16 +21,16 @@ from ..diffusion import (
     Denoiser,
     DenoiserFn,
     build_schedule,
-    coefficients,
     diffusion_loss,
     get_sampler,
     loss_weight,
+    network_input,
     network_target,
     resolution_shift,
     training_noise_levels,
 )
 from ..diffusion import sample as run_sampler
-from ..diffusion.parameterization import check_pair, check_prediction, expand
+from ..diffusion.parameterization import check_pair, check_prediction
 from ..errors import UserError
 from ..eval.cost import training_flops as count_training_flops
 from ..nets import UNet
@@ -168,9 +168,7 @@ class DiffusionModel(L.LightningModule):
         h = self.hparams
         z = self.encode(images)
         t, sigma = training_noise_levels(self.schedule, u, h.training_noise, h.lognormal_mean, h.lognormal_std)
-        _, _, c_in = coefficients(h.prediction, sigma, h.sigma_data)
-        # c_in (x0 + sigma eps), without forming x0 + sigma eps (sigma reaches 3e6 at zero terminal SNR)
-        x_in = expand(c_in, z).to(z.dtype) * z + expand(c_in * sigma, z).to(z.dtype) * noise
+        x_in = network_input(h.prediction, z, noise, sigma, h.sigma_data)
         out = self.make_denoiser(net).network(x_in, sigma, t, **self.conditioning(labels))
         tgt = network_target(h.prediction, z, noise, sigma, h.sigma_data)
         return diffusion_loss(
