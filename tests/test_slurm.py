@@ -84,22 +84,25 @@ def test_a_killed_rank_fails_the_job_quickly(cluster, session_env, digits_shards
         "100000",
         wait=False,
     )
-    deadline = time.time() + 120
-    first_ckpt = tmp_path / "quickstart" / "checkpoints" / "last.ckpt"
-    while not first_ckpt.exists() and time.time() < deadline:  # both ranks are training once step 3 is saved
-        time.sleep(1)
-    ranks = subprocess.run(["pgrep", "-f", f"exp.root {tmp_path}"], capture_output=True, text=True).stdout.split()
-    argv0 = lambda pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]  # noqa: E731
-    pythons = [pid for pid in ranks if b"python" in argv0(pid)]  # the ranks themselves, not srun or the batch script
-    assert first_ckpt.exists() and len(pythons) >= 2, job_log(tmp_path)[-2000:]
-    killed_at = time.time()
-    os.kill(int(pythons[-1]), 9)
-    while time.time() - killed_at < 120:
-        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
-        if not state:
-            break
-        time.sleep(1)
-    elapsed = time.time() - killed_at
+    try:
+        deadline = time.time() + 120
+        first_ckpt = tmp_path / "quickstart" / "checkpoints" / "last.ckpt"
+        while not first_ckpt.exists() and time.time() < deadline:  # both ranks are training once step 3 is saved
+            time.sleep(1)
+        ranks = subprocess.run(["pgrep", "-f", f"exp.root {tmp_path}"], capture_output=True, text=True).stdout.split()
+        argv0 = lambda pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]  # noqa: E731
+        pythons = [pid for pid in ranks if b"python" in argv0(pid)]  # the ranks, not srun or the batch script
+        assert first_ckpt.exists() and len(pythons) >= 2, job_log(tmp_path)[-2000:]
+        killed_at = time.time()
+        os.kill(int(pythons[-1]), 9)
+        while time.time() - killed_at < 120:
+            squeue = ["squeue", "-h", "-j", job, "-o", "%T"]
+            if not subprocess.run(squeue, capture_output=True, text=True).stdout.strip():
+                break
+            time.sleep(1)
+        elapsed = time.time() - killed_at
+    finally:  # never leave a job behind to hold the rendezvous port (and CPUs) for later tests
+        subprocess.run(["scancel", job], capture_output=True)
     assert elapsed < 60, f"job {job} still running {elapsed:.0f} s after a rank was killed"
     info = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
     assert "JobState=FAILED" in info or "JobState=CANCELLED" in info or "Exited with exit code" in job_log(tmp_path)

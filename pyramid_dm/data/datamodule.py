@@ -179,7 +179,7 @@ class ShardDataModule(L.LightningDataModule):
             wds.batched(h.batch_size, partial=False),
         )
         n = self.batches_per_epoch()
-        loader = wds.WebLoader(ds, batch_size=None, num_workers=h.num_workers, persistent_workers=h.num_workers > 0)
+        loader = wds.WebLoader(ds, batch_size=None, num_workers=h.num_workers, **worker_options(h.num_workers))
         with warnings.catch_warnings():  # with_length only sets __len__ (for the progress bar), which is all we want
             warnings.simplefilter("ignore", UserWarning)
             return loader.with_epoch(n).with_length(n)
@@ -189,7 +189,16 @@ class ShardDataModule(L.LightningDataModule):
         urls = self._urls("val")
         ds = ordered_batches(self.manifest, urls, self._decode(False), h.batch_size, split_by_rank=True)
         workers = min(h.num_workers, len(urls)) if isinstance(urls, list) else h.num_workers
-        return wds.WebLoader(ds, batch_size=None, num_workers=workers)
+        return wds.WebLoader(ds, batch_size=None, num_workers=workers, **worker_options(workers))
+
+
+def worker_options(num_workers: int) -> dict:
+    """Loader workers are spawned, once (persistent), not forked from the trainer: a fork taken while
+    another thread of the trainer (W&B's, the collective backend's) holds a lock can leave the worker deadlocked
+    forever, and the whole DDP job with it (seen under Slurm: rank 0's only worker stuck in a futex at its start)."""
+    if num_workers <= 0:
+        return {}
+    return {"persistent_workers": True, "multiprocessing_context": "spawn"}
 
 
 def _expected_counts(manifest: Manifest) -> dict[str, int]:
