@@ -62,6 +62,9 @@ class PyramidCLI(LightningCLI):
             "--exp.root", type=str, default="runs", help="Directory that holds one folder per experiment."
         )
         parser.add_argument("--exp.project", type=str, default="pyramid_dm", help="W&B project.")
+        parser.add_argument(
+            "--exp.group", type=str | None, default=None, help="W&B group (default: exp.name; a sweep shares one)."
+        )
         parser.add_argument("--defaults", type=list[str] | None, default=None, help="Config pieces loaded first.")
         for key in LINKED_FROM_DATA:
             parser.link_arguments("data", f"model.init_args.{key}", compute_fn=attrgetter(key), apply_on="instantiate")
@@ -85,9 +88,9 @@ class PyramidCLI(LightningCLI):
                 )
         for logger in self.trainer.loggers:
             if isinstance(logger, RunLogger):
-                name = self.config_init[self.subcommand].get("exp", {}).get("name")
+                exp = self.config_init[self.subcommand].get("exp", {})
                 tags = [getattr(self.model, "family", "model"), getattr(self.datamodule, "dataset_name", "data")]
-                logger.prepare_run(resume=resume, group=name, tags=tags)
+                logger.prepare_run(resume=resume, group=exp.get("group") or exp.get("name"), tags=tags)
 
 
 def run_lightning(argv: list[str]) -> None:

@@ -6,6 +6,7 @@ environment, as on a production cluster.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -106,3 +107,52 @@ def test_a_killed_rank_fails_the_job_quickly(cluster, session_env, digits_shards
     assert elapsed < 60, f"job {job} still running {elapsed:.0f} s after a rank was killed"
     info = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
     assert "JobState=FAILED" in info or "JobState=CANCELLED" in info or "Exited with exit code" in job_log(tmp_path)
+
+
+def test_a_sweep_array_gives_one_run_per_line_in_one_wandb_group(cluster, session_env, digits_shards, tmp_path):
+    """slurm/sweep.sbatch as a 2-element array: two experiments, two W&B runs, one group; then slurm/evaluate.sbatch
+    evaluates one of them and logs into the same group."""
+    sweep = tmp_path / "lr_sweep.txt"
+    sweep.write_text(
+        "# lr sweep\n"
+        "configs/quickstart.yaml --model.init_args.lr 1e-3\n"
+        "\n"
+        "configs/quickstart.yaml --model.init_args.lr 3e-4\n"
+    )
+    shared = ["--exp.root", str(tmp_path), "--trainer.max_steps", "3", "--trainer.val_check_interval", "3"]
+    shared += ["--data.init_args.num_workers", "0"]
+    out = ["--output", str(tmp_path / "%x-%A_%a.out")]
+    env = {**os.environ, **session_env, "PYRAMID_DM_ACCELERATOR": "cpu"}
+    args = ["sbatch", "--wait", "--array=0-1", *out, "slurm/sweep.sbatch", str(sweep), *shared]
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    logs = "\n".join(p.read_text() for p in tmp_path.glob("*.out"))
+    assert proc.returncode == 0, logs[-3000:]
+    runs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert runs == ["lr_sweep-0", "lr_sweep-1"]
+    lrs = []
+    for name in runs:
+        ckpt = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)
+        assert ckpt["global_step"] == 3
+        lrs.append(ckpt["hyper_parameters"]["lr"])
+        run_dir = next((tmp_path / name / "wandb").glob("offline-run-*"))
+        assert _wandb_group(run_dir) == "lr_sweep"
+    assert lrs == [1e-3, 3e-4]
+
+    ckpt = tmp_path / "lr_sweep-0" / "checkpoints" / "last.ckpt"
+    eval_args = ["--sampler", "dpmpp_2m", "--nfe", "2", "--num_samples", "8", "--batch_size", "8", "--num_real", "50"]
+    eval_args += ["--kid_subset_size", "4", "--out", str(tmp_path / "eval")]
+    args = ["sbatch", "--wait", *out, "slurm/evaluate.sbatch", str(ckpt), *eval_args]
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    logs = "\n".join(p.read_text() for p in tmp_path.glob("pyramid_dm-eval*.out"))
+    assert proc.returncode == 0, logs[-3000:]
+    assert (tmp_path / "eval" / "results.json").is_file()
+    assert _wandb_group(next((tmp_path / "eval" / "wandb").glob("offline-run-*"))) == "lr_sweep"
+
+
+def _wandb_group(run_dir: Path) -> str | None:
+    out = subprocess.run(
+        ["wandb", "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    runs = [r["run"] for r in map(json.loads, out.stdout.splitlines()) if r.get("type") == "run"]
+    return runs[0].get("run_group") if runs else None

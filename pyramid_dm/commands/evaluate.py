@@ -157,7 +157,7 @@ def log_to_wandb(rows: list[dict], meta: dict, png: Path, out: Path, config: dic
     exp = (config or {}).get("exp") or {}
     run = wandb.init(
         project=exp.get("project", "pyramid_dm"),
-        group=exp.get("name"),
+        group=exp.get("group") or exp.get("name"),
         job_type="evaluate",
         name=f"eval-{Path(meta['ckpt_path']).stem}-{meta['features']}",
         dir=str(out),
