@@ -14,7 +14,7 @@ SCHEDULE = build_schedule("linear", 1000)
 
 def toy_denoiser(x, sigma, class_labels=None):
     """Exact D for x0 | c ~ N(m_c, STD^2) (1-d); the null label 2 is the 50/50 mixture of both classes."""
-    s2, v = float(sigma) ** 2, STD**2 + float(sigma) ** 2
+    v = STD**2 + float(sigma) ** 2
 
     def gaussian(m):
         return m + STD**2 / v * (x - m)
@@ -23,7 +23,6 @@ def toy_denoiser(x, sigma, class_labels=None):
         return gaussian(CLASS_MEANS[class_labels].reshape(-1, 1))
     logit = ((x - CLASS_MEANS[0]) ** 2 - (x - CLASS_MEANS[1]) ** 2) / (2 * v)  # log p(c=1|x) - log p(c=0|x)
     w1 = torch.sigmoid(logit)
-    assert s2 >= 0
     return (1 - w1) * gaussian(CLASS_MEANS[0]) + w1 * gaussian(CLASS_MEANS[1])
 
 

@@ -14,15 +14,14 @@ import argparse
 import datetime
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from ..diffusion import DISCRETIZATIONS, SAMPLERS, CountingDenoiser
+from ..diffusion import DISCRETIZATIONS, SAMPLERS
 from ..errors import UserError
-from ..eval.sampling import batch_generator
+from ..eval.sampling import generate
 from ..images import make_grid, save_png, to_uint8
 from .evaluate import build_model, load_checkpoint, pick_device
 
@@ -91,31 +90,25 @@ def main(argv: list[str]) -> int:
     if args.guidance_interval:
         guidance["guidance_interval"] = tuple(args.guidance_interval)
 
-    images, nfe, seconds = [], 0, 0.0
-    for b, start in enumerate(range(0, args.num_samples, args.batch_size)):
-        n = min(args.batch_size, args.num_samples - start)
-        counter = CountingDenoiser(model.denoiser(ema=not args.no_ema))
-        tic = time.perf_counter()
-        try:
-            x = model.sample(
-                n,
-                args.sampler,
-                args.steps,
-                labels=None if labels is None else labels[start : start + n],
-                generator=batch_generator(args.seed, b, device),
-                denoiser=counter,
-                discretization=args.discretization,
-                **guidance,
-                **options,
-            )
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds += time.perf_counter() - tic
-        images.append(x.cpu())
-        nfe = counter.nfe
-    images = torch.cat(images)
+    batches = list(range(-(-args.num_samples // args.batch_size)))
+    try:
+        images, nfe, seconds = generate(
+            model,
+            args.sampler,
+            args.steps,
+            batches,
+            args.batch_size,
+            args.seed,
+            progress=False,
+            labels=labels,
+            ema=not args.no_ema,
+            discretization=args.discretization,
+            **guidance,
+            **options,
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    images = images[: args.num_samples]
 
     args.out.mkdir(parents=True, exist_ok=True)
     pixels = to_uint8(images).permute(0, 2, 3, 1).numpy()

@@ -66,22 +66,29 @@ def generate(
     batch_size: int,
     seed: int = 0,
     progress: bool = True,
+    labels: Tensor | None = None,
+    ema: bool = True,
     **options,
 ) -> tuple[Tensor, int, float]:
     """Samples for the given evaluation batches (quantized like real PNGs, on the CPU), the network calls per batch
-    (NFE) and the seconds spent generating."""
+    (NFE) and the seconds spent generating. ``labels`` (one per sample) replaces the model's classes in turn; the
+    batch they run out in is drawn short."""
     out, nfe, seconds = [], 0, 0.0
     for b in tqdm(batch_indices, desc=f"{sampler} {steps} steps", disable=not progress, leave=False):
-        counter = CountingDenoiser(model.denoiser(ema=True))
-        labels = model.sample_labels(b * batch_size, batch_size)
+        counter = CountingDenoiser(model.denoiser(ema=ema))
+        if labels is None:
+            batch_labels, n = model.sample_labels(b * batch_size, batch_size), batch_size
+        else:
+            batch_labels = labels[b * batch_size : (b + 1) * batch_size]
+            n = len(batch_labels)
         if model.device.type == "cuda":
             torch.cuda.synchronize(model.device)
         start = time.perf_counter()
         images = model.sample(
-            batch_size,
+            n,
             sampler,
             steps,
-            labels=labels,
+            labels=batch_labels,
             generator=batch_generator(seed, b, model.device),
             denoiser=counter,
             **options,

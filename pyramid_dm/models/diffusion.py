@@ -223,6 +223,7 @@ class DiffusionModel(L.LightningModule):
         :class:`~pyramid_dm.diffusion.CountingDenoiser` around it); ``guidance`` != 1 applies classifier-free
         guidance toward ``labels``; ``options`` go to the sampler (e.g. ``eta``, ``churn``)."""
         x = torch.randn((num_samples, *self.latent_shape), generator=generator, device=self.device)
+        sampler = sampler or self.hparams.sampler
         den = denoiser or self.denoiser(ema)
         if guidance != 1.0:
             interval = {"interval": tuple(guidance_interval)} if guidance_interval else {}
@@ -231,9 +232,9 @@ class DiffusionModel(L.LightningModule):
             den,
             x,
             self.schedule,
-            sampler or self.hparams.sampler,
+            sampler,
             steps or self.hparams.sample_steps,
-            discretization=discretization or self.default_discretization(sampler or self.hparams.sampler),
+            discretization=discretization or self.default_discretization(sampler),
             cond=self.conditioning(labels),
             generator=generator,
             **options,
