@@ -22,7 +22,7 @@ class SampleQuality(L.Callback):
     """Every ``every_n_steps`` training steps: draw ``num_samples`` images with a fast sampler from fixed seeds (the
     same noise every time, so the curve shows the model, not the noise), each rank a share of the batches; gather
     their features on rank 0 and log ``val/fid_<space>``, ``val/kid_<space>``, precision/recall, the number of
-    samples and the seconds spent.
+    samples and the seconds spent. ``sampler`` / ``steps`` None use the model's own (a pyramid's per-level budgets).
 
     ``time_budget_s`` bounds the generation: after the first batch every rank knows its batch time, the slowest rank's
     time decides how many batches fit, and fewer samples are drawn (with a warning) when the budget is short.
@@ -33,8 +33,8 @@ class SampleQuality(L.Callback):
         self,
         every_n_steps: int = 1000,
         num_samples: int = 1000,
-        sampler: str = "dpmpp_2m",
-        steps: int = 20,
+        sampler: str | None = None,
+        steps: int | None = None,
         batch_size: int = 250,
         features: str = "auto",
         real_split: str = "val",

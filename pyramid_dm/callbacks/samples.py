@@ -14,31 +14,37 @@ from ..errors import UserError
 from ..images import make_grid, save_png
 
 
-def check_sampler(owner: str, sampler: str, steps: int) -> None:
-    """A callback's sampler settings, checked when the config is read rather than at the first grid."""
-    if sampler not in SAMPLERS:
+def check_sampler(owner: str, sampler: str | None, steps: int | None) -> None:
+    """A callback's sampler settings, checked when the config is read rather than at the first grid (None: the
+    model's own, per level for a pyramid)."""
+    if sampler is not None and sampler not in SAMPLERS:
         raise UserError(f"{owner} {sampler!r} is not one of {sorted(SAMPLERS)}")
-    if int(steps) < 1:
+    if steps is not None and int(steps) < 1:
         raise UserError(f"{owner.rsplit('.', 1)[0]}.steps must be >= 1, got {steps}")
 
 
 class SampleGrid(L.Callback):
     """After each validation (and every ``every_n_steps`` training steps if set) draw ``num_samples`` images with a
     fast sampler from a fixed seed and log them as ``samples`` (uint8, captioned with step and sampler).
-    Class-conditional models cycle through the classes, one per grid row position."""
+    Class-conditional models cycle through the classes, one per grid row position. ``sampler`` / ``steps`` None use
+    the model's own (a pyramid's per-level budgets).
+
+    For a pyramid, also ``samples/level<l>`` (what the coarse levels alone decode to) and ``samples/coarse_to_fine``:
+    one row per sample (the first ``strip_samples``), one column per level, coarse first."""
 
     def __init__(
         self,
         num_samples: int = 64,
-        sampler: str = "dpmpp_2m",
-        steps: int = 20,
+        sampler: str | None = None,
+        steps: int | None = None,
+        strip_samples: int = 8,
         every_n_steps: int | None = None,
         seed: int = 0,
     ):
         super().__init__()
         check_sampler(f"{type(self).__name__}.sampler", sampler, steps)
         self.num_samples, self.sampler, self.steps = num_samples, sampler, steps
-        self.every_n_steps, self.seed = every_n_steps, seed
+        self.every_n_steps, self.seed, self.strip_samples = every_n_steps, seed, strip_samples
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
@@ -56,16 +62,30 @@ class SampleGrid(L.Callback):
         start = time.perf_counter()
         was_training = pl_module.training
         pl_module.eval()
-        images = pl_module.sample(self.num_samples, self.sampler, self.steps, labels=labels, generator=g)
-        pl_module.train(was_training)
+        images, levels = pl_module.sample(
+            self.num_samples, self.sampler, self.steps, labels=labels, generator=g, return_levels=True
+        )
         seconds = time.perf_counter() - start
-        grid = make_grid(images)
         step = trainer.global_step
-        caption = f"step {step} | {self.sampler} {self.steps} steps | EMA | seed {self.seed} | {seconds:.1f} s"
+        how = f"{self.sampler or 'model sampler'} {self.steps or 'model'} steps"
+        caption = f"step {step} | {how} | EMA | seed {self.seed} | {seconds:.1f} s"
+        grids = {"samples": make_grid(images)}
+        if len(levels) > 1:
+            with torch.no_grad():
+                partial = [pl_module.decode(levels[: k + 1]).clamp(-1, 1) for k in range(len(levels))]
+            for k, part in enumerate(partial[:-1]):
+                grids[f"samples/level{k}"] = make_grid(part)
+            n = min(self.strip_samples, self.num_samples)
+            strip = torch.stack([part[:n] for part in partial], dim=1).flatten(0, 1)  # sample-major
+            grids["samples/coarse_to_fine"] = make_grid(strip, nrow=len(levels))
+        pl_module.train(was_training)
         if trainer.default_root_dir:
             out = Path(trainer.default_root_dir) / "samples"
             out.mkdir(parents=True, exist_ok=True)
-            save_png(grid, out / f"step{step:08d}.png")
+            for key, grid in grids.items():
+                suffix = "" if key == "samples" else "-" + key.split("/")[1]
+                save_png(grid, out / f"step{step:08d}{suffix}.png")
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
-                logger.log_image(key="samples", images=[grid], caption=[caption], step=step)
+                for key, grid in grids.items():
+                    logger.log_image(key=key, images=[grid], caption=[caption], step=step)

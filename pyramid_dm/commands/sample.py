@@ -39,8 +39,16 @@ def _option(text: str) -> tuple[str, object]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pyramid_dm sample", description=__doc__.split("\n")[0])
     p.add_argument("--ckpt_path", required=True, help="checkpoint to sample from (its EMA weights)")
-    p.add_argument("--sampler", default="dpmpp_2m", help=f"one of {sorted(SAMPLERS)}")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps (Heun makes 2 * steps - 1 calls)")
+    p.add_argument(
+        "--sampler", nargs="+", help=f"one of {sorted(SAMPLERS)}, or one per pyramid level (default: the model's)"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        help="sampling steps, or one count per pyramid level coarse first (default: the model's; Heun makes "
+        "2 * steps - 1 calls)",
+    )
     p.add_argument("--discretization", help=f"one of {list(DISCRETIZATIONS)} (default: the sampler's own)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--guidance_interval", type=float, nargs=2, metavar=("LO", "HI"), help="guide for sigma in (LO, HI]")
@@ -55,11 +63,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace samples already in --out")
     args = p.parse_args(argv)
-    if args.sampler not in SAMPLERS:
-        raise UserError(f"--sampler {args.sampler!r} is not one of {sorted(SAMPLERS)}")
+    for name in args.sampler or []:
+        if name not in SAMPLERS:
+            raise UserError(f"--sampler {name!r} is not one of {sorted(SAMPLERS)}")
     if args.discretization is not None and args.discretization not in DISCRETIZATIONS:
         raise UserError(f"--discretization {args.discretization!r} is not one of {list(DISCRETIZATIONS)}")
-    if args.steps < 1:
+    if args.steps and min(args.steps) < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
     if args.num_samples < 1 or args.batch_size < 1:
         raise UserError(f"--num_samples and --batch_size must be >= 1, got {args.num_samples}, {args.batch_size}")
@@ -77,6 +86,21 @@ def sample_labels(model, args) -> torch.Tensor | None:
     return torch.tensor(args.labels).repeat(-(-args.num_samples // len(args.labels)))[: args.num_samples]
 
 
+def per_level(model, flag: str, given: list | None, default, ckpt_path: str) -> list:
+    """One value per level of ``model``: the one given, one given per level, or the model's default."""
+    if not given:
+        given = default if isinstance(default, list | tuple) else [default]
+    given = list(given)
+    if len(given) == 1:
+        return given * model.num_levels
+    if len(given) != model.num_levels:
+        raise UserError(
+            f"{flag} {given} gives {len(given)} values but {ckpt_path} is a {model.num_levels}-level model: give "
+            f"one value, or one per level (coarse first)"
+        )
+    return given
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if (args.out / "samples.json").exists() and not args.overwrite:
@@ -85,6 +109,9 @@ def main(argv: list[str]) -> int:
     device = pick_device(args.device)
     model = build_model(ckpt, args.ckpt_path, None, device)
     labels = sample_labels(model, args)
+    h = model.hparams
+    sampler = per_level(model, "--sampler", args.sampler, h.get("level_samplers") or h.sampler, args.ckpt_path)
+    steps = per_level(model, "--steps", args.steps, h.get("level_steps") or h.sample_steps, args.ckpt_path)
     options = dict(args.option)
     guidance = {"guidance": args.guidance, "guidance_rescale": args.guidance_rescale}
     if args.guidance_interval:
@@ -94,8 +121,8 @@ def main(argv: list[str]) -> int:
     try:
         images, nfe, seconds = generate(
             model,
-            args.sampler,
-            args.steps,
+            sampler,
+            steps,
             batches,
             args.batch_size,
             args.seed,
@@ -121,11 +148,13 @@ def main(argv: list[str]) -> int:
         "model": type(model).__name__,
         "family": model.family,
         "ema": not args.no_ema,
-        "sampler": args.sampler,
-        "steps": args.steps,
-        "discretization": args.discretization or model.default_discretization(args.sampler),
+        "levels": [list(shape) for shape in model.level_shapes],
+        "sampler": sampler,
+        "steps": steps,
+        "discretization": args.discretization or [model.default_discretization(name) for name in sampler],
         "sampler_options": options,
-        "nfe": nfe,
+        "nfe": sum(nfe),
+        "level_nfe": nfe,
         "seed": args.seed,
         **guidance,
         "labels": None if labels is None else labels.tolist(),
@@ -139,7 +168,8 @@ def main(argv: list[str]) -> int:
     }
     (args.out / "samples.json").write_text(json.dumps(record, indent=2) + "\n")
     print(
-        f"{args.num_samples} samples, {args.sampler} {args.steps} steps, NFE {nfe}/sample, guidance {args.guidance}: "
+        f"{args.num_samples} samples, {'/'.join(sampler)} {'/'.join(map(str, steps))} steps, NFE {sum(nfe)}/sample, "
+        f"guidance {args.guidance}: "
         f"{seconds:.1f} s -> {args.out}",
         file=sys.stderr,
     )

@@ -5,6 +5,7 @@ from .discretization import DISCRETIZATIONS, sampling_sigmas, sampling_times
 from .guidance import ClassifierFreeGuidance
 from .losses import WEIGHTINGS, diffusion_loss, loss_weight
 from .parameterization import PREDICTIONS, Denoiser, DenoiserFn, coefficients, network_input, network_target
+from .pyramid import augment_context, context_of, mix_context, snap_to, upsample_to
 from .samplers import (
     DEFAULT_DISCRETIZATION,
     SAMPLERS,
@@ -44,7 +45,9 @@ __all__ = [
     "DenoiserFn",
     "NoiseSchedule",
     "build_schedule",
+    "augment_context",
     "coefficients",
+    "context_of",
     "ddim",
     "ddpm",
     "diffusion_loss",
@@ -54,6 +57,7 @@ __all__ = [
     "get_sampler",
     "heun",
     "loss_weight",
+    "mix_context",
     "network_input",
     "network_target",
     "nfe",
@@ -62,6 +66,8 @@ __all__ = [
     "sample",
     "sampling_sigmas",
     "sampling_times",
+    "snap_to",
     "steps_for_nfe",
     "training_noise_levels",
+    "upsample_to",
 ]

@@ -20,7 +20,7 @@ from .cost import EnergyMeter, PeakMemory, count_flops, count_params
 class SamplingCost:
     sampler: str
     steps: int
-    nfe: float  # network calls per sample
+    nfe: float  # network calls per sample (all levels)
     params: int
     gflops_per_call: float  # one network call, one sample
     decoder_gflops: float  # first-stage decoding, one sample
@@ -31,6 +31,7 @@ class SamplingCost:
     peak_mem_mb: float | None
     energy_j_per_sample: float | None
     device: str
+    levels: list[dict] | None = None  # per level of a pyramid: resolution, sampler steps, NFE, GFLOPs per call
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -48,13 +49,9 @@ def quantize(images: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def per_sample_flops(model) -> tuple[float, float]:
-    """(network FLOPs per call, decoder FLOPs) for one sample, counted by ``torch.utils.flop_counter``."""
-    z = torch.zeros((1, *model.latent_shape), device=model.device)
-    sigma = torch.tensor(1.0, dtype=torch.float64)
-    cond = model.conditioning(model.sample_labels(0, 1))
-    denoiser = model.denoiser(ema=True)
-    return float(count_flops(lambda: denoiser(z, sigma, **cond))), float(count_flops(lambda: model.decode(z)))
+def per_sample_flops(model) -> tuple[list[float], float]:
+    """(network FLOPs per call at each level, decoder FLOPs) for one sample, counted by ``torch.utils.flop_counter``."""
+    return model.flops_per_call(), model.decoder_flops()
 
 
 @torch.no_grad()
@@ -69,13 +66,18 @@ def generate(
     labels: Tensor | None = None,
     ema: bool = True,
     **options,
-) -> tuple[Tensor, int, float]:
-    """Samples for the given evaluation batches (quantized like real PNGs, on the CPU), the network calls per batch
-    (NFE) and the seconds spent generating. ``labels`` (one per sample) replaces the model's classes in turn; the
+) -> tuple[Tensor, list[int], float]:
+    """Samples for the given evaluation batches (quantized like real PNGs, on the CPU), the network calls per sample
+    at each level (NFE) and the seconds spent generating. ``labels`` (one per sample) replaces the model's classes in turn; the
     batch they run out in is drawn short."""
-    out, nfe, seconds = [], 0, 0.0
+    out, nfe, seconds = [], [], 0.0
     for b in tqdm(batch_indices, desc=f"{sampler} {steps} steps", disable=not progress, leave=False):
-        counter = CountingDenoiser(model.denoiser(ema=ema))
+        counters: dict[int, CountingDenoiser] = {}
+
+        def count(denoiser, level, counters=counters):
+            counters[level] = CountingDenoiser(denoiser)
+            return counters[level]
+
         if labels is None:
             batch_labels, n = model.sample_labels(b * batch_size, batch_size), batch_size
         else:
@@ -90,14 +92,15 @@ def generate(
             steps,
             labels=batch_labels,
             generator=batch_generator(seed, b, model.device),
-            denoiser=counter,
+            ema=ema,
+            wrap=count,
             **options,
         )
         if model.device.type == "cuda":
             torch.cuda.synchronize(model.device)
         seconds += time.perf_counter() - start
         out.append(quantize(images).cpu())
-        nfe = counter.nfe
+        nfe = [counters[level].nfe for level in sorted(counters)]
     return torch.cat(out), nfe, seconds
 
 
@@ -110,21 +113,29 @@ def sample_with_cost(
     per_call, decoder = per_sample_flops(model)
     with PeakMemory(model.device) as mem, EnergyMeter(model.device) as energy:
         images, nfe, seconds = generate(model, sampler, steps, batches, batch_size, seed, progress, **options)
-    n = len(images)
+    n, total_nfe = len(images), sum(nfe)
+    network = sum(k * f for k, f in zip(nfe, per_call))
+    levels = None
+    if len(nfe) > 1:
+        levels = [
+            {"level": i, "resolution": model.grid_size(i), "nfe": k, "gflops_per_call": f / 1e9}
+            for i, (k, f) in enumerate(zip(nfe, per_call))
+        ]
     cost = SamplingCost(
         sampler=sampler,
         steps=steps,
-        nfe=nfe,
+        nfe=total_nfe,
         params=count_params(model.denoiser(ema=True).net) + _first_stage_params(model),
-        gflops_per_call=per_call / 1e9,
+        gflops_per_call=network / max(total_nfe, 1) / 1e9,
         decoder_gflops=decoder / 1e9,
-        gflops_per_sample=(nfe * per_call + decoder) / 1e9,
+        gflops_per_sample=(network + decoder) / 1e9,
         batch_size=batch_size,
         seconds_per_sample=seconds / n,
         images_per_s=n / seconds,
         peak_mem_mb=mem.peak_mb,
         energy_j_per_sample=None if energy.joules is None else energy.joules / n,
         device=str(model.device),
+        levels=levels,
     )
     return images[:num_samples], cost
 

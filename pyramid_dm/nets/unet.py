@@ -27,19 +27,41 @@ def sinusoidal_embedding(x: Tensor, dim: int, max_period: float = 10000.0) -> Te
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
-class ResBlock(nn.Module):
-    """GroupNorm-SiLU-Conv twice, with the embedding added in between and a 1x1 skip when widths differ."""
+class SpatialModulation(nn.Module):
+    """SPADE (Park et al. 2019) after a normalisation: h (1 + gamma(c)) + beta(c), with the spatial condition c resized
+    (nearest) to h; zero-initialised, so it starts as the identity."""
 
-    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float = 0.0, groups: int = 32):
+    def __init__(self, cond_channels: int, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cond_channels, 2 * channels, 3, padding=1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, h: Tensor, cond: Tensor) -> Tensor:
+        gamma, beta = self.conv(F.interpolate(cond, size=h.shape[-2:], mode="nearest")).chunk(2, dim=1)
+        return h * (1 + gamma) + beta
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-Conv twice, with the embedding added in between and a 1x1 skip when widths differ.
+    With ``spade_channels`` > 0 the first norm is modulated by a spatial condition (``forward(..., spatial=c)``)."""
+
+    def __init__(
+        self, cin: int, cout: int, emb_dim: int, dropout: float = 0.0, groups: int = 32, spade_channels: int = 0
+    ):
         super().__init__()
         self.norm1, self.conv1 = group_norm(cin, groups), nn.Conv2d(cin, cout, 3, padding=1)
+        self.spade = SpatialModulation(spade_channels, cin) if spade_channels else None
         self.emb = nn.Linear(emb_dim, cout)
         self.norm2, self.drop = group_norm(cout, groups), nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+    def forward(self, x: Tensor, emb: Tensor, spatial: Tensor | None = None) -> Tensor:
+        h = self.norm1(x)
+        if self.spade is not None and spatial is not None:
+            h = self.spade(h, spatial)
+        h = self.conv1(F.silu(h))
         h = h + self.emb(emb)[:, :, None, None]
         h = self.conv2(self.drop(F.silu(self.norm2(h))))
         return self.skip(x) + h
@@ -66,9 +88,11 @@ class SelfAttention(nn.Module):
 class Level(nn.Module):
     """One resolution of the encoder or decoder: residual blocks, each optionally followed by attention."""
 
-    def __init__(self, widths: Sequence[tuple[int, int]], emb_dim: int, attn: bool, heads: int, dropout, groups):
+    def __init__(
+        self, widths: Sequence[tuple[int, int]], emb_dim: int, attn: bool, heads: int, dropout, groups, spade=0
+    ):
         super().__init__()
-        self.res = nn.ModuleList(ResBlock(i, o, emb_dim, dropout, groups) for i, o in widths)
+        self.res = nn.ModuleList(ResBlock(i, o, emb_dim, dropout, groups, spade) for i, o in widths)
         self.attn = nn.ModuleList(SelfAttention(o, heads, groups) if attn else nn.Identity() for _, o in widths)
 
 
@@ -82,6 +106,10 @@ class UNet(nn.Module):
         num_res_blocks: residual blocks per encoder level (the decoder has one more, as in DDPM).
         attention_resolutions: resolutions (in pixels) whose blocks get self-attention; the middle block always does.
         num_classes: if set, adds a learned class embedding; label ``num_classes`` (or ``None``) means unconditional.
+        headless: no input/output convolutions (``in_channels`` / ``out_channels`` unused): the shared body of a
+            :class:`~pyramid_dm.nets.PyramidUNet`, which puts its own heads per level around :meth:`body`.
+        spade_channels: > 0 gives every residual block a SPADE modulation from a spatial condition of that many
+            channels (see :meth:`body`).
     """
 
     def __init__(
@@ -98,6 +126,8 @@ class UNet(nn.Module):
         num_classes: int | None = None,
         norm_groups: int = 32,
         time_scale: float = 1000.0,
+        headless: bool = False,
+        spade_channels: int = 0,
     ):
         super().__init__()
         n_down = len(channel_mult) - 1
@@ -108,8 +138,9 @@ class UNet(nn.Module):
         self.num_classes = num_classes
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
-        self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
-        args = dict(emb_dim=emb_dim, heads=num_heads, dropout=dropout, groups=norm_groups)
+        self.width = widths[0]
+        self.conv_in = None if headless else nn.Conv2d(in_channels, widths[0], 3, padding=1)
+        args = dict(emb_dim=emb_dim, heads=num_heads, dropout=dropout, groups=norm_groups, spade=spade_channels)
 
         self.down, self.downsample, skips, ch = nn.ModuleList(), nn.ModuleList(), [widths[0]], widths[0]
         for i, w in enumerate(widths):
@@ -120,9 +151,9 @@ class UNet(nn.Module):
             if i < n_down:
                 self.downsample.append(nn.Conv2d(w, w, 3, stride=2, padding=1))
                 skips.append(w)
-        self.mid1 = ResBlock(ch, ch, emb_dim, dropout, norm_groups)
+        self.mid1 = ResBlock(ch, ch, emb_dim, dropout, norm_groups, spade_channels)
         self.mid_attn = SelfAttention(ch, num_heads, norm_groups)
-        self.mid2 = ResBlock(ch, ch, emb_dim, dropout, norm_groups)
+        self.mid2 = ResBlock(ch, ch, emb_dim, dropout, norm_groups, spade_channels)
 
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for i, w in reversed(list(enumerate(widths))):
@@ -134,7 +165,7 @@ class UNet(nn.Module):
             if i > 0:
                 self.upsample.append(nn.Conv2d(w, w, 3, padding=1))
         self.norm_out = group_norm(ch, norm_groups)
-        self.conv_out = nn.Conv2d(ch, out_channels or in_channels, 3, padding=1)
+        self.conv_out = None if headless else nn.Conv2d(ch, out_channels or in_channels, 3, padding=1)
 
     def embed(self, noise_level: Tensor, class_labels: Tensor | None) -> Tensor:
         emb = self.time_mlp(sinusoidal_embedding(noise_level * self.time_scale, self.base_channels))
@@ -146,19 +177,23 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, noise_level: Tensor, class_labels: Tensor | None = None) -> Tensor:
         emb = self.embed(noise_level.expand(x.shape[0]), class_labels).to(x.dtype)
-        h = self.conv_in(x)
+        return self.conv_out(F.silu(self.norm_out(self.body(self.conv_in(x), emb))))
+
+    def body(self, h: Tensor, emb: Tensor, spatial: Tensor | None = None) -> Tensor:
+        """Everything between the input and output convolutions: ``h`` has ``width`` channels; ``spatial`` is the
+        SPADE condition (with ``spade_channels``). Returns the features before ``norm_out``."""
         hs = [h]
         for i, level in enumerate(self.down):
             for res, attn in zip(level.res, level.attn):
-                h = attn(res(h, emb))
+                h = attn(res(h, emb, spatial))
                 hs.append(h)
             if i < len(self.downsample):
                 h = self.downsample[i](h)
                 hs.append(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb, spatial)), emb, spatial)
         for i, level in enumerate(self.up):
             for res, attn in zip(level.res, level.attn):
-                h = attn(res(torch.cat([h, hs.pop()], dim=1), emb))
+                h = attn(res(torch.cat([h, hs.pop()], dim=1), emb, spatial))
             if i < len(self.upsample):
                 h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return h

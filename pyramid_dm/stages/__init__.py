@@ -1,0 +1,15 @@
+"""First stages: what the diffusion engine diffuses in (identity, autoencoder latents, or a pyramid of levels)."""
+
+from .autoencoder import AutoencoderStage, load_autoencoder_checkpoint
+from .base import FirstStage
+from .identity import IdentityStage
+from .image_pyramid import ImagePyramid, check_resolutions
+
+__all__ = [
+    "AutoencoderStage",
+    "FirstStage",
+    "IdentityStage",
+    "ImagePyramid",
+    "check_resolutions",
+    "load_autoencoder_checkpoint",
+]

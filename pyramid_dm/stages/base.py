@@ -1,0 +1,30 @@
+"""What every first stage provides to the diffusion engine: a list of latent levels, coarse first.
+
+Pixel, latent and pyramid diffusion differ only here: the identity (one level, the image), an autoencoder (one level,
+its latent) or a pyramid (L levels at their own resolutions: an image pyramid or a multi-scale autoencoder).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class FirstStage(nn.Module):
+    """A frozen map images <-> levels. Subclasses set ``level_shapes`` ((C, H, W) per level, coarse first)."""
+
+    level_shapes: list[tuple[int, int, int]]
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.level_shapes)
+
+    def encode(self, images: Tensor) -> list[Tensor]:
+        raise NotImplementedError
+
+    def decode(self, levels: list[Tensor]) -> Tensor:
+        """Images in [-1, 1] (before clamping) from the first ``len(levels)`` levels (all levels: the sample; fewer:
+        the coarse-only preview of a coarse-to-fine strip)."""
+        raise NotImplementedError
+
+    def train(self, mode: bool = True):  # frozen: never leaves eval mode (Lightning calls .train() on the model)
+        return super().train(False)

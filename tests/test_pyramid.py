@@ -1,0 +1,348 @@
+"""Latent and pyramid diffusion: autoencoders, first stages, the coarse-to-fine engine, and their CLI runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from helpers import ROOT, run_cli
+from test_ddp import free_port
+
+from pyramid_dm.errors import UserError
+from pyramid_dm.models import PixelDiffusion, PyramidDiffusion
+from pyramid_dm.nets import MultiScaleAutoencoder, PyramidUNet, VectorQuantizer
+from pyramid_dm.stages import ImagePyramid
+
+TINY_UNET = dict(base_channels=16, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[], norm_groups=8)
+
+
+# ---- autoencoders ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("regularizer", ["kl", "vq"])
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_autoencoder_round_trip_shapes_and_gradients_reach_the_encoder(regularizer, levels):
+    torch.manual_seed(0)
+    ae = MultiScaleAutoencoder(1, 16, 16, (1, 2, 2), 1, levels, [3, 4, 5][:levels], regularizer, 32, norm_groups=8)
+    x = torch.randn(2, 1, 16, 16)
+    latents, codes, reg, stats = ae.encode(x)
+    sizes = [4, 8, 16][:levels]  # coarse first: the coarsest resolutions are the levels
+    assert [tuple(z.shape) for z in latents] == [(2, c, s, s) for c, s in zip([3, 4, 5], sizes)]
+    assert [tuple(z.shape) for z in codes] == [tuple(z.shape) for z in latents]
+    rec = ae.decode(codes)
+    assert rec.shape == x.shape
+    assert ae.decode(codes[:1]).shape == x.shape  # the coarse level alone decodes too
+    (rec - x).abs().mean().add(reg).backward()
+    # straight-through (VQ) or reparameterised (KL): the reconstruction loss reaches the first encoder conv
+    assert ae.conv_in.weight.grad.abs().sum() > 0
+    if regularizer == "vq":
+        assert all(0 < float(s["perplexity"]) <= 32 and 0 < float(s["usage"]) <= 1 for s in stats)
+        # a VQ level's code is its codebook entry: re-quantising the codes changes nothing (eval: no EMA update)
+        _, codes, _, _ = ae.eval().encode(x)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ae.quantize(codes), codes))
+
+
+def test_finer_levels_are_encoded_given_the_quantised_coarse_code():
+    torch.manual_seed(0)
+    ae = MultiScaleAutoencoder(1, 16, 16, (1, 2), 1, 2, 4, "vq", 16, norm_groups=8).eval()
+    x = torch.randn(2, 1, 16, 16)
+    _, codes, _, _ = ae.encode(x)
+    feats = ae.trunk(x)
+    fine_alone = ae.to_latent[1](feats[1])  # what the fine level would be without the coarse code
+    merged = ae.to_latent[1](ae.merge[1](torch.cat([feats[1], F.interpolate(codes[0], size=16)], 1)))
+    latents, _, _, _ = ae.encode(x)
+    assert torch.allclose(latents[1], merged, atol=1e-6) and not torch.allclose(latents[1], fine_alone, atol=1e-3)
+
+
+def test_ema_codebook_follows_the_data_and_dead_codes_restart():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 2, ema=True, decay=0.5, dead_after=3)
+    target = torch.tensor([3.0, -2.0])
+    z = target.view(1, 2, 1, 1).expand(16, 2, 4, 4) + 0.01 * torch.randn(16, 2, 4, 4)
+    start = vq.codebook.detach().clone()
+    vq(z)
+    vq(z)
+    used = vq.indices(z).unique()
+    assert len(used) == 1  # the one code nearest to the data took it all ...
+    assert (vq.codebook[used[0]] - target).norm() < 0.3  # ... and moved onto it (EMA of its assignments)
+    idle = [i for i in range(8) if i != int(used[0])]
+    assert torch.allclose(vq.codebook[idle], start[idle], atol=1e-3)  # the others sat idle for 2 < 3 updates
+    vq(z)
+    # after 3 idle updates they are restarted on encoder outputs, i.e. on the data, instead of staying dead
+    assert (vq.codebook - target).norm(dim=1).max() < 0.3
+
+
+def test_straight_through_codebook_gets_its_own_gradient():
+    vq = VectorQuantizer(4, 2, ema=False)
+    z = torch.randn(2, 2, 3, 3, requires_grad=True)
+    zq, loss, _ = vq(z)
+    (zq.sum() + loss).backward()
+    assert z.grad is not None and vq.codebook.grad.abs().sum() > 0
+
+
+# ---- first stages and the pyramid engine ---------------------------------------------------------------------------
+@pytest.mark.parametrize("resolutions", [[8, 16], [4, 8, 16]])
+def test_an_l_level_pyramid_has_the_stated_shapes(resolutions):
+    torch.manual_seed(0)
+    m = PyramidDiffusion(16, 1, resolutions=resolutions, unet=TINY_UNET, level_steps=[2] * len(resolutions))
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    levels = m.encode(x)
+    assert [tuple(z.shape) for z in levels] == [(3, 1, r, r) for r in resolutions]
+    assert torch.allclose(levels[0], F.avg_pool2d(x, 16 // resolutions[0]))
+    images, generated = m.sample(2, return_levels=True)
+    assert images.shape == (2, 1, 16, 16)
+    assert [tuple(z.shape) for z in generated] == [(2, 1, r, r) for r in resolutions]
+    assert m.level_shapes == [(1, r, r) for r in resolutions]
+
+
+def test_coarse_levels_are_cheaper_per_call_and_the_frido_layout_is_not():
+    native = PyramidDiffusion(16, 1, resolutions=[4, 8, 16], unet=TINY_UNET)
+    frido = PyramidDiffusion(16, 1, resolutions=[4, 8, 16], unet=TINY_UNET, layout="frido")
+    n, f = native.flops_per_call(), frido.flops_per_call()
+    assert n[0] < n[1] < n[2] and n[0] < n[2] / 8  # each level at its own resolution
+    assert min(f) > 0.9 * f[-1]  # every level at the finest resolution, as in Frido's code
+    assert frido.training_flops(4) > 2 * native.training_flops(4)
+
+
+def test_the_fine_level_depends_on_its_coarse_condition():
+    torch.manual_seed(0)
+    net = PyramidUNet([1, 1], [0, 1], [8, 16], **TINY_UNET)
+    for head in net.heads_out:  # the zero-initialised output heads would hide any dependence
+        torch.nn.init.normal_(head.weight)
+    x, t = torch.randn(2, 1, 16, 16), torch.full((2,), 0.5)
+    a = net(x, t, level=1, context=torch.zeros(2, 1, 16, 16))
+    b = net(x, t, level=1, context=torch.randn(2, 1, 16, 16))
+    c = net(x, t, level=1, context=torch.zeros(2, 1, 16, 16), aug_level=torch.full((2,), 0.3))
+    assert (a - b).abs().mean() > 1e-3 and (a - c).abs().mean() > 1e-4
+    with pytest.raises(ValueError, match="context of 1 channels"):
+        net(x, t, level=1)
+
+
+def test_conditioning_augmentation_noises_the_context_at_the_given_level():
+    m = PyramidDiffusion(16, 1, resolutions=[8, 16], unet=TINY_UNET, conditioning_augmentation=0.5)
+    coarse = [torch.ones(4, 1, 8, 8)]
+    noise = torch.randn(4, 1, 16, 16)
+    clean = m.level_conditioning(1, coarse)["context"]
+    assert torch.equal(clean, torch.ones(4, 1, 16, 16))
+    t = torch.tensor([0.0, 0.1, 0.3, 0.5])
+    cond = m.level_conditioning(1, coarse, t, noise)
+    alpha, sigma = m.schedules[1].alpha_sigma(t.double())
+    want = alpha.float().view(-1, 1, 1, 1) + sigma.float().view(-1, 1, 1, 1) * noise
+    assert torch.allclose(cond["context"], want, atol=1e-6) and torch.equal(cond["aug_level"], t)
+
+
+def test_per_level_schedules_shift_with_resolution():
+    m = PyramidDiffusion(16, 1, resolutions=[4, 8, 16], unet=TINY_UNET, shift_reference_resolution=4)
+    t = torch.tensor([0.5], dtype=torch.float64)
+    lam = [float(s.log_snr(t)) for s in m.schedules]
+    assert lam[0] - lam[1] == pytest.approx(2 * math.log(2), abs=1e-9)
+    assert lam[1] - lam[2] == pytest.approx(2 * math.log(2), abs=1e-9)
+
+
+def test_one_sampled_level_per_step_trains_only_that_level():
+    torch.manual_seed(0)
+    m = PyramidDiffusion(16, 1, resolutions=[8, 16], unet=TINY_UNET, level_training="sample", level_weights=[0, 1])
+    for head in m.net.heads_out:
+        torch.nn.init.normal_(head.weight)
+    batch = (torch.rand(4, 1, 16, 16) * 2 - 1, torch.zeros(4, dtype=torch.long), torch.arange(4))
+    m.training_step(batch, 0).backward()
+    assert m.net.heads_in[1].weight.grad.abs().sum() > 0
+    assert m.net.heads_in[0].weight.grad.abs().sum() == 0  # the coarse level was not drawn (weight 0)
+
+
+# ---- bad settings ---------------------------------------------------------------------------------------------------
+def test_bad_pyramid_settings_are_named(tmp_path):
+    with pytest.raises(UserError, match=r"model.resolutions.*6 does not divide 16"):
+        PyramidDiffusion(16, 1, resolutions=[6, 16], unet=TINY_UNET)
+    with pytest.raises(UserError, match="finest pyramid resolution must be the image size 16"):
+        PyramidDiffusion(16, 1, resolutions=[4, 8], unet=TINY_UNET)
+    with pytest.raises(UserError, match=r"model.level_steps \[20, 8\] gives 2 values but the model has 3 levels"):
+        PyramidDiffusion(16, 1, resolutions=[4, 8, 16], unet=TINY_UNET, level_steps=[20, 8])
+    with pytest.raises(UserError, match="model.layout 'stacked' is not one of"):
+        PyramidDiffusion(16, 1, resolutions=[8, 16], layout="stacked")
+    with pytest.raises(UserError, match="model.autoencoder_ckpt .*missing.ckpt' does not exist"):
+        PyramidDiffusion(16, 1, first_stage="autoencoder", autoencoder_ckpt=str(tmp_path / "missing.ckpt"))
+    m = PyramidDiffusion(16, 1, resolutions=[8, 16], unet=TINY_UNET)
+    with pytest.raises(UserError, match=r"steps \[5, 5, 5\] gives 3 values but the model has 2 levels"):
+        m.sample(1, steps=[5, 5, 5])
+    with pytest.raises(ValueError, match="at least 2 levels"):
+        ImagePyramid(1, 16, [16])
+
+
+def test_a_pyramid_checkpoint_refuses_a_config_with_other_levels():
+    two = PyramidDiffusion(16, 1, resolutions=[8, 16], unet=TINY_UNET)
+    ckpt = {"state_dict": two.state_dict(), "hyper_parameters": dict(two.hparams)}
+    two.on_save_checkpoint(ckpt)
+    three = PyramidDiffusion(16, 1, resolutions=[4, 8, 16], unet=TINY_UNET)
+    with pytest.raises(UserError, match=r"checkpoint's model has 2 level\(s\).*this config builds 3"):
+        three.on_load_checkpoint(ckpt)
+
+
+def test_pixel_checkpoints_from_before_latent_scales_still_load():
+    m = PixelDiffusion(8, 1, unet=TINY_UNET)
+    state = {k: v for k, v in m.state_dict().items() if k != "latent_scale"}
+    ckpt = {"state_dict": state, "hyper_parameters": dict(m.hparams)}
+    m.on_load_checkpoint(ckpt)
+    m.load_state_dict(ckpt["state_dict"])
+    assert torch.equal(m.latent_scale, torch.ones(1))
+
+
+# ---- the latent scale is the same on every DDP rank ----------------------------------------------------------------
+class _Strategy:
+    def reduce(self, tensor, reduce_op="sum"):
+        dist.all_reduce(tensor)
+        return tensor
+
+
+class _Trainer:
+    world_size, strategy = 2, _Strategy()
+
+
+def _scale_rank(rank: int, port: int, ckpt: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    from pyramid_dm.models import LatentDiffusion
+
+    model = LatentDiffusion(8, 1, autoencoder_ckpt=ckpt, unet=TINY_UNET)
+    model._trainer = _Trainer()
+    torch.manual_seed(100 + rank)  # each rank sees a different batch
+    model.fit_latent_scale(torch.rand(16, 1, 8, 8) * 2 - 1)
+    torch.save(model.latent_scale, Path(out) / f"scale{rank}.pt")
+    dist.destroy_process_group()
+
+
+# ---- through the CLI ------------------------------------------------------------------------------------------------
+def fit(config: str, root: Path, env: dict, steps: int = 4, *extra: str) -> Path:
+    args = ["fit", "--config", config, "--exp.root", str(root), "--trainer.max_steps", str(steps)]
+    args += ["--trainer.val_check_interval", str(steps), "--trainer.enable_progress_bar", "false"]
+    args += ["--data.init_args.num_workers", "0", *extra]
+    proc = run_cli(args, env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    name = next(line.split(":", 1)[1].strip() for line in (ROOT / config).read_text().splitlines() if "name:" in line)
+    return root / name
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, session_env, digits_shards) -> Path:
+    """Tiny stage-one runs on the embedded digits (the KL and the multi-scale VQ autoencoder) in one runs root."""
+    root = tmp_path_factory.mktemp("runs")
+    fit("configs/autoencoder/digits_kl.yaml", root, session_env, 30)
+    fit("configs/autoencoder/digits_msvq.yaml", root, session_env, 30)
+    return root
+
+
+def test_autoencoder_runs_log_reconstructions_psnr_codebook_and_fid(runs):
+    from pyramid_dm.eval.history import run_history
+
+    run = runs / "ae-digits_msvq"
+    rows = run_history(next((run / "wandb").glob("offline-run-*")), prefix="")
+    keys = set().union(*rows)
+    assert {"val/psnr", "val/loss", "val/rec_fid_digits_clf", "train/perplexity_level0", "train/usage_level1"} <= keys
+    assert list((run / "samples").glob("reconstructions-step*.png"))
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["pyramid_dm"]["family"] == "autoencoder"
+
+
+def test_latent_scale_is_identical_on_two_ddp_ranks(runs, tmp_path):
+    ckpt = str(runs / "ae-digits_kl" / "checkpoints" / "last.ckpt")
+    mp.spawn(_scale_rank, args=(free_port(), ckpt, str(tmp_path)), nprocs=2, join=True)
+    s0, s1 = (torch.load(tmp_path / f"scale{r}.pt") for r in (0, 1))
+    assert torch.equal(s0, s1) and torch.isfinite(s0).all() and (s0 > 0).all()
+    # ... and it is the scale of both ranks' batches together
+    from pyramid_dm.models import LatentDiffusion
+
+    model = LatentDiffusion(8, 1, autoencoder_ckpt=ckpt, unet=TINY_UNET)
+    both = []
+    for rank in (0, 1):
+        torch.manual_seed(100 + rank)
+        both.append(torch.rand(16, 1, 8, 8) * 2 - 1)
+    model.fit_latent_scale(torch.cat(both))
+    assert torch.allclose(model.latent_scale, s0, rtol=1e-5)
+
+
+def test_latent_diffusion_trains_samples_and_counts_the_decoder(runs, session_env, tmp_path):
+    run = fit("configs/latent/digits.yaml", runs, session_env, 4)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert torch.isfinite(state["latent_scale"]).all() and float(state["latent_scale"]) != 1.0  # fitted and saved
+    out = tmp_path / "samples"
+    proc = run_cli(
+        ["sample", "--ckpt_path", str(ckpt), "--steps", "3", "--num_samples", "4", "--out", str(out)], session_env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out / "samples.json").read_text())
+    assert record["family"] == "latent" and record["nfe"] == 3 and len(list(out.glob("0*.png"))) == 4
+    from pyramid_dm.commands.evaluate import build_model
+
+    model = build_model(torch.load(ckpt, weights_only=True), str(ckpt), None, torch.device("cpu"))
+    assert model.decoder_flops() > 0  # the cost accounting includes decoding the latent
+
+
+def test_pyramid_in_a_multiscale_autoencoder_trains_and_samples_per_level(runs, session_env, tmp_path):
+    run = fit("configs/pyramid/digits_msvq.yaml", runs, session_env, 4)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert list((run / "samples").glob("step*-coarse_to_fine.png")) and list((run / "samples").glob("step*-level0.png"))
+    out = tmp_path / "samples"
+    args = ["sample", "--ckpt_path", str(ckpt), "--steps", "4", "2", "--num_samples", "3", "--out", str(out)]
+    proc = run_cli(args, session_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out / "samples.json").read_text())
+    assert record["level_nfe"] == [4, 2] and record["levels"] == [[4, 4, 4], [4, 8, 8]]
+    bad = run_cli([*args[:5], "4", "2", "2", *args[6:], "--overwrite"], session_env)
+    assert bad.returncode == 2 and "gives 3 values but" in bad.stderr and "2-level model" in bad.stderr
+
+
+def test_frido_baseline_config_runs_end_to_end(session_env, tmp_path):
+    run = fit(
+        "configs/pyramid/fashion_mnist_frido.yaml",
+        tmp_path,
+        session_env,
+        2,
+        "--data.init_args.batch_size",
+        "8",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.callbacks.num_samples",
+        "4",
+        "--model.init_args.level_steps",
+        "[2, 2, 2]",
+    )
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 and ckpt["hyper_parameters"]["layout"] == "frido"
+    assert ckpt["pyramid_dm"]["level_shapes"] == [[1, 8, 8], [1, 16, 16], [1, 32, 32]]
+
+
+def test_wrong_first_stage_checkpoints_are_named(runs, session_env, digits_shards):
+    from pyramid_dm.models import LatentDiffusion
+
+    pixel = fit("configs/quickstart.yaml", runs, session_env, 2) / "checkpoints" / "last.ckpt"
+    with pytest.raises(UserError, match=r"model.autoencoder_ckpt .*is not an autoencoder checkpoint"):
+        LatentDiffusion(8, 1, autoencoder_ckpt=str(pixel))
+    ms = str(runs / "ae-digits_msvq" / "checkpoints" / "last.ckpt")
+    with pytest.raises(UserError, match="2-level multi-scale autoencoder; use pyramid_dm.models.PyramidDiffusion"):
+        LatentDiffusion(8, 1, autoencoder_ckpt=ms)
+    kl = str(runs / "ae-digits_kl" / "checkpoints" / "last.ckpt")
+    with pytest.raises(UserError, match="single latent level; pyramid diffusion needs a multi-scale"):
+        PyramidDiffusion(8, 1, first_stage="autoencoder", autoencoder_ckpt=kl)
+    with pytest.raises(UserError, match=r"trained on 1x8x8 images but the data gives 1x16x16"):
+        LatentDiffusion(16, 1, autoencoder_ckpt=kl)
+    proc = run_cli(
+        [
+            "fit",
+            "--config",
+            "configs/latent/digits.yaml",
+            "--exp.root",
+            str(runs),
+            "--exp.name",
+            "x",
+            "--model.init_args.autoencoder_ckpt",
+            "nowhere.ckpt",
+        ],
+        session_env,
+    )
+    assert proc.returncode == 2 and "model.autoencoder_ckpt 'nowhere.ckpt' does not exist" in proc.stderr
