@@ -39,6 +39,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     steps = p.add_mutually_exclusive_group()
     steps.add_argument("--steps", nargs="+", type=int, default=[50], help="one or more step counts")
     steps.add_argument("--nfe", nargs="+", type=int, help="one or more NFE budgets (Heun: (NFE + 1) // 2 steps)")
+    steps.add_argument(
+        "--level_steps", nargs="+", type=int, help="a pyramid's steps per level, coarse first (one evaluation)"
+    )
     p.add_argument("--discretization", help=f"one of {list(DISCRETIZATIONS)} (default: each sampler's own)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--num_samples", type=int, default=1000, help="generated samples per sampler x steps")
@@ -63,7 +66,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             raise UserError(f"--sampler {name!r} is not one of {sorted(SAMPLERS)}")
     if args.nfe:
         args.steps = args.nfe
-    if min(args.steps) < 1:
+    if args.level_steps:
+        args.steps = [args.level_steps]
+    if min(min(n) if isinstance(n, list) else n for n in args.steps) < 1:
         raise UserError(f"--{'nfe' if args.nfe else 'steps'} must be >= 1, got {args.steps}")
     if args.discretization is not None and args.discretization not in DISCRETIZATIONS:
         raise UserError(f"--discretization {args.discretization!r} is not one of {list(DISCRETIZATIONS)}")
@@ -187,6 +192,8 @@ def main(argv: list[str]) -> int:
     ckpt = load_checkpoint(args.ckpt_path)
     device = pick_device(args.device)
     model = build_model(ckpt, args.ckpt_path, config, device)
+    if args.level_steps:
+        model.per_level("--level_steps", args.level_steps, None)
     manifest, image_size = resolve_data(config, ckpt, args.ckpt_path)
     if (manifest.channels, image_size) != model.image_shape[:2]:
         raise UserError(
@@ -243,7 +250,7 @@ def main(argv: list[str]) -> int:
         write_table(rows, meta, out)
     for row in rows:
         print(
-            f"{row['sampler']:>6} {row['steps']:>4} steps  NFE {row['nfe']:>4}  "
+            f"{row['sampler']:>6} {str(row['steps']):>4} steps  NFE {row['nfe']:>4}  "
             f"fid_{space} {row[f'fid_{space}']:8.3f}  "
             f"kid {row[f'kid_{space}']:.4f}  {row['gflops_per_sample']:8.2f} GFLOPs/sample  "
             f"{row['seconds_per_sample'] * 1e3:7.2f} ms/sample"

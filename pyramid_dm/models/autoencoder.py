@@ -107,6 +107,7 @@ class AutoencoderModel(L.LightningModule):
         images = batch[0]
         opts = self.optimizers()
         opt_ae, opt_d = opts if isinstance(opts, list) else (opts, None)
+        gan = self._gan_active()  # decided once: the autoencoder's step below advances global_step
         _, codes, reg, stats = self.net.encode(images)
         keep = self.net.levels
         if self.net.levels > 1 and random.random() < h.coarse_decode_prob:
@@ -114,7 +115,7 @@ class AutoencoderModel(L.LightningModule):
         rec = self.net.decode(codes[:keep])
         rec_loss = self._rec_loss(rec, images)
         loss = rec_loss + (h.kl_weight * reg if h.regularizer == "kl" else reg)
-        if self._gan_active():
+        if gan:
             g_loss = -self.disc(rec).mean()
             last = self.net.last_layer
             g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0]
@@ -125,7 +126,7 @@ class AutoencoderModel(L.LightningModule):
         opt_ae.zero_grad()
         self.manual_backward(loss)
         opt_ae.step()
-        if self._gan_active():
+        if gan:
             d_loss = hinge_d_loss(self.disc(images), self.disc(rec.detach()))
             opt_d.zero_grad()
             self.manual_backward(d_loss)
