@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ..diffusion import CountingDenoiser
 from ..images import to_uint8
-from .cost import EnergyMeter, PeakMemory, count_flops, count_params
+from .cost import EnergyMeter, PeakMemory, count_params
 
 
 @dataclass
@@ -68,8 +68,8 @@ def generate(
     **options,
 ) -> tuple[Tensor, list[int], float]:
     """Samples for the given evaluation batches (quantized like real PNGs, on the CPU), the network calls per sample
-    at each level (NFE) and the seconds spent generating. ``labels`` (one per sample) replaces the model's classes in turn; the
-    batch they run out in is drawn short."""
+    at each level (NFE) and the seconds spent generating. ``labels`` (one per sample) replaces the model's classes in
+    turn; the batch they run out in is drawn short."""
     out, nfe, seconds = [], [], 0.0
     for b in tqdm(batch_indices, desc=f"{sampler} {steps} steps", disable=not progress, leave=False):
         counters: dict[int, CountingDenoiser] = {}
