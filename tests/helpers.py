@@ -20,3 +20,23 @@ def run_cli(args: list[str], env: dict, timeout: int = 300) -> subprocess.Comple
         text=True,
         timeout=timeout,
     )
+
+
+def execute_notebook(name: str, env: dict):
+    """Run ``notebooks/NAME`` top to bottom with ``env`` set (and the repository importable); returns the executed
+    notebook."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+        ).execute()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return nb

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import execute_notebook, run_cli
 from PIL import Image
 from torch import nn
 
@@ -361,26 +361,13 @@ def test_evaluate_bad_input_is_named(checkpoint, session_env, tmp_path):
 
 
 def test_notebook_executes_on_the_table_and_training_run(evaluated, checkpoint, session_env):
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(ROOT / "notebooks" / "evaluation.ipynb", as_version=4)
     training_run = next((checkpoint.parent.parent / "wandb").glob("offline-run-*"))
     env = {
         **session_env,
         "PYRAMID_DM_EVAL_TABLE": str(evaluated / "results.csv"),
         "PYRAMID_DM_WANDB_RUN": str(training_run),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        NotebookClient(
-            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
-        ).execute()
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    nb = execute_notebook("evaluation.ipynb", env)
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     text = "".join(o.get("text", "") for o in outputs)
     assert "4 rows from" in text and "fid_digits_clf" in text

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from helpers import ROOT, run_cli
+from helpers import ROOT, execute_notebook, run_cli
 from test_ddp import free_port
 
 from pyramid_dm.errors import UserError
@@ -385,26 +385,29 @@ def test_generated_fine_level_agrees_with_its_coarse_condition(trained_pyramid):
 
 
 def test_pyramid_notebook_shows_levels_and_per_level_costs(trained_pyramid, session_env):
-    import nbformat
-    from nbclient import NotebookClient
 
-    nb = nbformat.read(ROOT / "notebooks" / "pyramid.ipynb", as_version=4)
     env = {
         **session_env,
         "PYRAMID_DM_PYRAMID_CKPT": str(trained_pyramid),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        NotebookClient(
-            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
-        ).execute()
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    nb = execute_notebook("pyramid.ipynb", env)
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     text = "".join(o.get("text", "") for o in outputs)
     assert "2 levels (C, H, W): [(1, 4, 4), (1, 8, 8)]" in text
     assert "   0     4   20" in text and "   1     8    8" in text  # level, grid, NFE: 20 steps coarse, 8 fine
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
+
+
+def test_evaluate_reports_per_level_nfe_and_flops(trained_pyramid, session_env, tmp_path):
+    args = ["evaluate", "--ckpt_path", str(trained_pyramid), "--sampler", "dpmpp_2m", "--level_steps", "4", "2"]
+    args += ["--num_samples", "20", "--batch_size", "10", "--num_real", "200", "--kid_subset_size", "10"]
+    proc = run_cli([*args, "--no_wandb", "--no_progress", "--out", str(tmp_path)], session_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert row["nfe"] == 6 and [lv["nfe"] for lv in row["levels"]] == [4, 2]
+    coarse, fine = row["levels"]
+    per_call = [lv["gflops_per_call"] for lv in row["levels"]]
+    assert coarse["resolution"] == 4 and fine["resolution"] == 8 and per_call[0] < per_call[1]
+    assert row["gflops_per_sample"] == pytest.approx(4 * per_call[0] + 2 * per_call[1] + row["decoder_gflops"])
+    bad = run_cli([*args[:6], "4", "2", "2", "--no_wandb", "--out", str(tmp_path / "bad")], session_env)
+    assert bad.returncode == 2 and "--level_steps [4, 2, 2] gives 3 values but the model has 2 levels" in bad.stderr

@@ -9,17 +9,20 @@ download): L1 or L2 reconstruction + kl_weight KL (KL) or the commitment/codeboo
 
 from __future__ import annotations
 
+import copy
 import random
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.throughput import measure_flops
 from torch import Tensor
 from torchmetrics import MeanMetric
 
 from ..errors import UserError
 from ..nets import PatchDiscriminator
 from ..nets.autoencoder import build_autoencoder
+from .common import check_data_shape, checkpoint_stamp
 
 
 def psnr(x: Tensor, y: Tensor) -> Tensor:
@@ -159,21 +162,26 @@ class AutoencoderModel(L.LightningModule):
         self.val_rec.reset()
         self.val_psnr.reset()
 
+    def training_flops(self, batch_size: int) -> int:
+        """FLOPs of the autoencoder's forward + backward on a batch (the discriminator not counted), counted by
+        ``torch.utils.flop_counter`` on a one-image CPU copy (the quantiser has no meta-device kernels) x batch."""
+        net = copy.deepcopy(self.net).cpu().eval()  # eval: no codebook update
+        x = torch.zeros(1, *self.hparams_shape)
+        return batch_size * measure_flops(net, lambda: net.decode(net.encode(x)[1]), loss_fn=lambda y: y.sum())
+
+    @property
+    def hparams_shape(self) -> tuple[int, int, int]:
+        h = self.hparams
+        return (h.channels, h.image_size, h.image_size)
+
     def on_fit_start(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and hasattr(dm, "image_size"):
-            h = self.hparams
-            if (dm.channels, dm.image_size) != (h.channels, h.image_size):
-                raise UserError(
-                    f"data gives {dm.channels}x{dm.image_size}x{dm.image_size} images but the autoencoder was built "
-                    f"for {h.channels}x{h.image_size}x{h.image_size}"
-                )
+        check_data_shape(self, "autoencoder")
+        batch_size = getattr(getattr(getattr(self.trainer, "datamodule", None), "hparams", None), "batch_size", None)
+        if batch_size:  # read by ThroughputMonitor for flops_per_sec and MFU
+            self.flops_per_batch = self.training_flops(batch_size)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["pyramid_dm"] = {
-            "family": self.family,
-            "class_path": f"{type(self).__module__}.{type(self).__name__}",
-        }
+        checkpoint["pyramid_dm"] = checkpoint_stamp(self)
 
     def configure_optimizers(self):
         h = self.hparams

@@ -45,6 +45,7 @@ from ..errors import UserError
 from ..eval.cost import count_flops
 from ..nets import PyramidUNet, UNet
 from ..stages import FirstStage, IdentityStage
+from .common import check_data_shape, checkpoint_stamp
 from .ema import make_ema
 
 LAYOUTS = ("native", "frido")
@@ -329,12 +330,9 @@ class DiffusionModel(L.LightningModule):
             total = total + float(weights[level]) * diffusion_loss(out, tgt, w)
         return total
 
-    def pixel_space(self) -> bool:
-        return isinstance(self.first_stage, IdentityStage) or self.first_stage.__class__.__name__ == "ImagePyramid"
-
     def make_denoiser(self, net, level: int = -1) -> Denoiser:
         h = self.hparams
-        return Denoiser(net, self.schedules[level], h.prediction, h.sigma_data, clip_x0=self.pixel_space())
+        return Denoiser(net, self.schedules[level], h.prediction, h.sigma_data, clip_x0=self.first_stage.pixel_space)
 
     def denoiser(self, ema: bool = True, level: int = -1) -> Denoiser:
         """D(x~; sigma) of the EMA (or the raw) network at ``level`` (default: the finest)."""
@@ -505,25 +503,13 @@ class DiffusionModel(L.LightningModule):
         return getattr(getattr(dm, "hparams", None), "batch_size", None)
 
     def on_fit_start(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
         batch_size = self._data_batch_size()
         if batch_size:  # read by ThroughputMonitor for flops_per_sec and MFU
             self.flops_per_batch = self.training_flops(batch_size)
-        if dm is not None and hasattr(dm, "image_size"):
-            h = self.hparams
-            got, want = (dm.channels, dm.image_size), (h.channels, h.image_size)
-            if got != want:
-                raise UserError(
-                    f"data {getattr(dm, 'dataset_name', '')!r} gives {got[0]}x{got[1]}x{got[1]} images but the model "
-                    f"was built for {want[0]}x{want[1]}x{want[1]} (model.image_size / model.channels)"
-                )
+        check_data_shape(self)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["pyramid_dm"] = {
-            "family": self.family,
-            "class_path": f"{type(self).__module__}.{type(self).__name__}",
-            "level_shapes": [list(s) for s in self.level_shapes],
-        }
+        checkpoint["pyramid_dm"] = checkpoint_stamp(self, level_shapes=[list(s) for s in self.level_shapes])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         h = checkpoint.get("hyper_parameters", {})

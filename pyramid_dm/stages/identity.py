@@ -8,6 +8,8 @@ from .base import FirstStage
 
 
 class IdentityStage(FirstStage):
+    pixel_space = True
+
     def __init__(self, channels: int, image_size: int):
         super().__init__()
         self.level_shapes = [(channels, image_size, image_size)]

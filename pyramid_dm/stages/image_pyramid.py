@@ -27,6 +27,8 @@ def check_resolutions(resolutions: list[int], image_size: int) -> list[int]:
 
 
 class ImagePyramid(FirstStage):
+    pixel_space = True
+
     def __init__(self, channels: int, image_size: int, resolutions: list[int]):
         super().__init__()
         self.resolutions = check_resolutions(resolutions, image_size)
