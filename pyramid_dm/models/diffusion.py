@@ -66,7 +66,9 @@ class UNetArgs(TypedDict, total=False):
 
 
 class DiffusionModel(L.LightningModule):
-    """Denoising diffusion on the first stage's representation of the images.
+    """Denoising diffusion on the first stage's representation of the images: one level (pixel, latent) or several
+    generated coarse to fine (pyramid), each by the same loss, denoiser and samplers. Subclasses choose the first
+    stage (:meth:`build_first_stage`) and may add per-level options read here through ``hparams``.
 
     Args:
         image_size, channels, num_classes: linked from the data module's manifest (num_classes 0 = unlabelled data).
@@ -76,7 +78,8 @@ class DiffusionModel(L.LightningModule):
         unet: network layout, :class:`UNetArgs`.
         schedule: ``linear``, ``cosine``, ``sigmoid`` or ``edm``; ``num_timesteps`` T for a discrete schedule, 0 for
             continuous time. ``zero_terminal_snr`` rescales it so its last step is pure noise (needs ``v`` or ``x0``).
-            ``shift_reference_resolution`` d_ref shifts its log-SNR by 2 log(d_ref / image_size) (simple diffusion).
+            ``shift_reference_resolution`` d_ref shifts its log-SNR by 2 log(d_ref / d) (simple diffusion), d the
+            resolution diffused at (the image, the latent, or each pyramid level's own).
         prediction: the parameterization: the network predicts ``eps``, ``x0`` or ``v``, or is ``edm``-preconditioned
             (with ``sigma_data``). Any of them samples with every sampler.
         training_noise: ``schedule`` (t uniform on the schedule) or ``lognormal`` (EDM: ln sigma ~ N(mean, std^2)).
