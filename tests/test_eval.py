@@ -92,7 +92,7 @@ def tiny_model() -> PixelDiffusion:
 @pytest.mark.parametrize("sampler,steps", [("ddim", 5), ("ddpm", 3)])
 def test_flops_per_sample_equal_nfe_times_flops_per_call(sampler, steps):
     model = tiny_model()
-    per_call, decoder = per_sample_flops(model)
+    (per_call,), decoder = per_sample_flops(model)  # one level: one per-call count
     total = count_flops(lambda: model.sample(1, sampler, steps, labels=torch.tensor([3])))
     images, cost = sample_with_cost(model, sampler, steps, num_samples=6, batch_size=4, progress=False)
     assert total == steps * per_call + decoder and cost.nfe == steps
@@ -322,7 +322,11 @@ def test_evaluate_bad_input_is_named(checkpoint, session_env, tmp_path):
     )
     assert too_many.returncode == 2 and "holds only 180" in too_many.stderr
     ckpt = torch.load(checkpoint, weights_only=True)
-    assert ckpt["pyramid_dm"] == {"family": "pixel", "class_path": "pyramid_dm.models.diffusion.PixelDiffusion"}
+    assert ckpt["pyramid_dm"] == {
+        "family": "pixel",
+        "class_path": "pyramid_dm.models.diffusion.PixelDiffusion",
+        "level_shapes": [[1, 8, 8]],
+    }
     ckpt["pyramid_dm"]["family"] = "latent"
     torch.save(ckpt, tmp_path / "latent.ckpt")
     wrong = run(

@@ -67,7 +67,10 @@ class SampleGrid(L.Callback):
         )
         seconds = time.perf_counter() - start
         step = trainer.global_step
-        how = f"{self.sampler or 'model sampler'} {self.steps or 'model'} steps"
+        h = pl_module.hparams
+        sampler = self.sampler or h.get("level_samplers") or h.get("sampler")
+        steps = self.steps or h.get("level_steps") or h.get("sample_steps")
+        how = f"{sampler} {steps} steps"
         caption = f"step {step} | {how} | EMA | seed {self.seed} | {seconds:.1f} s"
         grids = {"samples": make_grid(images)}
         if len(levels) > 1:

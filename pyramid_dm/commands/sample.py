@@ -86,6 +86,10 @@ def sample_labels(model, args) -> torch.Tensor | None:
     return torch.tensor(args.labels).repeat(-(-args.num_samples // len(args.labels)))[: args.num_samples]
 
 
+def one_or_list(values: list):
+    return values[0] if len(values) == 1 else values
+
+
 def per_level(model, flag: str, given: list | None, default, ckpt_path: str) -> list:
     """One value per level of ``model``: the one given, one given per level, or the model's default."""
     if not given:
@@ -149,9 +153,10 @@ def main(argv: list[str]) -> int:
         "family": model.family,
         "ema": not args.no_ema,
         "levels": [list(shape) for shape in model.level_shapes],
-        "sampler": sampler,
-        "steps": steps,
-        "discretization": args.discretization or [model.default_discretization(name) for name in sampler],
+        # one value for a single-level model, one per level (coarse first) for a pyramid
+        "sampler": sampler[0] if model.num_levels == 1 else sampler,
+        "steps": steps[0] if model.num_levels == 1 else steps,
+        "discretization": args.discretization or one_or_list([model.default_discretization(n) for n in sampler]),
         "sampler_options": options,
         "nfe": sum(nfe),
         "level_nfe": nfe,

@@ -518,6 +518,12 @@ class DiffusionModel(L.LightningModule):
         h = checkpoint.get("hyper_parameters", {})
         if "label_dropout" not in h:  # trained before label dropout existed: the null class never was
             self.hparams.label_dropout = 0.0
+        trained = (h.get("channels"), h.get("image_size"), h.get("image_size"))
+        if None not in trained and trained != self.image_shape:
+            raise UserError(
+                f"the checkpoint was trained on images of shape {trained} (C, H, W) but the data gives "
+                f"{self.image_shape}: use the data it was trained on, or drop data.init_args.resize"
+            )
         stamp = checkpoint.get("pyramid_dm", {})
         trained_levels = stamp.get("level_shapes")
         if trained_levels is not None and [tuple(x) for x in trained_levels] != self.level_shapes:
@@ -529,12 +535,6 @@ class DiffusionModel(L.LightningModule):
         state = checkpoint.get("state_dict")
         if state is not None and "latent_scale" not in state:  # saved before latent scales existed: pixel, all 1
             state["latent_scale"] = torch.ones_like(self.latent_scale)
-        trained = (h.get("channels"), h.get("image_size"), h.get("image_size"))
-        if None not in trained and trained != self.image_shape:
-            raise UserError(
-                f"the checkpoint was trained on images of shape {trained} (C, H, W) but the data gives "
-                f"{self.image_shape}: use the data it was trained on, or drop data.init_args.resize"
-            )
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, labels, _ = batch
