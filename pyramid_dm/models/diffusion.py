@@ -25,19 +25,14 @@ from ..diffusion import (
     ClassifierFreeGuidance,
     Denoiser,
     DenoiserFn,
-    augment_context,
     build_schedule,
-    context_of,
     diffusion_loss,
     get_sampler,
     loss_weight,
-    mix_context,
     network_input,
     network_target,
     resolution_shift,
-    snap_to,
     training_noise_levels,
-    upsample_to,
 )
 from ..diffusion import sample as run_sampler
 from ..diffusion.parameterization import check_pair, check_prediction
@@ -47,6 +42,7 @@ from ..nets import PyramidUNet, UNet
 from ..stages import FirstStage, IdentityStage
 from .common import check_data_shape, checkpoint_stamp
 from .ema import make_ema
+from .levels import LevelsMixin
 
 LAYOUTS = ("native", "frido")
 LEVEL_TRAINING = ("all", "sample")
@@ -65,7 +61,7 @@ class UNetArgs(TypedDict, total=False):
     norm_groups: int
 
 
-class DiffusionModel(L.LightningModule):
+class DiffusionModel(LevelsMixin, L.LightningModule):
     """Denoising diffusion on the first stage's representation of the images: one level (pixel, latent) or several
     generated coarse to fine (pyramid), each by the same loss, denoiser and samplers. Subclasses choose the first
     stage (:meth:`build_first_stage`) and may add per-level options read here through ``hparams``.
@@ -171,25 +167,6 @@ class DiffusionModel(L.LightningModule):
     def check_levels(self) -> None:
         """Per-level settings (sampler, steps, weights) must have one entry per level."""
 
-    @property
-    def num_levels(self) -> int:
-        return len(self.level_shapes)
-
-    @property
-    def layout(self) -> str:
-        return self.hparams.get("layout") or "native"
-
-    def grid_size(self, level: int) -> int:
-        """The resolution level ``level`` is diffused at: its own (native) or the finest (Frido layout)."""
-        return self.level_shapes[-1 if self.layout == "frido" else level][-1]
-
-    def grid_shape(self, level: int) -> tuple[int, int, int]:
-        s = self.grid_size(level)
-        return (self.level_shapes[level][0], s, s)
-
-    def context_channels(self, level: int) -> int:
-        return sum(c for c, _, _ in self.level_shapes[:level])
-
     def build_level_schedule(self, level: int):
         """The level's schedule, its log-SNR shifted by 2 log(d_ref / d) for its resolution d when
         ``shift_reference_resolution`` is set (the Frido layout keeps one schedule, as Frido does)."""
@@ -270,38 +247,6 @@ class DiffusionModel(L.LightningModule):
         labels = labels.to(self.device)
         return {"class_labels": torch.where(labels < 0, self.num_classes, labels)}
 
-    def level_conditioning(
-        self, level: int, finished: list[Tensor], aug_t: Tensor | None = None, noise: Tensor | None = None
-    ) -> dict:
-        """Network keyword arguments of ``level`` given the ``finished`` coarser levels: the context, augmented
-        (native layout: VP noise at ``aug_t``, given to the network; Frido layout: the fixed lerp, in training only,
-        signalled by ``aug_t`` not None). Nothing for a single level."""
-        if self.num_levels == 1:
-            return {}
-        cond: dict = {"level": level}
-        ctx = context_of(finished, self.grid_size(level))
-        if ctx is None:
-            return cond
-        if aug_t is not None and noise is not None:
-            if self.layout == "frido":
-                ctx = mix_context(ctx, self.hparams.get("frido_noise_mix", 0.1), noise)
-            else:
-                ctx = augment_context(ctx, self.schedules[level], aug_t, noise)
-                cond["aug_level"] = torch.as_tensor(aug_t, dtype=torch.float32, device=ctx.device)
-        cond["context"] = ctx
-        return cond
-
-    def to_grid(self, z: Tensor, level: int) -> Tensor:
-        return upsample_to(z, self.grid_size(level))
-
-    def from_grid(self, z: Tensor, level: int) -> Tensor:
-        return snap_to(z, self.level_shapes[level][-1])
-
-    def level_weights(self) -> Tensor:
-        w = self.hparams.get("level_weights") or [1.0] * self.num_levels
-        w = torch.tensor(w, dtype=torch.float32)
-        return w / w.sum()
-
     def loss(
         self,
         net,
@@ -363,19 +308,6 @@ class DiffusionModel(L.LightningModule):
 
     def default_discretization(self, sampler: str) -> str:
         return self.hparams.get("discretization") or DEFAULT_DISCRETIZATION[sampler]
-
-    def per_level(self, name: str, value, default) -> list:
-        """``value`` (one for all levels, or a list with one per level) as a per-level list."""
-        if value is None:
-            value = default
-        if isinstance(value, list | tuple):
-            if len(value) != self.num_levels:
-                raise UserError(
-                    f"{name} {list(value)} gives {len(value)} values but the model has {self.num_levels} "
-                    f"level{'s' if self.num_levels > 1 else ''} (one value, or one per level coarse first)"
-                )
-            return list(value)
-        return [value] * self.num_levels
 
     @torch.no_grad()
     def sample(
@@ -494,12 +426,6 @@ class DiffusionModel(L.LightningModule):
             total += share * measure_flops(net, lambda x=x, t=t, kw=kw: net(x, t, **kw), loss_fn=lambda y: y.sum())
         return int(total)
 
-    def trained_levels_per_step(self) -> list[tuple[int, float]]:
-        """(level, expected passes per step): every level once, or one sampled level (``level_training: sample``)."""
-        if self.hparams.get("level_training", "all") == "sample":
-            return list(enumerate(self.level_weights().tolist()))
-        return [(level, 1.0) for level in range(self.num_levels)]
-
     def _data_batch_size(self) -> int | None:
         """Per-rank batch size of the attached data module, if it has one."""
         dm = getattr(self.trainer, "datamodule", None)
@@ -563,26 +489,6 @@ class DiffusionModel(L.LightningModule):
         if levels is not None:
             self.log(f"train/loss_level{levels[0]}", loss)
         return loss
-
-    def training_augmentation(self, n: int, generator: torch.Generator | None = None, device=None):
-        """(per-sample augmentation level, noise per level) for the contexts of a training batch, or None."""
-        if self.num_levels == 1:
-            return None
-        device = device or self.device
-        if self.layout == "frido":
-            t = torch.zeros(n)
-        else:
-            top = self.hparams.get("conditioning_augmentation") or 0.0
-            if not top:
-                return None
-            t = torch.rand(n, generator=generator) * top
-        noise = [
-            torch.randn(
-                (n, self.context_channels(level), self.grid_size(level), self.grid_size(level)), generator=generator
-            ).to(device)
-            for level in range(self.num_levels)
-        ]
-        return t.to(device), noise
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.ema.update_parameters(self.net)
