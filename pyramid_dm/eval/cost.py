@@ -11,13 +11,21 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def training_flops(build_net: Callable[[], nn.Module], input_shape: tuple[int, ...], batch_size: int) -> int:
-    """FLOPs of one forward + backward of ``build_net()(x, t)`` on a batch, counted on the meta device (no memory,
-    no compute). ``input_shape`` is (C, H, W)."""
+def training_flops(
+    build_net: Callable[[], nn.Module],
+    input_shape: tuple[int, ...],
+    batch_size: int,
+    inputs: dict[str, tuple[int, ...]] | None = None,
+    **static,
+) -> int:
+    """FLOPs of one forward + backward of ``build_net()(x, t, **inputs, **static)`` on a batch, counted on the meta
+    device (no memory, no compute). ``input_shape`` is (C, H, W); ``inputs`` are further per-sample tensor inputs by
+    shape (e.g. a pyramid level's ``context``), ``static`` plain arguments (its ``level``)."""
     with torch.device("meta"):
         net = build_net()
         x, t = torch.empty(batch_size, *input_shape), torch.empty(batch_size)
-    return measure_flops(net, lambda: net(x, t), loss_fn=lambda y: y.sum())
+        kw = {k: torch.empty(batch_size, *shape) for k, shape in (inputs or {}).items()}
+    return measure_flops(net, lambda: net(x, t, **kw, **static), loss_fn=lambda y: y.sum())
 
 
 def count_flops(fn: Callable[[], object]) -> int:

@@ -13,7 +13,6 @@ from typing import TypedDict
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.throughput import measure_flops
 from torch import Tensor
 from torchmetrics import MeanMetric
 
@@ -38,6 +37,7 @@ from ..diffusion import sample as run_sampler
 from ..diffusion.parameterization import check_pair, check_prediction
 from ..errors import UserError
 from ..eval.cost import count_flops
+from ..eval.cost import training_flops as count_training_flops
 from ..nets import PyramidUNet, UNet
 from ..stages import FirstStage, IdentityStage
 from .common import check_data_shape, checkpoint_stamp
@@ -411,19 +411,12 @@ class DiffusionModel(LevelsMixin, L.LightningModule):
         """FLOPs of one training step's network forward + backward (the levels trained per step, weighted as in the
         loss; the frozen first stage is not counted), by ``torch.utils.flop_counter`` on a meta-device copy (no
         memory, no compute)."""
-        with torch.device("meta"):
-            net = self.build_net()
-        trained = self.trained_levels_per_step()
         total = 0.0
-        for level, share in trained:
-            with torch.device("meta"):
-                x, t = torch.empty(batch_size, *self.grid_shape(level)), torch.empty(batch_size)
-                ctx = self.context_channels(level)
-                kw = {"level": level} if self.num_levels > 1 else {}
-                if ctx:
-                    kw["context"] = torch.empty(batch_size, ctx, *x.shape[-2:])
-                    kw["aug_level"] = torch.empty(batch_size)
-            total += share * measure_flops(net, lambda x=x, t=t, kw=kw: net(x, t, **kw), loss_fn=lambda y: y.sum())
+        for level, share in self.trained_levels_per_step():
+            shape, ctx = self.grid_shape(level), self.context_channels(level)
+            inputs = {"context": (ctx, *shape[1:]), "aug_level": ()} if ctx else {}
+            static = {"level": level} if self.num_levels > 1 else {}
+            total += share * count_training_flops(self.build_net, shape, batch_size, inputs, **static)
         return int(total)
 
     def _data_batch_size(self) -> int | None:
@@ -503,8 +496,7 @@ class DiffusionModel(LevelsMixin, L.LightningModule):
         comparable across runs."""
         images, labels, seeds = batch
         self.check_batch(images)
-        u, noise, aug_t, aug_noise = [], [[] for _ in range(self.num_levels)], [], None
-        augs = []
+        u, noise, augs, aug_t, aug_noise = [], [[] for _ in range(self.num_levels)], [], None, None
         for s in seeds.tolist():
             g = torch.Generator().manual_seed(int(s))
             u.append(torch.rand(self.num_levels, generator=g))
