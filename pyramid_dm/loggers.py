@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import netrc
 import os
+import subprocess
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
 RUN_ID_FILE = "wandb_run_id"
+# W&B writes logged rows to the run's .wandb file every x_transaction_log_flush_interval seconds (default 15): a job
+# killed by SLURM loses whatever was logged since. A short interval, and one wait after each checkpoint, make every
+# row logged before a checkpoint durable, so a resumed run's history has no hole.
+FLUSH_INTERVAL_S = 0.25
 
 
 def has_wandb_credentials() -> bool:
@@ -43,21 +51,78 @@ class RunLogger(WandbLogger):
     ``offline=None`` (default) decides by :func:`wandb_offline`. The id is stored in ``save_dir/wandb_run_id`` so that a
     resumed training (``--ckpt_path last``, or a SLURM requeue) continues the same W&B run; a fresh training gets a new
     id. ``group`` and ``tags`` are filled in by the CLI from the experiment name, model family and data set.
+
+    A resumed run continues W&B's own step (``_step``) after the rows of its earlier local parts: offline W&B cannot ask
+    the server where the run stopped, and ``wandb sync --id ID`` needs the parts' steps to follow each other. Rows
+    logged before a checkpoint are on disk once it is saved (:data:`FLUSH_INTERVAL_S`).
     """
 
     def __init__(self, save_dir: str = "runs", offline: bool | None = None, id: str | None = None, **kwargs):
         Path(save_dir).mkdir(parents=True, exist_ok=True)
+        if kwargs.get("settings") is None:  # LightningCLI passes settings=None
+            kwargs["settings"] = {"x_transaction_log_flush_interval": FLUSH_INTERVAL_S}
+        elif isinstance(kwargs["settings"], dict):
+            kwargs["settings"] = {"x_transaction_log_flush_interval": FLUSH_INTERVAL_S, **kwargs["settings"]}
         super().__init__(save_dir=save_dir, offline=wandb_offline(offline), id=id, **kwargs)
         self._explicit_id = id is not None
+        self._first_step: int | None = None  # W&B step of the first row of a resumed run
 
-    def prepare_run(self, resume: bool, group: str | None = None, tags: list[str] | None = None) -> None:
-        """Call before the experiment starts: pick the run id (reused when resuming) and group/tags."""
+    def prepare_run(
+        self, resume: bool, group: str | None = None, tags: list[str] | None = None, job_id: str | None = None
+    ) -> None:
+        """Call before the experiment starts: pick the run id and the group/tags.
+
+        The id is, in this order: the one given to the logger; the run directory's stored id when resuming; ``job_id``
+        (derived from the SLURM job, which a requeued job keeps); a fresh random one.
+        """
         id_file = Path(self.save_dir) / RUN_ID_FILE
         if not self._explicit_id:
-            run_id = id_file.read_text().strip() if resume and id_file.exists() else uuid.uuid4().hex[:12]
+            if resume and id_file.exists():
+                run_id = id_file.read_text().strip()
+            else:
+                run_id = job_id or uuid.uuid4().hex[:12]
             self._wandb_init["id"] = self._id = run_id
         self._wandb_init["resume"] = "allow"
         id_file.write_text(self._wandb_init["id"] + "\n")
+        if resume:
+            self._first_step = next_wandb_step(Path(self.save_dir) / "wandb", self._wandb_init["id"])
         if group and not self._wandb_init.get("group"):
             self._wandb_init["group"] = group
         self._wandb_init["tags"] = sorted({*(self._wandb_init.get("tags") or []), *(tags or [])})
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step: int | None = None) -> None:
+        if self._first_step is None:
+            return super().log_metrics(metrics, step)
+        # The first row of a resumed run sets W&B's step; the rows after it count on from there.
+        row = dict(metrics, **({} if step is None else {"trainer/global_step": step}))
+        self.experiment.log(row, step=max(self._first_step, self.experiment.starting_step))
+        self._first_step = None
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        super().after_save_checkpoint(checkpoint_callback)
+        self._wait_for_flush()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        # Lightning calls this before saving its SLURM requeue checkpoint, and at the end of training.
+        super().finalize(status)
+        self._wait_for_flush()
+
+    def _wait_for_flush(self) -> None:
+        if self._experiment is not None:
+            time.sleep(2 * FLUSH_INTERVAL_S)
+
+
+def next_wandb_step(wandb_dir: Path, run_id: str) -> int:
+    """One past the last W&B step written by the earlier local parts (``*run-*-<run_id>``) of a run, 0 if none."""
+    last = -1
+    for part in sorted(wandb_dir.glob(f"*run-*-{run_id}")):
+        proc = subprocess.run(
+            ["wandb", "leet", "inspect", "--summary", "--json", str(part)], capture_output=True, text=True, timeout=120
+        )
+        try:
+            last = max(last, int(json.loads(proc.stdout).get("step") or 0))
+        except (ValueError, TypeError):
+            rank_zero_warn(f"could not read the W&B steps of {part}; the resumed run's steps may overlap them")
+    return last + 1

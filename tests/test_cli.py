@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import run_cli
 
+from pyramid_dm.eval.history import run_history
 from pyramid_dm.models import ema_net_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,6 +103,9 @@ def test_resume_continues_global_step_optimizer_and_ema(trained, session_env, tm
     }
     runs = sorted((trained / "wandb").glob("offline-run-*"))
     assert len({p.name.split("-")[-1] for p in runs}) == 1  # the same W&B run id, continued
+    # W&B's own step continues after the first part's rows (offline W&B cannot ask a server where the run stopped)
+    first, second = ([row["_step"] for row in run_history(part)] for part in runs)
+    assert min(second) == max(first) + 1
 
 
 def test_fresh_start_on_an_existing_run_is_refused_and_loses_nothing(trained, session_env):
