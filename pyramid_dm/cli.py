@@ -18,10 +18,20 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from .config import config_chain
 from .errors import UserError
 from .loggers import RunLogger
+from .resume import (
+    HPC_PATTERN,
+    RequeueAtStepBoundary,
+    StepBoundaryResume,
+    newest_checkpoint,
+    slurm_job_id,
+    slurm_requeued,
+    slurm_run_id,
+)
 
 LINKED_FROM_DATA = ("image_size", "channels", "num_classes")
 
@@ -75,22 +85,31 @@ class PyramidCLI(LightningCLI):
         config.defaults = None
 
     def before_fit(self) -> None:
-        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
-        # A requeued SLURM job passes no ckpt_path: Lightning resumes it from the hpc_ckpt_*.ckpt it saved on SIGUSR1.
+        config = self.config_init[self.subcommand]
         root = Path(self.trainer.default_root_dir)
-        slurm_resume = SLURMEnvironment.detect() and any(root.glob("hpc_ckpt_*.ckpt"))
-        resume = ckpt_path is not None or slurm_resume
+        ckpt_dirs = [cb.dirpath for cb in self.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+        if config.get("ckpt_path") is None and SLURMEnvironment.detect():
+            # A requeued job (or one whose run holds Lightning's requeue checkpoint) resumes from the newest checkpoint
+            # of its run: the hpc_ckpt of a SIGUSR1 requeue, or last.ckpt after a requeue that had no time to save.
+            if slurm_requeued() or any(root.glob(HPC_PATTERN)):
+                newest = newest_checkpoint(root, *ckpt_dirs)
+                if newest is not None:
+                    config["ckpt_path"] = str(newest)
+                    rank_zero_info(f"SLURM job {slurm_job_id()}: resuming from {newest}")
+        resume = config.get("ckpt_path") is not None
         for cb in self.trainer.checkpoint_callbacks:
             if not resume and isinstance(cb, ModelCheckpoint) and cb.dirpath and any(Path(cb.dirpath).glob("*.ckpt")):
                 raise UserError(
                     f"{cb.dirpath} already holds checkpoints of an earlier run; resume it with --ckpt_path last, "
                     "or start a new experiment with --exp.name NEW_NAME (nothing was overwritten)"
                 )
+        self.trainer.callbacks += [StepBoundaryResume(), RequeueAtStepBoundary()]
         for logger in self.trainer.loggers:
             if isinstance(logger, RunLogger):
-                exp = self.config_init[self.subcommand].get("exp", {})
+                exp = config.get("exp", {})
                 tags = [getattr(self.model, "family", "model"), getattr(self.datamodule, "dataset_name", "data")]
-                logger.prepare_run(resume=resume, group=exp.get("group") or exp.get("name"), tags=tags)
+                group = exp.get("group") or exp.get("name")
+                logger.prepare_run(resume=resume, group=group, tags=tags, job_id=slurm_run_id(exp.get("name", "")))
 
 
 def run_lightning(argv: list[str]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import signal
 import warnings
 import zlib
 from functools import partial
@@ -195,10 +196,19 @@ class ShardDataModule(L.LightningDataModule):
 def worker_options(num_workers: int) -> dict:
     """Loader workers are spawned, once (persistent), not forked from the trainer: a fork taken while
     another thread of the trainer (W&B's, the collective backend's) holds a lock can leave the worker deadlocked
-    forever, and the whole DDP job with it (seen under Slurm: rank 0's only worker stuck in a futex at its start)."""
+    forever, and the whole DDP job with it (seen under Slurm: rank 0's only worker stuck in a futex at its start).
+    They ignore the requeue signal (:func:`ignore_requeue_signal`)."""
     if num_workers <= 0:
         return {}
-    return {"persistent_workers": True, "multiprocessing_context": "spawn"}
+    return {"persistent_workers": True, "multiprocessing_context": "spawn", "worker_init_fn": ignore_requeue_signal}
+
+
+def ignore_requeue_signal(worker_id: int) -> None:
+    """Slurm sends the requeue signal (SIGUSR1) to every process of the job step. Its default action would kill a
+    loader worker, and the trainer with it, before Lightning's handler has saved and requeued (seen on the test
+    cluster); the trainer alone handles it."""
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def _expected_counts(manifest: Manifest) -> dict[str, int]:

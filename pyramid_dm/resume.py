@@ -1,0 +1,161 @@
+"""Resuming a training without being told how: a requeued SLURM job, its checkpoint and its W&B run.
+
+Lightning's own SLURM support saves ``<run dir>/hpc_ckpt_<n>.ckpt`` on the requeue signal (``--signal=SIGUSR1@90``),
+requeues the job and, when the job starts again with no ``ckpt_path``, loads the highest-numbered ``hpc_ckpt``. The
+gaps it leaves are closed here; its handler still does the saving and the requeueing:
+
+- the handler runs wherever the signal lands, on each rank separately, and saves through a collective (a barrier):
+  one rank can wait in that barrier while another waits in the step's gradient all-reduce, and the job hangs until
+  its time limit (seen on the test cluster). :class:`RequeueAtStepBoundary` holds the signal until the next step
+  begins and runs Lightning's handler there on every rank together, once any rank has it;
+- a checkpoint saved inside a step counts the interrupted batch as started but not finished. Lightning restores
+  that as is: the batch counter then runs one ahead of ``global_step`` for the rest of the run, validation and
+  checkpoints fall one step early, and the final step is never saved. :class:`StepBoundaryResume` rolls such a
+  checkpoint back to the last finished step before it is loaded;
+- a job requeued *without* that signal (``scontrol requeue``, preemption, a node failure) has no ``hpc_ckpt``, or
+  an older one than its ``last.ckpt``: it resumes from the newest checkpoint of the run (:func:`newest_checkpoint`);
+- the W&B run id is derived from the job (:func:`slurm_run_id`), so a requeued job continues the same run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+HPC_PATTERN = "hpc_ckpt_*.ckpt"
+
+
+def slurm_requeued() -> bool:
+    """True in a SLURM job that was requeued (Slurm sets ``SLURM_RESTART_COUNT`` >= 1 on every restart)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+
+
+def slurm_job_id() -> str | None:
+    """The job's id as ``scontrol requeue`` knows it: ``<array job>_<task>`` for an array element, else the job id."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
+def slurm_run_id(name: str) -> str | None:
+    """A W&B run id that a requeued job gets again: ``<experiment>-<cluster>-<job id>``, or None outside SLURM.
+
+    The experiment name keeps two trainings in one job apart; the cluster name keeps job ids of two clusters apart.
+    W&B allows letters, digits, ``-`` and ``_`` (at most 64 characters); anything else becomes ``-``, and a longer id
+    is cut and given a hash of the whole.
+    """
+    job = slurm_job_id()
+    if job is None:
+        return None
+    parts = [name, os.environ.get("SLURM_CLUSTER_NAME", ""), job]
+    run_id = re.sub(r"[^A-Za-z0-9_-]+", "-", "-".join(p for p in parts if p)).strip("-")
+    if len(run_id) > 64:
+        run_id = f"{run_id[:55]}-{hashlib.sha1(run_id.encode()).hexdigest()[:8]}"
+    return run_id
+
+
+def newest_checkpoint(*dirs: str | Path) -> Path | None:
+    """The most recently written ``*.ckpt`` in ``dirs`` (not recursive), or None.
+
+    Checkpoints are written under a hidden temporary name and renamed into place (:mod:`pyramid_dm.checkpoint_io`),
+    so the newest file is always a complete one.
+    """
+    found = [p for d in dirs if d and Path(d).is_dir() for p in Path(d).glob("*.ckpt") if p.is_file()]
+    return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name), default=None)
+
+
+class StepBoundaryResume(Callback):
+    """Loads a checkpoint saved in the middle of a training step as the step boundary before it.
+
+    Lightning's requeue handler runs wherever the signal lands: its ``hpc_ckpt`` then has batch ``n + 1`` ready but
+    only ``n`` completed (and ``n`` optimizer steps). Every progress counter of the training loop is set back to the
+    completed count, which is what a checkpoint saved at the end of step ``n`` holds, so the interrupted batch is
+    simply run again. Checkpoints saved at a step boundary are left untouched.
+    """
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        batches = loop.get("epoch_loop.batch_progress", {}).get("total", {})
+        # processed == ready: saved at or after the end of a batch (e.g. by RequeueAtStepBoundary, or during
+        # validation), which Lightning restores correctly.
+        if not batches or batches.get("processed", 0) >= batches.get("ready", 0):
+            return
+        for key, progress in loop.items():
+            if (
+                key.startswith("epoch_loop.")
+                and not key.startswith("epoch_loop.val_loop")
+                and isinstance(progress, dict)
+            ):
+                _roll_back(progress)
+        # A checkpoint saved at the end of step n (during its validation) has not yet counted that step for the
+        # loggers; Lightning adds it back on restart. Match that, so that W&B steps continue without a repeat.
+        state = loop.get("epoch_loop.state_dict", {})
+        if "_batches_that_stepped" in state:
+            state["_batches_that_stepped"] = max(0, batches["completed"] - 1)
+
+
+def _roll_back(progress: dict) -> None:
+    """Set ready/started/processed back to completed in every tracker nested in a Lightning progress state dict."""
+    if "completed" in progress:
+        for key in ("ready", "started", "processed"):
+            if key in progress:
+                progress[key] = progress["completed"]
+    for value in progress.values():
+        if isinstance(value, dict):
+            _roll_back(value)
+
+
+class RequeueAtStepBoundary(Callback):
+    """Runs Lightning's SLURM requeue handler between two training steps, on all ranks at once.
+
+    While training, the requeue signal only marks itself pending. Before every training batch the ranks agree (one
+    integer all-reduced, max) whether any of them has it; if so, every rank calls the handler Lightning installed, at
+    the same point of the same step, so its checkpoint is consistent, every row of the finished steps is logged, and
+    its barrier meets the others'. Outside SLURM, or with Lightning's auto-requeue off, it does nothing.
+    """
+
+    def __init__(self):
+        self._signum: int | None = None
+        self._handler = None
+        self._pending = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        env = getattr(trainer.strategy, "cluster_environment", None)
+        if not isinstance(env, SLURMEnvironment) or not env.auto_requeue or env.requeue_signal is None:
+            return
+        handler = signal.getsignal(env.requeue_signal)
+        if not callable(handler):
+            return
+        self._signum, self._handler = env.requeue_signal, handler
+        signal.signal(self._signum, self._defer)
+
+    def _defer(self, signum, frame) -> None:
+        self._pending = True
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # At the start of batch n + 1, step n is finished, logged and counted; the checkpoint then holds batch n + 1
+        # as begun, which StepBoundaryResume turns back into "n steps done".
+        if self._handler is None:
+            return
+        flag = torch.tensor([int(self._pending)], device=trainer.strategy.root_device)
+        if trainer.world_size > 1:
+            flag = trainer.strategy.reduce(flag, reduce_op="max")
+        if flag.item():
+            self._pending = False
+            rank_zero_info(f"requeue signal: handled at step {trainer.global_step}, on every rank")
+            self._handler(self._signum, None)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._handler is not None:
+            signal.signal(self._signum, self._handler)
+            self._handler = None
