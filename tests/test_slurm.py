@@ -6,9 +6,11 @@ environment, as on a production cluster.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -62,6 +64,32 @@ def job_log(root: Path) -> str:
     return "\n".join(p.read_text() for p in root.glob("pyramid_dm-*.out"))
 
 
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.5)
+
+
+def job_field(job: str, field: str) -> str:
+    info = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    return next((w.split("=", 1)[1] for w in info.split() if w.startswith(f"{field}=")), "")
+
+
+def rank_pids(root: Path) -> list[int]:
+    """The training processes of the job writing to ``root`` (not srun or the batch script)."""
+    pids = subprocess.run(["pgrep", "-f", f"exp.root {root}"], capture_output=True, text=True).stdout.split()
+    argv0 = lambda pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]  # noqa: E731
+    return [int(pid) for pid in pids if Path(f"/proc/{pid}").exists() and b"python" in argv0(pid)]
+
+
+def wandb_rows(run_dir: Path) -> list[dict]:
+    """History rows of one local W&B run directory, with W&B's own ``_step``."""
+    out = subprocess.run(["wandb", "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True)
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    return [r["history"]["item"] for r in records if r.get("type") == "history"]
+
+
 @pytest.mark.parametrize(("nodes", "tasks"), [(2, 1), (1, 2)])
 def test_ddp_training_through_sbatch(cluster, session_env, digits_shards, tmp_path, nodes, tasks):
     proc = sbatch(
@@ -90,12 +118,10 @@ def test_a_killed_rank_fails_the_job_quickly(cluster, session_env, digits_shards
         first_ckpt = tmp_path / "quickstart" / "checkpoints" / "last.ckpt"
         while not first_ckpt.exists() and time.time() < deadline:  # both ranks are training once step 3 is saved
             time.sleep(1)
-        ranks = subprocess.run(["pgrep", "-f", f"exp.root {tmp_path}"], capture_output=True, text=True).stdout.split()
-        argv0 = lambda pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]  # noqa: E731
-        pythons = [pid for pid in ranks if b"python" in argv0(pid)]  # the ranks, not srun or the batch script
+        pythons = rank_pids(tmp_path)
         assert first_ckpt.exists() and len(pythons) >= 2, job_log(tmp_path)[-2000:]
         killed_at = time.time()
-        os.kill(int(pythons[-1]), 9)
+        os.kill(pythons[-1], 9)
         while time.time() - killed_at < 120:
             squeue = ["squeue", "-h", "-j", job, "-o", "%T"]
             if not subprocess.run(squeue, capture_output=True, text=True).stdout.strip():
@@ -107,6 +133,86 @@ def test_a_killed_rank_fails_the_job_quickly(cluster, session_env, digits_shards
     assert elapsed < 60, f"job {job} still running {elapsed:.0f} s after a rank was killed"
     info = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
     assert "JobState=FAILED" in info or "JobState=CANCELLED" in info or "Exited with exit code" in job_log(tmp_path)
+
+
+@pytest.mark.parametrize("preempt", ["SIGUSR1", "scontrol requeue"])
+def test_a_requeued_job_resumes_its_run_from_the_newest_checkpoint(
+    cluster, session_env, digits_shards, tmp_path, preempt
+):
+    """Mid-training, the job gets what Slurm sends 90 s before its time limit (SIGUSR1: Lightning saves hpc_ckpt_1
+    and requeues it), or is requeued outright (as preemption or a node failure would, with no time to save). It comes
+    back, resumes from the newest checkpoint without being told, ends at the requested step, and W&B holds one run
+    whose steps continue: no gap, no restart from zero."""
+    steps = 24
+    job = sbatch(
+        tmp_path,
+        session_env,
+        ["--nodes", "1", "--ntasks-per-node", "2", "--time", "10"],
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.log_every_n_steps",
+        "1",
+        wait=False,
+    )
+    run = tmp_path / "quickstart"
+    last = run / "checkpoints" / "last.ckpt"
+    try:
+        wait_for(last.exists, 120, "the first checkpoint")
+        if preempt == "SIGUSR1":
+            subprocess.run(["scancel", "--signal=USR1", job], check=True)  # to the job's steps, as --signal does
+        else:
+            subprocess.run(["scontrol", "requeue", job], check=True)
+        wait_for(lambda: job_field(job, "Restarts") == "1" and job_field(job, "JobState") == "PENDING", 120, "requeue")
+        saved = list(run.glob("hpc_ckpt_*.ckpt")) + list(last.parent.glob("*.ckpt"))
+        newest = max(saved, key=lambda p: p.stat().st_mtime_ns)  # what the requeued job must resume from
+        resume_step = torch.load(newest, weights_only=False)["global_step"]  # before the job writes it again
+        # Slurm makes a requeued job wait about two minutes (Reason=BeginTime) before it may run again; on a real
+        # cluster the scheduler starts it when it can. Here it may start at once.
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+        wait_for(lambda: job_field(job, "JobState") not in ("PENDING", "RUNNING", "COMPLETING"), 240, "the job's end")
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)
+    log = job_log(tmp_path)
+    assert job_field(job, "JobState") == "COMPLETED" and job_field(job, "Restarts") == "1", log[-3000:]
+    assert (run / "hpc_ckpt_1.ckpt").exists() == (preempt == "SIGUSR1")  # Lightning's requeue checkpoint
+    assert f"resuming from {newest}" in log, log[-3000:]
+    assert resume_step > 0
+    assert torch.load(last, weights_only=False)["global_step"] == steps  # the final step is trained and saved
+
+    parts = sorted((run / "wandb").glob("offline-run-*"))  # one per start of the job, sorted by start time
+    assert len(parts) == 2 and len({p.name.split("-", 3)[-1] for p in parts}) == 1, parts  # one W&B run id
+    assert parts[0].name.endswith(f"-quickstart-pyramid_dm_test-{job}")  # derived from the job
+    rows = [wandb_rows(p) for p in parts]
+    trained = [[r["trainer/global_step"] for r in part if "train/loss" in r] for part in rows]
+    # Training rows log the step they start from: 0..steps-1. The second part starts where the checkpoint it
+    # resumed from ends (not at 0); together the parts hold every step; only steps after that checkpoint repeat.
+    assert trained[1] == list(range(resume_step, steps))
+    assert set(range(resume_step)) <= set(trained[0])
+    # W&B's own step goes on after the first part's rows, so `wandb sync --id` can put the parts together.
+    assert min(r["_step"] for r in rows[1]) == max(r["_step"] for r in rows[0]) + 1
+
+
+def test_a_hung_rank_fails_the_job_after_the_collective_timeout(cluster, session_env, digits_shards, tmp_path):
+    """A rank that stops (alive, but never reaching the next all-reduce) ends the job once the other rank's
+    collective times out (PYRAMID_DM_COLLECTIVE_TIMEOUT), instead of holding the nodes to the time limit."""
+    env = {**session_env, "PYRAMID_DM_COLLECTIVE_TIMEOUT": "0:00:15"}
+    job = sbatch(tmp_path, env, ["--nodes", "2", "--time", "10"], "--trainer.max_steps", "100000", wait=False)
+    stopped = None
+    try:
+        wait_for((tmp_path / "quickstart" / "checkpoints" / "last.ckpt").exists, 120, "the first checkpoint")
+        stopped = rank_pids(tmp_path)[-1]
+        os.kill(stopped, signal.SIGSTOP)
+        stopped_at = time.time()
+        wait_for(lambda: job_field(job, "JobState") not in ("RUNNING", "COMPLETING"), 120, "the job's end")
+        elapsed = time.time() - stopped_at
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)
+        if stopped is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped, signal.SIGCONT)
+    assert job_field(job, "JobState") == "FAILED", job_log(tmp_path)[-2000:]
+    assert 15 <= elapsed < 60, f"the job ended {elapsed:.0f} s after a rank hung, with a 15 s collective timeout"
+    assert "Timed out waiting 15000ms" in job_log(tmp_path)
 
 
 def test_a_sweep_array_gives_one_run_per_line_in_one_wandb_group(cluster, session_env, digits_shards, tmp_path):
