@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +12,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from pyramid_dm.bench.ddp import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Trainer:  # the two attributes the data module reads from Lightning's trainer
@@ -103,3 +98,26 @@ def test_two_process_ddp_fit_through_the_cli(session_env, tmp_path):
     config = json.loads(rec.stdout)["config"]
     assert config["world_size"] == 2 and config["effective_batch_size"] == 2 * 128
     assert config["effective_lr"] == config["lr"]  # no silent learning-rate scaling with more GPUs
+
+
+def test_ddp_scaling_benchmark_times_one_and_two_ranks(session_env):
+    """``bench ddp`` (benchmarks/SCALING.md) on a tiny UNet: a row per world size, the gradient bytes of that UNet,
+    and the efficiency line."""
+    from helpers import run_cli
+
+    from pyramid_dm.nets import UNet
+
+    args = ["--ranks", "1", "2", "--batch", "4", "--base", "32", "--mult", "1", "2", "--attn", "--blocks", "1"]
+    proc = run_cli(["bench", "ddp", *args, "--steps", "1", "--rounds", "1", "--warmup", "1"], session_env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| ") and "ranks" not in line]
+    assert [int(r[0]) for r in rows] == [1, 2]
+    assert all(float(r[1]) > 0 and float(r[3]) > 0 for r in rows)  # step time and images/s
+    params = sum(
+        p.numel()
+        for p in UNet(
+            1, image_size=8, base_channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[]
+        ).parameters()
+    )
+    assert f"gradient bytes all-reduced per step: {params * 4 / 2**20:.1f} MiB" in proc.stdout
+    assert float(proc.stdout.split("ddp_efficiency:")[1].split()[0]) > 0

@@ -1,4 +1,6 @@
-"""``python -m pyramid_dm bench unet``: one UNet training step (forward + backward) against diffusers' UNet2DModel.
+"""``python -m pyramid_dm bench {unet,ddp,fid-floor}``; ``ddp`` and ``fid-floor`` are described in their modules.
+
+``bench unet``: one UNet training step (forward + backward) against diffusers' UNet2DModel.
 
 Both networks are built with the same widths, blocks per level, attention resolutions, batch and image size, and timed
 alternately in the same process; the last line is ``ratio_vs_diffusers: X.XX`` (ours / theirs, images per second).
@@ -137,6 +139,9 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--resize", type=int, default=None)
     f.add_argument("--num", type=int, nargs="+", default=[1000], help="val images compared (one row per value)")
     f.add_argument("--features", default="auto")
+    from .ddp import add_parser as add_ddp_parser
+
+    add_ddp_parser(sub)
     return p
 
 
@@ -148,4 +153,8 @@ def main(argv: list[str]) -> int:
         from .fid_floor import fid_floor
 
         fid_floor(args.shards, args.resize, args.num, args.features)
+    elif args.what == "ddp":
+        from .ddp import bench_ddp
+
+        bench_ddp(args)
     return 0
