@@ -16,7 +16,7 @@ import time
 import torch
 
 from ..errors import UserError
-from ..nets import UNet
+from .layout import add_layout_args, unet_from_args
 
 
 def build_pair(args) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -26,15 +26,7 @@ def build_pair(args) -> tuple[torch.nn.Module, torch.nn.Module]:
         raise UserError("bench unet compares against diffusers: pip install -e '.[bench]'") from exc
     widths = [args.base * m for m in args.mult]
     attn = [args.image_size >> i in args.attn for i in range(len(widths))]
-    ours = UNet(
-        args.channels,
-        image_size=args.image_size,
-        base_channels=args.base,
-        channel_mult=args.mult,
-        num_res_blocks=args.blocks,
-        attention_resolutions=args.attn,
-        dropout=args.dropout,
-    )
+    ours = unet_from_args(args)
     theirs = UNet2DModel(
         sample_size=args.image_size,
         in_channels=args.channels,
@@ -120,15 +112,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pyramid_dm bench", description=__doc__)
     sub = p.add_subparsers(dest="what", required=True)
     u = sub.add_parser("unet", help="UNet training step vs diffusers' UNet2DModel")
-    u.add_argument("--image-size", type=int, default=32)
-    u.add_argument("--channels", type=int, default=3)
-    u.add_argument("--batch", type=int, default=16)
-    u.add_argument("--base", type=int, default=64)
-    u.add_argument("--mult", type=int, nargs="+", default=[1, 2, 2, 2])
-    u.add_argument("--blocks", type=int, default=2)
-    u.add_argument("--attn", type=int, nargs="*", default=[16])
+    add_layout_args(u, image_size=32, channels=3, batch=16, attn=[16])
     u.add_argument("--dropout", type=float, default=0.0)
-    u.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     u.add_argument("--device", default="auto")
     u.add_argument("--compile", action="store_true", help="torch.compile both training steps")
     u.add_argument("--warmup", type=int, default=2)

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from ..nets import UNet
+from .layout import add_layout_args, unet_from_args
 
 
 def free_port() -> int:
@@ -52,14 +52,7 @@ def _measure_rank(rank: int, world: int, port: int, args, results) -> None:
             torch.set_num_threads(args.threads)
         device = torch.device("cuda", rank) if cuda else torch.device("cpu")
         torch.manual_seed(0)
-        net = UNet(
-            args.channels,
-            image_size=args.image_size,
-            base_channels=args.base,
-            channel_mult=args.mult,
-            num_res_blocks=args.blocks,
-            attention_resolutions=args.attn,
-        ).to(device)
+        net = unet_from_args(args).to(device)
         model = DistributedDataParallel(net) if world > 1 else net
         opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
         x = torch.randn(args.batch, args.channels, args.image_size, args.image_size, device=device)
@@ -152,14 +145,7 @@ def add_parser(sub) -> None:
     d.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     d.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     d.add_argument("--threads", type=int, default=None, help="CPU threads per rank (default: cores / max ranks)")
-    d.add_argument("--image-size", type=int, default=8)
-    d.add_argument("--channels", type=int, default=1)
-    d.add_argument("--batch", type=int, default=64, help="per rank")
-    d.add_argument("--base", type=int, default=32)
-    d.add_argument("--mult", type=int, nargs="+", default=[1, 2, 2])
-    d.add_argument("--blocks", type=int, default=1)
-    d.add_argument("--attn", type=int, nargs="*", default=[4])
-    d.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    add_layout_args(d, image_size=8, channels=1, batch=64, attn=[4])  # --batch: per rank
     d.add_argument("--warmup", type=int, default=2)
     d.add_argument("--steps", type=int, default=5)
     d.add_argument("--rounds", type=int, default=5)
