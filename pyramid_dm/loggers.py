@@ -65,7 +65,7 @@ class RunLogger(WandbLogger):
             kwargs["settings"] = {"x_transaction_log_flush_interval": FLUSH_INTERVAL_S, **kwargs["settings"]}
         super().__init__(save_dir=save_dir, offline=wandb_offline(offline), id=id, **kwargs)
         self._explicit_id = id is not None
-        self._first_step: int | None = None  # W&B step of the first row of a resumed run
+        self._continue_steps = False  # a resumed run: its first row continues W&B's step after the earlier parts
 
     def prepare_run(
         self, resume: bool, group: str | None = None, tags: list[str] | None = None, job_id: str | None = None
@@ -84,20 +84,21 @@ class RunLogger(WandbLogger):
             self._wandb_init["id"] = self._id = run_id
         self._wandb_init["resume"] = "allow"
         id_file.write_text(self._wandb_init["id"] + "\n")
-        if resume:
-            self._first_step = next_wandb_step(Path(self.save_dir) / "wandb", self._wandb_init["id"])
+        self._continue_steps = resume
         if group and not self._wandb_init.get("group"):
             self._wandb_init["group"] = group
         self._wandb_init["tags"] = sorted({*(self._wandb_init.get("tags") or []), *(tags or [])})
 
     @rank_zero_only
     def log_metrics(self, metrics, step: int | None = None) -> None:
-        if self._first_step is None:
+        if not self._continue_steps:
             return super().log_metrics(metrics, step)
         # The first row of a resumed run sets W&B's step; the rows after it count on from there.
+        this_part = Path(self.experiment.dir).parent
+        first = next_wandb_step(Path(self.save_dir) / "wandb", self.experiment.id, exclude=this_part)
         row = dict(metrics, **({} if step is None else {"trainer/global_step": step}))
-        self.experiment.log(row, step=max(self._first_step, self.experiment.starting_step))
-        self._first_step = None
+        self.experiment.log(row, step=max(first, self.experiment.starting_step))
+        self._continue_steps = False
 
     def after_save_checkpoint(self, checkpoint_callback) -> None:
         super().after_save_checkpoint(checkpoint_callback)
@@ -114,10 +115,12 @@ class RunLogger(WandbLogger):
             time.sleep(2 * FLUSH_INTERVAL_S)
 
 
-def next_wandb_step(wandb_dir: Path, run_id: str) -> int:
-    """One past the last W&B step written by the earlier local parts (``*run-*-<run_id>``) of a run, 0 if none."""
+def next_wandb_step(wandb_dir: Path, run_id: str, exclude: Path | None = None) -> int:
+    """One past the last W&B step written by the local parts (``*run-*-<run_id>``) of a run but ``exclude``, or 0."""
     last = -1
     for part in sorted(wandb_dir.glob(f"*run-*-{run_id}")):
+        if exclude is not None and part.resolve() == exclude.resolve():
+            continue
         proc = subprocess.run(
             ["wandb", "leet", "inspect", "--summary", "--json", str(part)], capture_output=True, text=True, timeout=120
         )
