@@ -20,3 +20,11 @@ for budget in "10 4 8" "12 5 8" "15 6 7" "10 6 7"; do
 done
 evaluate "$PYRAMID" "$PYRAMID-20-8-8-seed1" --level_steps 20 8 8 --seed 1
 evaluate pixel-fashion_mnist_small-2400 pixel-fashion_mnist_small-2400-seed1 --steps 20 10 --seed 1
+
+# Below 50%: pixel with fewer steps against pyramid budgets of about the same FLOPs (the quality-vs-FLOPs frontier).
+for seed in 0 1; do
+  evaluate pixel-fashion_mnist_small-2400 "pixel-fashion_mnist_small-2400-low-seed$seed" --steps 8 6 5 --seed $seed
+  for budget in "10 4 6" "10 4 5" "8 3 4"; do
+    evaluate "$PYRAMID" "$PYRAMID-${budget// /-}-seed$seed" --level_steps $budget --seed $seed
+  done
+done
