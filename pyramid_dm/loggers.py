@@ -11,13 +11,14 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
+from lightning.pytorch import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
 RUN_ID_FILE = "wandb_run_id"
 # W&B writes logged rows to the run's .wandb file every x_transaction_log_flush_interval seconds (default 15): a job
-# killed by SLURM loses whatever was logged since. A short interval, and one wait after each checkpoint, make every
-# row logged before a checkpoint durable, so a resumed run's history has no hole.
+# killed by SLURM loses whatever was logged since. A short interval, and one wait before each checkpoint is written
+# (LogsBeforeCheckpoints), make every row logged before a checkpoint durable, so a resumed run's history has no hole.
 FLUSH_INTERVAL_S = 0.25
 
 
@@ -54,7 +55,7 @@ class RunLogger(WandbLogger):
 
     A resumed run continues W&B's own step (``_step``) after the rows of its earlier local parts: offline W&B cannot ask
     the server where the run stopped, and ``wandb sync --id ID`` needs the parts' steps to follow each other. Rows
-    logged before a checkpoint are on disk once it is saved (:data:`FLUSH_INTERVAL_S`).
+    logged before a checkpoint are on disk before it is written (:class:`LogsBeforeCheckpoints`).
     """
 
     def __init__(self, save_dir: str = "runs", offline: bool | None = None, id: str | None = None, **kwargs):
@@ -100,19 +101,21 @@ class RunLogger(WandbLogger):
         self.experiment.log(row, step=max(first, self.experiment.starting_step))
         self._continue_steps = False
 
-    def after_save_checkpoint(self, checkpoint_callback) -> None:
-        super().after_save_checkpoint(checkpoint_callback)
-        self._wait_for_flush()
-
-    @rank_zero_only
-    def finalize(self, status: str) -> None:
-        # Lightning calls this before saving its SLURM requeue checkpoint, and at the end of training.
-        super().finalize(status)
-        self._wait_for_flush()
-
-    def _wait_for_flush(self) -> None:
+    def wait_for_flush(self) -> None:
+        """Returns once every row logged so far is in the run's .wandb file (two flush intervals)."""
         if self._experiment is not None:
             time.sleep(2 * FLUSH_INTERVAL_S)
+
+
+class LogsBeforeCheckpoints(Callback):
+    """Every checkpoint, Lightning's SLURM requeue checkpoint included, is written only once the rows logged before it
+    are on disk (:meth:`RunLogger.wait_for_flush`): a job killed right after a checkpoint resumes from it with no hole
+    in its W&B history."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, RunLogger):
+                logger.wait_for_flush()
 
 
 def next_wandb_step(wandb_dir: Path, run_id: str, exclude: Path | None = None) -> int:

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pyramid_dm.eval.history import run_history
+
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 
@@ -82,13 +84,6 @@ def rank_pids(root: Path) -> list[int]:
     pids = subprocess.run(["pgrep", "-f", f"exp.root {root}"], capture_output=True, text=True).stdout.split()
     argv0 = lambda pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]  # noqa: E731
     return [int(pid) for pid in pids if Path(f"/proc/{pid}").exists() and b"python" in argv0(pid)]
-
-
-def wandb_rows(run_dir: Path) -> list[dict]:
-    """History rows of one local W&B run directory, with W&B's own ``_step``."""
-    out = subprocess.run(["wandb", "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True)
-    records = [json.loads(line) for line in out.stdout.splitlines()]
-    return [r["history"]["item"] for r in records if r.get("type") == "history"]
 
 
 @pytest.mark.parametrize(("nodes", "tasks"), [(2, 1), (1, 2)])
@@ -165,7 +160,8 @@ def test_a_requeued_job_resumes_its_run_from_the_newest_checkpoint(
             subprocess.run(["scontrol", "requeue", job], check=True)
         wait_for(lambda: job_field(job, "Restarts") == "1" and job_field(job, "JobState") == "PENDING", 120, "requeue")
         saved = list(run.glob("hpc_ckpt_*.ckpt")) + list(last.parent.glob("*.ckpt"))
-        newest = max(saved, key=lambda p: p.stat().st_mtime_ns)  # what the requeued job must resume from
+        # what the requeued job must resume from (ties, e.g. best and last written in one clock tick, go by name)
+        newest = max(saved, key=lambda p: (p.stat().st_mtime_ns, p.name))
         resume_step = torch.load(newest, weights_only=False)["global_step"]  # before the job writes it again
         # Slurm makes a requeued job wait about two minutes (Reason=BeginTime) before it may run again; on a real
         # cluster the scheduler starts it when it can. Here it may start at once.
@@ -183,7 +179,7 @@ def test_a_requeued_job_resumes_its_run_from_the_newest_checkpoint(
     parts = sorted((run / "wandb").glob("offline-run-*"))  # one per start of the job, sorted by start time
     assert len(parts) == 2 and len({p.name.split("-", 3)[-1] for p in parts}) == 1, parts  # one W&B run id
     assert parts[0].name.endswith(f"-quickstart-pyramid_dm_test-{job}")  # derived from the job
-    rows = [wandb_rows(p) for p in parts]
+    rows = [run_history(p) for p in parts]  # every row, with W&B's own _step
     trained = [[r["trainer/global_step"] for r in part if "train/loss" in r] for part in rows]
     # Training rows log the step they start from: 0..steps-1. The second part starts where the checkpoint it
     # resumed from ends (not at 0); together the parts hold every step; only steps after that checkpoint repeat.
