@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from .config import config_chain
 from .errors import UserError
-from .loggers import RunLogger
+from .loggers import LogsBeforeCheckpoints, RunLogger
 from .resume import (
     HPC_PATTERN,
     RequeueAtStepBoundary,
@@ -103,7 +103,9 @@ class PyramidCLI(LightningCLI):
                     f"{cb.dirpath} already holds checkpoints of an earlier run; resume it with --ckpt_path last, "
                     "or start a new experiment with --exp.name NEW_NAME (nothing was overwritten)"
                 )
-        self.trainer.callbacks += [StepBoundaryResume(), RequeueAtStepBoundary()]
+        # first, so that the restored logging step is in place before any other callback logs in the first batch
+        self.trainer.callbacks[:0] = [StepBoundaryResume()]
+        self.trainer.callbacks += [RequeueAtStepBoundary(), LogsBeforeCheckpoints()]
         for logger in self.trainer.loggers:
             if isinstance(logger, RunLogger):
                 exp = config.get("exp", {})

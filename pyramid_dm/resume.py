@@ -75,19 +75,22 @@ def newest_checkpoint(*dirs: str | Path) -> Path | None:
 
 
 class StepBoundaryResume(Callback):
-    """Loads a checkpoint saved in the middle of a training step as the step boundary before it.
+    """Loads a checkpoint saved during a training batch, before its end, as the step boundary before it.
 
-    Lightning's requeue handler runs wherever the signal lands: its ``hpc_ckpt`` then has batch ``n + 1`` ready but
-    only ``n`` completed (and ``n`` optimizer steps). Every progress counter of the training loop is set back to the
-    completed count, which is what a checkpoint saved at the end of step ``n`` holds, so the interrupted batch is
-    simply run again. Checkpoints saved at a step boundary are left untouched.
+    Lightning's requeue handler (run at the start of a batch by :class:`RequeueAtStepBoundary`, or wherever the signal
+    lands) saves batch ``n + 1`` as begun but only ``n`` completed (with ``n`` optimizer steps). Every progress counter
+    of the training loop is set back to the completed count, so the interrupted batch simply runs again. Lightning's
+    logging step (``_batches_that_stepped``) is then restored to the checkpoint's value, ``n``, at the first batch:
+    how Lightning itself adjusts it on restart depends on whether step ``n`` was a validation step. Checkpoints saved
+    at or after the end of a batch (ModelCheckpoint's, during validation) are left to Lightning.
     """
+
+    def __init__(self):
+        self._logging_step: int | None = None
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         loop = checkpoint.get("loops", {}).get("fit_loop", {})
         batches = loop.get("epoch_loop.batch_progress", {}).get("total", {})
-        # processed == ready: saved at or after the end of a batch (e.g. by RequeueAtStepBoundary, or during
-        # validation), which Lightning restores correctly.
         if not batches or batches.get("processed", 0) >= batches.get("ready", 0):
             return
         for key, progress in loop.items():
@@ -97,11 +100,12 @@ class StepBoundaryResume(Callback):
                 and isinstance(progress, dict)
             ):
                 _roll_back(progress)
-        # A checkpoint saved at the end of step n (during its validation) has not yet counted that step for the
-        # loggers; Lightning adds it back on restart. Match that, so that W&B steps continue without a repeat.
-        state = loop.get("epoch_loop.state_dict", {})
-        if "_batches_that_stepped" in state:
-            state["_batches_that_stepped"] = max(0, batches["completed"] - 1)
+        self._logging_step = loop.get("epoch_loop.state_dict", {}).get("_batches_that_stepped")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._logging_step is not None:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = self._logging_step
+            self._logging_step = None
 
 
 def _roll_back(progress: dict) -> None:

@@ -104,14 +104,19 @@ def trainer(root, max_steps, *callbacks, logger=False):
     )
 
 
-@pytest.mark.parametrize("where", ["inside the step", "at the batch start", "at the batch end"])
-def test_a_checkpoint_saved_during_a_batch_resumes_on_the_same_step_grid(tmp_path, where):
+# Saved after a validation step (at=5: step 4 done) or after a plain one (at=6: step 5 done). At the end of batch 6
+# its validation has not run yet, and Lightning's own restart skips it, so that pair is not a case of this test.
+@pytest.mark.parametrize(
+    ("where", "at"),
+    [(w, a) for w in ("inside the step", "at the batch start") for a in (5, 6)] + [("at the batch end", 5)],
+)
+def test_a_checkpoint_saved_during_a_batch_resumes_on_the_same_step_grid(tmp_path, where, at):
     mid = tmp_path / "hpc_ckpt_1.ckpt"
-    trainer(tmp_path / "a", 6, SaveAt(mid, at=5, where=where)).fit(Tiny(), loader(), loader())
+    trainer(tmp_path / "a", 7, SaveAt(mid, at=at, where=where)).fit(Tiny(), loader(), loader())
     state = torch.load(mid, weights_only=False)
     progress = state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]
-    assert progress["ready"] == 5 and progress["completed"] == 4  # batch 5 not counted as finished
-    assert state["global_step"] == (5 if where == "at the batch end" else 4)  # else batch 5 runs (again)
+    assert progress["ready"] == at and progress["completed"] == at - 1  # batch `at` not counted as finished
+    assert state["global_step"] == (at if where == "at the batch end" else at - 1)  # else batch `at` runs (again)
 
     vals, logged = ValidationSteps(), TrainSteps()
     resumed = trainer(tmp_path / "b", 10, StepBoundaryResume(), vals, logger=logged)
