@@ -15,6 +15,8 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
+from . import compat
+
 RUN_ID_FILE = "wandb_run_id"
 # W&B writes logged rows to the run's .wandb file every x_transaction_log_flush_interval seconds (default 15): a job
 # killed by SLURM loses whatever was logged since. A short interval, and one wait before each checkpoint is written
@@ -61,9 +63,9 @@ class RunLogger(WandbLogger):
     def __init__(self, save_dir: str = "runs", offline: bool | None = None, id: str | None = None, **kwargs):
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         if kwargs.get("settings") is None:  # LightningCLI passes settings=None
-            kwargs["settings"] = {"x_transaction_log_flush_interval": FLUSH_INTERVAL_S}
+            kwargs["settings"] = {compat.WANDB_FLUSH_SETTING: FLUSH_INTERVAL_S}
         elif isinstance(kwargs["settings"], dict):
-            kwargs["settings"] = {"x_transaction_log_flush_interval": FLUSH_INTERVAL_S, **kwargs["settings"]}
+            kwargs["settings"] = {compat.WANDB_FLUSH_SETTING: FLUSH_INTERVAL_S, **kwargs["settings"]}
         super().__init__(save_dir=save_dir, offline=wandb_offline(offline), id=id, **kwargs)
         self._explicit_id = id is not None
         self._continue_steps = False  # a resumed run: its first row continues W&B's step after the earlier parts
@@ -77,18 +79,19 @@ class RunLogger(WandbLogger):
         (derived from the SLURM job, which a requeued job keeps); a fresh random one.
         """
         id_file = Path(self.save_dir) / RUN_ID_FILE
+        init = compat.wandb_init_kwargs(self)
         if not self._explicit_id:
             if resume and id_file.exists():
                 run_id = id_file.read_text().strip()
             else:
                 run_id = job_id or uuid.uuid4().hex[:12]
-            self._wandb_init["id"] = self._id = run_id
-        self._wandb_init["resume"] = "allow"
-        id_file.write_text(self._wandb_init["id"] + "\n")
+            compat.set_wandb_run_id(self, run_id)
+        init["resume"] = "allow"
+        id_file.write_text(init["id"] + "\n")
         self._continue_steps = resume
-        if group and not self._wandb_init.get("group"):
-            self._wandb_init["group"] = group
-        self._wandb_init["tags"] = sorted({*(self._wandb_init.get("tags") or []), *(tags or [])})
+        if group and not init.get("group"):
+            init["group"] = group
+        init["tags"] = sorted({*(init.get("tags") or []), *(tags or [])})
 
     @rank_zero_only
     def log_metrics(self, metrics, step: int | None = None) -> None:
@@ -98,12 +101,12 @@ class RunLogger(WandbLogger):
         this_part = Path(self.experiment.dir).parent
         first = next_wandb_step(Path(self.save_dir) / "wandb", self.experiment.id, exclude=this_part)
         row = dict(metrics, **({} if step is None else {"trainer/global_step": step}))
-        self.experiment.log(row, step=max(first, self.experiment.starting_step))
+        self.experiment.log(row, step=max(first, compat.run_starting_step(self.experiment)))
         self._continue_steps = False
 
     def wait_for_flush(self) -> None:
         """Returns once every row logged so far is in the run's .wandb file (two flush intervals)."""
-        if self._experiment is not None:
+        if compat.wandb_started(self):
             time.sleep(2 * FLUSH_INTERVAL_S)
 
 

@@ -31,6 +31,8 @@ from lightning.pytorch import Callback
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from . import compat
+
 HPC_PATTERN = "hpc_ckpt_*.ckpt"
 
 
@@ -80,17 +82,17 @@ class StepBoundaryResume(Callback):
     Lightning's requeue handler (run at the start of a batch by :class:`RequeueAtStepBoundary`, or wherever the signal
     lands) saves batch ``n + 1`` as begun but only ``n`` completed (with ``n`` optimizer steps). Every progress counter
     of the training loop is set back to the completed count, so the interrupted batch simply runs again. Lightning's
-    logging step (``_batches_that_stepped``) is then restored to the checkpoint's value, ``n``, at the first batch:
-    how Lightning itself adjusts it on restart depends on whether step ``n`` was a validation step. Checkpoints saved
-    at or after the end of a batch (ModelCheckpoint's, during validation) are left to Lightning.
+    logging step (:data:`pyramid_dm.compat.LOGGING_STEP`) is then restored to the checkpoint's value, ``n``, at the
+    first batch: how Lightning itself adjusts it on restart depends on whether step ``n`` was a validation step.
+    Checkpoints saved at or after the end of a batch (ModelCheckpoint's, during validation) are left to Lightning.
     """
 
     def __init__(self):
         self._logging_step: int | None = None
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        loop = checkpoint.get("loops", {}).get("fit_loop", {})
-        batches = loop.get("epoch_loop.batch_progress", {}).get("total", {})
+        loop = compat.fit_loop_state(checkpoint)
+        batches = loop.get(compat.BATCH_PROGRESS, {}).get("total", {})
         if not batches or batches.get("processed", 0) >= batches.get("ready", 0):
             return
         for key, progress in loop.items():
@@ -100,11 +102,11 @@ class StepBoundaryResume(Callback):
                 and isinstance(progress, dict)
             ):
                 _roll_back(progress)
-        self._logging_step = loop.get("epoch_loop.state_dict", {}).get("_batches_that_stepped")
+        self._logging_step = compat.checkpoint_logging_step(loop)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._logging_step is not None:
-            trainer.fit_loop.epoch_loop._batches_that_stepped = self._logging_step
+            compat.set_logging_step(trainer, self._logging_step)
             self._logging_step = None
 
 
@@ -137,8 +139,8 @@ class RequeueAtStepBoundary(Callback):
         env = getattr(trainer.strategy, "cluster_environment", None)
         if not isinstance(env, SLURMEnvironment) or not env.auto_requeue or env.requeue_signal is None:
             return
-        handler = signal.getsignal(env.requeue_signal)
-        if not callable(handler):
+        handler = compat.requeue_handler(env.requeue_signal)
+        if handler is None:
             return
         self._signum, self._handler = env.requeue_signal, handler
         signal.signal(self._signum, self._defer)

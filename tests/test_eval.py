@@ -92,9 +92,9 @@ def tiny_model() -> PixelDiffusion:
 @pytest.mark.parametrize("sampler,steps", [("ddim", 5), ("ddpm", 3)])
 def test_flops_per_sample_equal_nfe_times_flops_per_call(sampler, steps):
     model = tiny_model()
-    (per_call,), decoder = per_sample_flops(model)  # one level: one per-call count
+    (per_call,), decoder = per_sample_flops(model.for_sampling())  # one level: one per-call count
     total = count_flops(lambda: model.sample(1, sampler, steps, labels=torch.tensor([3])))
-    images, cost = sample_with_cost(model, sampler, steps, num_samples=6, batch_size=4, progress=False)
+    images, cost = sample_with_cost(model.for_sampling(), sampler, steps, num_samples=6, batch_size=4, progress=False)
     assert total == steps * per_call + decoder and cost.nfe == steps
     assert cost.gflops_per_sample * 1e9 == pytest.approx(total)
     assert images.shape == (6, 1, 8, 8) and cost.images_per_s > 0 and cost.peak_mem_mb > 0

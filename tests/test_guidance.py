@@ -98,7 +98,7 @@ def test_model_guidance_errors_are_clear():
         _tiny(num_classes=3, label_dropout=0.0).sample(2, "ddim", 2, labels=torch.tensor([0, 1]), guidance=2.0)
     with pytest.raises(UserError, match="needs class labels"):
         _tiny(num_classes=3).sample(2, "ddim", 2, guidance=2.0)
-    counter = CountingDenoiser(_tiny(num_classes=3).denoiser())
+    counter = CountingDenoiser(_tiny(num_classes=3).engine.denoiser())
     images = _tiny(num_classes=3).sample(2, "ddim", 3, labels=torch.tensor([0, 2]), guidance=2.0, denoiser=counter)
     assert images.shape == (2, 1, 8, 8) and counter.nfe == 6  # two calls per guided step
 

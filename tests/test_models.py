@@ -46,7 +46,9 @@ def test_every_parameterization_samples_with_every_sampler(setup):
     """A model whose network is the exact solution in its parameterization must reproduce the data distribution with
     every sampler: the preconditioning, the noise-level input and the samplers fit together."""
     model = _tiny(**setup)
-    den = Denoiser(OracleNet(setup["prediction"], model.schedule), model.schedule, setup["prediction"])
+    den = Denoiser(
+        OracleNet(setup["prediction"], model.engine.schedules[-1]), model.engine.schedules[-1], setup["prediction"]
+    )
     for name in SAMPLERS:
         steps = {"ddpm": 200, "ddim": 100, "euler": 100, "heun": 50}.get(name, 25)  # first-order ones need more
         out = model.sample(400, name, steps, generator=torch.Generator().manual_seed(1), denoiser=den).double()
@@ -64,7 +66,7 @@ def test_every_parameterization_trains(setup):
     opt = torch.optim.Adam(model.net.parameters(), lr=3e-3)
     losses = []
     for _ in range(40):
-        loss = model.loss(model.net, images, None, u, noise).mean()
+        loss = model.engine.loss(images, None, u, noise, net=model.net).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -77,17 +79,19 @@ def test_eps_loss_is_ddpm_l_simple():
     torch.manual_seed(0)
     model = _tiny(schedule="cosine", prediction="eps")
     images, noise, u = torch.randn(8, 1, 8, 8), torch.randn(8, 1, 8, 8), torch.rand(8)
-    t = model.schedule.from_uniform(u)
-    xt, _ = q_sample(images, t, model.schedule, noise)
+    t = model.engine.schedules[-1].from_uniform(u)
+    xt, _ = q_sample(images, t, model.engine.schedules[-1], noise)
     expected = (model.net(xt, t) - noise).pow(2).flatten(1).mean(1)
-    assert torch.allclose(model.loss(model.net, images, None, u, noise), expected, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(model.engine.loss(images, None, u, noise, net=model.net), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_resolution_shift_is_applied_from_the_image_size():
     model = _tiny(schedule="cosine", num_timesteps=0, shift_reference_resolution=32)
     t = torch.tensor([0.5], dtype=torch.float64)
     base = build_schedule("cosine", None)
-    assert (model.schedule.log_snr(t) - base.log_snr(t)).item() == pytest.approx(2 * torch.log(torch.tensor(4.0)))
+    assert (model.engine.schedules[-1].log_snr(t) - base.log_snr(t)).item() == pytest.approx(
+        2 * torch.log(torch.tensor(4.0))
+    )
 
 
 def test_bad_model_settings_are_clear_errors():

@@ -56,7 +56,7 @@ def test_vp_networks_see_the_variance_preserving_input_and_time():
 
     x0, eps = torch.randn(4, 2).double(), torch.randn(4, 2).double()
     Denoiser(net, s, "eps")(x0 + sigma * eps, sigma[0])
-    alpha, sig_vp = s.alpha_sigma(t)
+    alpha, sig_vp = s.vp_alpha_sigma(t)
     assert torch.allclose(seen["x_in"].double(), alpha * x0 + sig_vp * eps, atol=1e-6)
     assert torch.allclose(seen["level"], torch.full((4,), 0.3), atol=1e-6)
 

@@ -91,13 +91,13 @@ def test_an_l_level_pyramid_has_the_stated_shapes(resolutions):
     torch.manual_seed(0)
     m = PyramidDiffusion(16, 1, resolutions=resolutions, unet=TINY_UNET, level_steps=[2] * len(resolutions))
     x = torch.rand(3, 1, 16, 16) * 2 - 1
-    levels = m.encode(x)
+    levels = m.engine.encode(x)
     assert [tuple(z.shape) for z in levels] == [(3, 1, r, r) for r in resolutions]
     assert torch.allclose(levels[0], F.avg_pool2d(x, 16 // resolutions[0]))
     images, generated = m.sample(2, return_levels=True)
     assert images.shape == (2, 1, 16, 16)
     assert [tuple(z.shape) for z in generated] == [(2, 1, r, r) for r in resolutions]
-    assert m.level_shapes == [(1, r, r) for r in resolutions]
+    assert m.engine.level_shapes == [(1, r, r) for r in resolutions]
 
 
 def test_coarse_levels_are_cheaper_per_call_and_the_frido_layout_is_not():
@@ -117,7 +117,7 @@ def test_the_fine_level_depends_on_its_coarse_condition():
     x, t = torch.randn(2, 1, 16, 16), torch.full((2,), 0.5)
     a = net(x, t, level=1, context=torch.zeros(2, 1, 16, 16))
     b = net(x, t, level=1, context=torch.randn(2, 1, 16, 16))
-    c = net(x, t, level=1, context=torch.zeros(2, 1, 16, 16), aug_level=torch.full((2,), 0.3))
+    c = net(x, t, level=1, context=torch.zeros(2, 1, 16, 16), aug_t=torch.full((2,), 0.3))
     assert (a - b).abs().mean() > 1e-3 and (a - c).abs().mean() > 1e-4
     with pytest.raises(ValueError, match="context of 1 channels"):
         net(x, t, level=1)
@@ -127,19 +127,19 @@ def test_conditioning_augmentation_noises_the_context_at_the_given_level():
     m = PyramidDiffusion(16, 1, resolutions=[8, 16], unet=TINY_UNET, conditioning_augmentation=0.5)
     coarse = [torch.ones(4, 1, 8, 8)]
     noise = torch.randn(4, 1, 16, 16)
-    clean = m.level_conditioning(1, coarse)["context"]
+    clean = m.engine.level_conditioning(1, coarse)["context"]
     assert torch.equal(clean, torch.ones(4, 1, 16, 16))
     t = torch.tensor([0.0, 0.1, 0.3, 0.5])
-    cond = m.level_conditioning(1, coarse, t, noise)
-    alpha, sigma = m.schedules[1].alpha_sigma(t.double())
+    cond = m.engine.level_conditioning(1, coarse, t, noise)
+    alpha, sigma = m.engine.schedules[1].vp_alpha_sigma(t.double())
     want = alpha.float().view(-1, 1, 1, 1) + sigma.float().view(-1, 1, 1, 1) * noise
-    assert torch.allclose(cond["context"], want, atol=1e-6) and torch.equal(cond["aug_level"], t)
+    assert torch.allclose(cond["context"], want, atol=1e-6) and torch.equal(cond["aug_t"], t)
 
 
 def test_per_level_schedules_shift_with_resolution():
     m = PyramidDiffusion(16, 1, resolutions=[4, 8, 16], unet=TINY_UNET, shift_reference_resolution=4)
     t = torch.tensor([0.5], dtype=torch.float64)
-    lam = [float(s.log_snr(t)) for s in m.schedules]
+    lam = [float(s.log_snr(t)) for s in m.engine.schedules]
     assert lam[0] - lam[1] == pytest.approx(2 * math.log(2), abs=1e-9)
     assert lam[1] - lam[2] == pytest.approx(2 * math.log(2), abs=1e-9)
 

@@ -13,11 +13,11 @@ ALL = [(name, steps) for name in ("linear", "cosine", "sigmoid") for steps in (1
 def test_alpha_bar_decreases_and_alpha_sigma_are_unit_norm(name, steps):
     s = build_schedule(name, steps)
     t = torch.linspace(1e-3, 1.0, 2001, dtype=torch.float64)
-    alpha, sigma = s.alpha_sigma(t)
+    alpha, sigma = s.vp_alpha_sigma(t)
     assert torch.allclose(alpha**2 + sigma**2, torch.ones_like(t), atol=1e-12)
     ab = s.alpha_bar(t)
     assert (ab[1:] <= ab[:-1]).all() and ab[0] > 0.99 and ab[-1] < 1e-3
-    a0, s0 = s.alpha_sigma(torch.zeros(1))
+    a0, s0 = s.vp_alpha_sigma(torch.zeros(1))
     assert a0.item() == 1 and s0.item() == 0  # t = 0 is exactly clean
 
 
@@ -80,7 +80,7 @@ def test_forward_noising_statistics(name, steps):
     for tv in (0.1, 0.5, 0.9):
         t = torch.full((x0.shape[0],), tv)
         xt, eps = q_sample(x0, t, s)
-        alpha, sigma = (v[0].item() for v in s.alpha_sigma(t[:1]))
+        alpha, sigma = (v[0].item() for v in s.vp_alpha_sigma(t[:1]))
         assert xt.mean().item() == pytest.approx(alpha * 0.7, abs=0.01)
         assert xt.std().item() == pytest.approx(sigma, rel=0.01)
         assert torch.allclose(xt, alpha * x0 + sigma * eps, atol=1e-5)

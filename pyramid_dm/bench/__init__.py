@@ -1,4 +1,4 @@
-"""``python -m pyramid_dm bench {unet,ddp,fid-floor}``; ``ddp`` and ``fid-floor`` are described in their modules.
+"""``python -m pyramid_dm bench {unet,ddp,fid-floor,guidance}``; the others are described in their modules.
 
 ``bench unet``: one UNet training step (forward + backward) against diffusers' UNet2DModel.
 
@@ -95,7 +95,7 @@ def bench_unet(args) -> float:
     if device.type == "cuda":
         from lightning.fabric.utilities.throughput import get_available_flops
 
-        from ..eval.cost import training_flops
+        from ..flops import training_flops
 
         flops = training_flops(lambda: build_pair(args)[0], (args.channels, args.image_size, args.image_size), 1)
         peak = get_available_flops(device, dtype or torch.float32)
@@ -125,8 +125,10 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--num", type=int, nargs="+", default=[1000], help="val images compared (one row per value)")
     f.add_argument("--features", default="auto")
     from .ddp import add_parser as add_ddp_parser
+    from .guidance import add_parser as add_guidance_parser
 
     add_ddp_parser(sub)
+    add_guidance_parser(sub)
     return p
 
 
@@ -138,6 +140,10 @@ def main(argv: list[str]) -> int:
         from .fid_floor import fid_floor
 
         fid_floor(args.shards, args.resize, args.num, args.features)
+    elif args.what == "guidance":
+        from .guidance import bench_guidance
+
+        bench_guidance(args)
     elif args.what == "ddp":
         from .ddp import bench_ddp
 

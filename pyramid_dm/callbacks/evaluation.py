@@ -74,11 +74,12 @@ class SampleQuality(L.Callback):
         mine = [rank + world * i for i in range(per_rank)]
         was_training = pl_module.training
         pl_module.eval()
-        images, _, seconds = generate(pl_module, self.sampler, self.steps, mine[:1], batch_size, self.seed, False)
+        model = pl_module.for_sampling(ema=True)
+        images, _, seconds = generate(model, self.sampler, self.steps, mine[:1], batch_size, self.seed, False)
         slowest = float(trainer.strategy.reduce(torch.tensor(seconds, device=pl_module.device), reduce_op="max"))
         fits = max(1, min(per_rank, int(self.time_budget_s // max(slowest, 1e-9))))
         if fits > 1:
-            more, _, _ = generate(pl_module, self.sampler, self.steps, mine[1:fits], batch_size, self.seed, False)
+            more, _, _ = generate(model, self.sampler, self.steps, mine[1:fits], batch_size, self.seed, False)
             images = torch.cat([images, more])
         pl_module.train(was_training)
         extractor = self.extractor.to(pl_module.device)

@@ -9,18 +9,18 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from ..diffusion import SAMPLERS
-from ..errors import UserError
+from ..engine import check_sampler as check_sampler_name
+from ..engine import check_steps
 from ..images import make_grid, save_png
 
 
 def check_sampler(owner: str, sampler: str | None, steps: int | None) -> None:
     """A callback's sampler settings, checked when the config is read rather than at the first grid (None: the
     model's own, per level for a pyramid)."""
-    if sampler is not None and sampler not in SAMPLERS:
-        raise UserError(f"{owner} {sampler!r} is not one of {sorted(SAMPLERS)}")
-    if steps is not None and int(steps) < 1:
-        raise UserError(f"{owner.rsplit('.', 1)[0]}.steps must be >= 1, got {steps}")
+    if sampler is not None:
+        check_sampler_name(sampler, owner)
+    if steps is not None:
+        check_steps([steps], f"{owner.rsplit('.', 1)[0]}.steps")
 
 
 class SampleGrid(L.Callback):
@@ -56,26 +56,23 @@ class SampleGrid(L.Callback):
 
     @rank_zero_only
     def log_samples(self, trainer: L.Trainer, pl_module) -> None:
-        k = getattr(pl_module, "num_classes", 0)
-        labels = torch.arange(self.num_samples) % k if k else None
-        g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        model = pl_module.for_sampling(ema=True)
+        labels = model.sample_labels(0, self.num_samples)
+        g = torch.Generator(device=model.device).manual_seed(self.seed)
         start = time.perf_counter()
         was_training = pl_module.training
         pl_module.eval()
-        images, levels = pl_module.sample(
+        images, levels = model.sample(
             self.num_samples, self.sampler, self.steps, labels=labels, generator=g, return_levels=True
         )
         seconds = time.perf_counter() - start
         step = trainer.global_step
-        h = pl_module.hparams
-        sampler = self.sampler or h.get("level_samplers") or h.get("sampler")
-        steps = self.steps or h.get("level_steps") or h.get("sample_steps")
-        how = f"{sampler} {steps} steps"
+        how = model.plan.describe(*model.plan.resolve(self.sampler, self.steps))
         caption = f"step {step} | {how} | EMA | seed {self.seed} | {seconds:.1f} s"
         grids = {"samples": make_grid(images)}
         if len(levels) > 1:
             with torch.no_grad():
-                partial = [pl_module.decode(levels[: k + 1]).clamp(-1, 1) for k in range(len(levels))]
+                partial = [model.decode(levels[: k + 1]).clamp(-1, 1) for k in range(len(levels))]
             for k, part in enumerate(partial[:-1]):
                 grids[f"samples/level{k}"] = make_grid(part)
             n = min(self.strip_samples, self.num_samples)

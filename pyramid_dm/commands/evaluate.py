@@ -20,10 +20,12 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoints import DIFFUSION_FAMILIES, family_of, migrate, read_checkpoint
 from ..config import load_config
 from ..data.builtin import shard_location
 from ..data.manifest import Manifest
 from ..diffusion import DISCRETIZATIONS, SAMPLERS
+from ..engine import check_discretization, check_sampler, engine_from_checkpoint, per_level
 from ..errors import UserError
 from ..eval.evaluate import evaluate_grid
 from ..eval.features import build_features
@@ -62,74 +64,50 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no_progress", action="store_true")
     args = p.parse_args(argv)
     for name in args.sampler:
-        if name not in SAMPLERS:
-            raise UserError(f"--sampler {name!r} is not one of {sorted(SAMPLERS)}")
+        check_sampler(name, "--sampler")
     if args.nfe:
         args.steps = args.nfe
     if args.level_steps:
         args.steps = [args.level_steps]
     if min(min(n) if isinstance(n, list) else n for n in args.steps) < 1:
         raise UserError(f"--{'nfe' if args.nfe else 'steps'} must be >= 1, got {args.steps}")
-    if args.discretization is not None and args.discretization not in DISCRETIZATIONS:
-        raise UserError(f"--discretization {args.discretization!r} is not one of {list(DISCRETIZATIONS)}")
+    check_discretization(args.discretization, "--discretization")
     if args.num_samples < 2:
         raise UserError(f"--num_samples must be >= 2, got {args.num_samples}")
     return args
 
 
-def load_checkpoint(path: str) -> dict:
-    if not Path(path).is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path} is not a readable PyTorch checkpoint ({exc})") from exc
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise UserError(f"{path} is not a pyramid_dm training checkpoint (no state_dict / hyper_parameters)")
-    return ckpt
-
-
-def _import(class_path: str):
+def _family_of_class(class_path: str) -> str | None:
+    """The family of a config's model class (imported: configs are as trusted as code)."""
     module, _, name = class_path.rpartition(".")
     try:
-        return getattr(importlib.import_module(module), name)
+        cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as exc:
         raise UserError(f"cannot import {class_path!r} ({exc})") from exc
+    return getattr(cls, "family", None)
 
 
-def build_model(ckpt: dict, ckpt_path: str, config: dict | None, device: torch.device):
-    """The model class recorded in the checkpoint with its hyperparameters and weights; its family must match the
-    config's model (a latent config cannot evaluate a pixel checkpoint)."""
-    from ..models import DiffusionModel
-
-    hparams = dict(ckpt["hyper_parameters"])
-    stamp = ckpt.get("pyramid_dm", {})
-    class_path = stamp.get("class_path") or hparams.get("_class_path")
-    if not class_path:
-        raise UserError(f"{ckpt_path} does not record its model class; it was not written by pyramid_dm fit")
-    cls = _import(class_path)
-    if not (isinstance(cls, type) and issubclass(cls, DiffusionModel)):
-        raise UserError(
-            f"{ckpt_path} holds a {class_path}, not a diffusion model; evaluate needs a diffusion checkpoint"
-        )
-    family = stamp.get("family", cls.family)
+def build_model(ckpt: dict, ckpt_path: str, config: dict | None, device: torch.device, ema: bool = True):
+    """The engine of a read checkpoint (its EMA weights, or the raw ones), on ``device``; its family must be a
+    diffusion family and match the config's model (a latent config cannot evaluate a pixel checkpoint)."""
+    migrate(ckpt)
+    family = family_of(ckpt)
+    if family not in DIFFUSION_FAMILIES:
+        found = ckpt["pyramid_dm"].get("class_path") or "not a pyramid_dm checkpoint"
+        raise UserError(f"{ckpt_path} holds a {found}, not a diffusion model; this command needs a diffusion one")
     want_path = ((config or {}).get("model") or {}).get("class_path")
     if want_path:
-        want = _import(want_path)
-        want_family = getattr(want, "family", None)
+        want_family = _family_of_class(want_path)
         if want_family != family:
             raise UserError(
-                f"{ckpt_path} is a {family} diffusion checkpoint ({class_path}) but the config's model is "
-                f"{want_path} ({want_family}); pass the config the checkpoint was trained with"
+                f"{ckpt_path} is a {family} diffusion checkpoint ({ckpt['pyramid_dm'].get('class_path')}) but the "
+                f"config's model is {want_path} ({want_family}); pass the config the checkpoint was trained with"
             )
-    kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
-    try:
-        model = cls(**kwargs)
-        model.on_load_checkpoint(ckpt)
-        model.load_state_dict(ckpt["state_dict"])
-    except (TypeError, RuntimeError) as exc:
-        raise UserError(f"{ckpt_path}: weights do not fit {class_path} ({exc})") from exc
-    return model.to(device).eval()
+    return engine_from_checkpoint(ckpt, ckpt_path, ema).to(device).eval()
+
+
+def load_checkpoint(path: str) -> dict:
+    return read_checkpoint(path, "--ckpt_path")
 
 
 def resolve_data(config: dict | None, ckpt: dict, ckpt_path: str) -> tuple[Manifest, int]:
@@ -193,7 +171,7 @@ def main(argv: list[str]) -> int:
     device = pick_device(args.device)
     model = build_model(ckpt, args.ckpt_path, config, device)
     if args.level_steps:
-        model.per_level("--level_steps", args.level_steps, None)
+        per_level("--level_steps", args.level_steps, model.num_levels)
     manifest, image_size = resolve_data(config, ckpt, args.ckpt_path)
     if (manifest.channels, image_size) != model.image_shape[:2]:
         raise UserError(
@@ -227,7 +205,7 @@ def main(argv: list[str]) -> int:
         "ckpt_path": str(args.ckpt_path),
         "global_step": ckpt.get("global_step"),
         "config": str(config_path) if config_path else None,
-        "model": type(model).__name__,
+        "model": ckpt["pyramid_dm"].get("class_path", "").rpartition(".")[2],
         "family": model.family,
         "dataset": manifest.name,
         "shards": str(manifest.path),

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from ..diffusion import DISCRETIZATIONS, SAMPLERS
+from ..engine import check_discretization, check_sampler, check_steps
 from ..errors import UserError
 from ..eval.sampling import generate
 from ..images import make_grid, save_png, to_uint8
@@ -64,12 +65,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace samples already in --out")
     args = p.parse_args(argv)
     for name in args.sampler or []:
-        if name not in SAMPLERS:
-            raise UserError(f"--sampler {name!r} is not one of {sorted(SAMPLERS)}")
-    if args.discretization is not None and args.discretization not in DISCRETIZATIONS:
-        raise UserError(f"--discretization {args.discretization!r} is not one of {list(DISCRETIZATIONS)}")
-    if args.steps and min(args.steps) < 1:
-        raise UserError(f"--steps must be >= 1, got {args.steps}")
+        check_sampler(name, "--sampler")
+    check_discretization(args.discretization, "--discretization")
+    check_steps(args.steps or [], "--steps")
     if args.num_samples < 1 or args.batch_size < 1:
         raise UserError(f"--num_samples and --batch_size must be >= 1, got {args.num_samples}, {args.batch_size}")
     return args
@@ -90,32 +88,15 @@ def one_or_list(values: list):
     return values[0] if len(values) == 1 else values
 
 
-def per_level(model, flag: str, given: list | None, default, ckpt_path: str) -> list:
-    """One value per level of ``model``: the one given, one given per level, or the model's default."""
-    if not given:
-        given = default if isinstance(default, list | tuple) else [default]
-    given = list(given)
-    if len(given) == 1:
-        return given * model.num_levels
-    if len(given) != model.num_levels:
-        raise UserError(
-            f"{flag} {given} gives {len(given)} values but {ckpt_path} is a {model.num_levels}-level model: give "
-            f"one value, or one per level (coarse first)"
-        )
-    return given
-
-
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if (args.out / "samples.json").exists() and not args.overwrite:
         raise UserError(f"{args.out} already holds samples.json; pass --overwrite to replace it, or choose --out")
     ckpt = load_checkpoint(args.ckpt_path)
     device = pick_device(args.device)
-    model = build_model(ckpt, args.ckpt_path, None, device)
+    model = build_model(ckpt, args.ckpt_path, None, device, ema=not args.no_ema)
     labels = sample_labels(model, args)
-    h = model.hparams
-    sampler = per_level(model, "--sampler", args.sampler, h.get("level_samplers") or h.sampler, args.ckpt_path)
-    steps = per_level(model, "--steps", args.steps, h.get("level_steps") or h.sample_steps, args.ckpt_path)
+    sampler, steps = model.plan.resolve(args.sampler, args.steps, ("--sampler", "--steps"))
     options = dict(args.option)
     guidance = {"guidance": args.guidance, "guidance_rescale": args.guidance_rescale}
     if args.guidance_interval:
@@ -132,7 +113,6 @@ def main(argv: list[str]) -> int:
             args.seed,
             progress=False,
             labels=labels,
-            ema=not args.no_ema,
             discretization=args.discretization,
             **guidance,
             **options,
@@ -149,14 +129,14 @@ def main(argv: list[str]) -> int:
     record = {
         "ckpt_path": str(args.ckpt_path),
         "global_step": ckpt.get("global_step"),
-        "model": type(model).__name__,
+        "model": ckpt["pyramid_dm"].get("class_path", "").rpartition(".")[2],
         "family": model.family,
         "ema": not args.no_ema,
         "levels": [list(shape) for shape in model.level_shapes],
         # one value for a single-level model, one per level (coarse first) for a pyramid
         "sampler": sampler[0] if model.num_levels == 1 else sampler,
         "steps": steps[0] if model.num_levels == 1 else steps,
-        "discretization": args.discretization or one_or_list([model.default_discretization(n) for n in sampler]),
+        "discretization": args.discretization or one_or_list([model.plan.grid(n) for n in sampler]),
         "sampler_options": options,
         "nfe": sum(nfe),
         "level_nfe": nfe,

@@ -3,7 +3,9 @@ No Lightning here."""
 
 from .discretization import DISCRETIZATIONS, sampling_sigmas, sampling_times
 from .guidance import ClassifierFreeGuidance
-from .losses import WEIGHTINGS, diffusion_loss, loss_weight
+from .layouts import LAYOUTS, FridoLayout, Layout, NativeLayout
+from .levels import LevelGeometry, check_resolutions
+from .losses import WEIGHTINGS, DiffusionLoss, diffusion_loss, loss_weight
 from .parameterization import PREDICTIONS, Denoiser, DenoiserFn, coefficients, network_input, network_target
 from .pyramid import augment_context, context_of, mix_context, snap_to, upsample_to
 from .samplers import (
@@ -39,7 +41,14 @@ __all__ = [
     "SCHEDULES",
     "TRAINING_NOISE",
     "WEIGHTINGS",
+    "LAYOUTS",
     "ClassifierFreeGuidance",
+    "DiffusionLoss",
+    "FridoLayout",
+    "Layout",
+    "LevelGeometry",
+    "NativeLayout",
+    "check_resolutions",
     "CountingDenoiser",
     "Denoiser",
     "DenoiserFn",

@@ -2,8 +2,7 @@
 
 - ``leading`` / ``trailing`` / ``linspace``: uniform in the schedule's time t, with diffusers' ``timestep_spacing``
   conventions on a discrete T-step schedule (continuous schedules: t evenly over (0, 1] whatever the spacing);
-- ``karras``: sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, rho = 7
-  (Karras et al. 2022, Eq. 5);
+- ``karras``: the Karras ramp (:mod:`.karras`) at i / (N - 1), rho = 7 (Karras et al. 2022, Eq. 5);
 - ``logsnr``: uniform in log-SNR between sigma_max and sigma_min (DPM-Solver's ``skip_type="logSNR"``, Lu et al. 2022).
 sigma_min and sigma_max are the schedule's (:meth:`NoiseSchedule.sigma_range`).
 """
@@ -15,6 +14,7 @@ import math
 import torch
 from torch import Tensor
 
+from .karras import karras_sigma
 from .schedules import NoiseSchedule
 
 SPACINGS = ("leading", "trailing", "linspace")
@@ -53,8 +53,7 @@ def sampling_times(schedule: NoiseSchedule, steps: int, spacing: str = "leading"
 def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> Tensor:
     steps = check_steps(steps)
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return torch.cat([(hi + ramp * (lo - hi)) ** rho, torch.zeros(1, dtype=torch.float64)])
+    return torch.cat([karras_sigma(ramp, sigma_min, sigma_max, rho), torch.zeros(1, dtype=torch.float64)])
 
 
 def logsnr_sigmas(sigma_min: float, sigma_max: float, steps: int) -> Tensor:

@@ -85,7 +85,7 @@ def network_target(prediction: str, x0: Tensor, eps: Tensor, sigma: Tensor, sigm
 
 
 class Denoiser(nn.Module):
-    """Wraps a network ``net(x_in, noise_level, **cond)`` into D(x~; sigma~) -> x0_hat (see the module docstring).
+    """Wraps a network ``net(x_in, c_noise, **cond)`` into D(x~; sigma~) -> x0_hat (see the module docstring).
 
     ``clip_x0`` clamps x0_hat to the data range [-1, 1] (pixel space only). The network runs in its own dtype;
     the sampler's state (float64 in our samplers) is cast for it and the output cast back.
@@ -104,7 +104,7 @@ class Denoiser(nn.Module):
         self.net, self.schedule = net, schedule
         self.prediction, self.sigma_data, self.clip_x0 = prediction, sigma_data, clip_x0
 
-    def noise_level(self, sigma: Tensor, t: Tensor | None = None) -> Tensor:
+    def c_noise(self, sigma: Tensor, t: Tensor | None = None) -> Tensor:
         """c_noise: the schedule time t(sigma) for eps/x0/v networks, ln(sigma)/4 for EDM ones (float64)."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
         if self.prediction == "edm":
@@ -121,8 +121,8 @@ class Denoiser(nn.Module):
 
     def network(self, x_in: Tensor, sigma: Tensor, t: Tensor | None = None, **cond) -> Tensor:
         """F(x_in; c_noise) on a batch, ``x_in`` already scaled by c_in."""
-        level = self.noise_level(sigma, t).to(device=x_in.device, dtype=torch.float32).expand(x_in.shape[0])
-        return self.net(x_in.to(self._net_dtype(x_in)), level, **cond)
+        c_noise = self.c_noise(sigma, t).to(device=x_in.device, dtype=torch.float32).expand(x_in.shape[0])
+        return self.net(x_in.to(self._net_dtype(x_in)), c_noise, **cond)
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float64)

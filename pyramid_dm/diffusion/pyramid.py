@@ -37,7 +37,7 @@ def context_of(levels: list[Tensor], size: int) -> Tensor | None:
 
 def augment_context(context: Tensor, schedule: NoiseSchedule, t: Tensor, noise: Tensor) -> Tensor:
     """alpha_t c + sigma_t eps on the given schedule, per-sample ``t`` in [0, 1] (t = 0: the clean context)."""
-    alpha, sigma = schedule.alpha_sigma(torch.as_tensor(t, dtype=torch.float64).cpu())
+    alpha, sigma = schedule.vp_alpha_sigma(torch.as_tensor(t, dtype=torch.float64).cpu())
     return expand(alpha, context).to(context.dtype) * context + expand(sigma, context).to(context.dtype) * noise
 
 

@@ -20,6 +20,8 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from .karras import karras_ramp, karras_sigma
+
 LOG_SNR_MIN, LOG_SNR_MAX = -30.0, 30.0  # sigma~ in [3e-7, 3.3e6]: zero terminal SNR stays finite in float64
 ZTSNR_SIGMA_MAX = 4096.0  # sigma-space grids of a zero-terminal-SNR schedule start here (alpha_bar = 2^-24)
 
@@ -34,7 +36,7 @@ class NoiseSchedule:
     def log_snr(self, t: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+    def vp_alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """(alpha_t, sigma_t) in float64; t <= 0 is the clean data, alpha = 1 and sigma = 0 exactly."""
         t = torch.as_tensor(t, dtype=torch.float64)
         lam = self.log_snr(t)
@@ -42,7 +44,7 @@ class NoiseSchedule:
         return torch.where(clean, 1.0, torch.sigmoid(lam).sqrt()), torch.where(clean, 0.0, torch.sigmoid(-lam).sqrt())
 
     def alpha_bar(self, t: Tensor) -> Tensor:
-        return self.alpha_sigma(t)[0] ** 2
+        return self.vp_alpha_sigma(t)[0] ** 2
 
     def snr(self, t: Tensor) -> Tensor:
         return self.log_snr(torch.as_tensor(t, dtype=torch.float64)).exp()
@@ -252,8 +254,8 @@ class ContinuousSigmoidSchedule(NoiseSchedule):
 
 
 class EDMSchedule(NoiseSchedule):
-    """The EDM noise range (Karras et al. 2022) as a schedule: sigma~(t) = (sigma_min^(1/rho) (1 - t) +
-    sigma_max^(1/rho) t)^rho on (0, 1], so a uniform t grid is the Karras discretization. Train it with
+    """The EDM noise range (Karras et al. 2022) as a schedule: sigma~(t) is the Karras ramp (:mod:`.karras`) at
+    1 - t on (0, 1], so a uniform t grid is the Karras discretization. Train it with
     ``training_noise="lognormal"`` and the ``edm`` parameterization."""
 
     name = "edm"
@@ -262,15 +264,12 @@ class EDMSchedule(NoiseSchedule):
         self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
         self.t_min = 0.0
 
-    def log_snr(self, t: Tensor) -> Tensor:
-        r = 1 / self.rho
-        sigma = (self.sigma_min**r * (1 - t.double()) + self.sigma_max**r * t.double()) ** self.rho
-        return -2 * sigma.log()
+    def log_snr(self, t: Tensor) -> Tensor:  # t is the Karras ramp run backwards: t = 1 - r
+        return -2 * karras_sigma(1 - t.double(), self.sigma_min, self.sigma_max, self.rho).log()
 
     def t_of_log_snr(self, lam: Tensor) -> Tensor:
-        r = 1 / self.rho
-        s = torch.exp(-torch.as_tensor(lam, dtype=torch.float64) / 2) ** r
-        return ((s - self.sigma_min**r) / (self.sigma_max**r - self.sigma_min**r)).clamp(0, 1)
+        sigma = torch.exp(-torch.as_tensor(lam, dtype=torch.float64) / 2)
+        return 1 - karras_ramp(sigma, self.sigma_min, self.sigma_max, self.rho)
 
     def sigma_range(self) -> tuple[float, float]:
         return self.sigma_min, self.sigma_max
@@ -308,10 +307,10 @@ class ZeroTerminalSNRSchedule(NoiseSchedule):
     def __init__(self, base: NoiseSchedule):
         self.base, self.num_steps, self.t_min = base, base.num_steps, base.t_min
         self.name = f"{base.name}+ztsnr"
-        self.a_end = float(base.alpha_sigma(torch.ones(1))[0])
+        self.a_end = float(base.vp_alpha_sigma(torch.ones(1))[0])
 
     def log_snr(self, t: Tensor) -> Tensor:
-        a = (self.base.alpha_sigma(t)[0] - self.a_end) / (1 - self.a_end)
+        a = (self.base.vp_alpha_sigma(t)[0] - self.a_end) / (1 - self.a_end)
         return _log_snr_of_alpha_bar(a.clamp(min=0) ** 2)
 
 
@@ -365,5 +364,5 @@ def training_noise_levels(
 def q_sample(x0: Tensor, t: Tensor, schedule: NoiseSchedule, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Forward noising q(x_t | x0): returns (x_t, eps)."""
     eps = torch.randn_like(x0) if noise is None else noise
-    alpha, sigma = (a.to(x0.dtype).view(-1, *([1] * (x0.ndim - 1))) for a in schedule.alpha_sigma(t))
+    alpha, sigma = (a.to(x0.dtype).view(-1, *([1] * (x0.ndim - 1))) for a in schedule.vp_alpha_sigma(t))
     return alpha * x0 + sigma * eps, eps

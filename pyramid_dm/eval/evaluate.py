@@ -36,7 +36,7 @@ def evaluate_grid(
         images, cost = sample_with_cost(model, sampler, n, num_samples, batch_size, seed, progress, **options)
         fake = extract(extractor.to(model.device), images)
         row = cost.as_dict()
-        row.update(discretization=discretization or model.default_discretization(sampler), guidance=guidance)
+        row.update(discretization=model.plan.grid(sampler, discretization), guidance=guidance)
         row.update(num_samples=len(images), num_real=len(real))
         row.update(quality_metrics(real, fake, extractor.name, kid_subset_size))
         rows.append(row)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..checkpoints import read_torch_file
 from ..errors import UserError
 from ..nets.classifier import SmallClassifier
 
@@ -50,8 +51,8 @@ class ClassifierFeatures(FeatureExtractor):
                 f"--shards ... --name NAME --out {path}`"
             )
         blob = path.read_bytes()
+        ckpt = read_torch_file(path, "classifier weights")
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
             self.net = SmallClassifier(**ckpt["config"])
             self.net.load_state_dict(ckpt["state_dict"])
         except Exception as exc:

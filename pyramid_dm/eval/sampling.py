@@ -1,6 +1,6 @@
 """Generate evaluation samples and measure what they cost: NFE, FLOPs per call and per sample (decoder included),
-wall-clock, images/s, peak memory and GPU energy. Works with any model that has ``sample``, ``denoiser``,
-``decode``, ``latent_shape`` and ``sample_labels`` (every :class:`~pyramid_dm.models.DiffusionModel`)."""
+wall-clock, images/s, peak memory and GPU energy. Works with any :class:`~pyramid_dm.engine.Generator`: an engine
+(``load_engine``), or a LightningModule's ``for_sampling()``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ..diffusion import CountingDenoiser
 from ..images import to_uint8
-from .cost import EnergyMeter, PeakMemory, count_params
+from .cost import EnergyMeter, PeakMemory
 
 
 @dataclass
@@ -64,7 +64,6 @@ def generate(
     seed: int = 0,
     progress: bool = True,
     labels: Tensor | None = None,
-    ema: bool = True,
     **options,
 ) -> tuple[Tensor, list[int], float]:
     """Samples for the given evaluation batches (quantized like real PNGs, on the CPU), the network calls per sample
@@ -92,7 +91,6 @@ def generate(
             steps,
             labels=batch_labels,
             generator=batch_generator(seed, b, model.device),
-            ema=ema,
             wrap=count,
             **options,
         )
@@ -125,7 +123,7 @@ def sample_with_cost(
         sampler=sampler,
         steps=steps,
         nfe=total_nfe,
-        params=count_params(model.denoiser(ema=True).net) + _first_stage_params(model),
+        params=model.num_params(),
         gflops_per_call=network / max(total_nfe, 1) / 1e9,
         decoder_gflops=decoder / 1e9,
         gflops_per_sample=(network + decoder) / 1e9,
@@ -138,8 +136,3 @@ def sample_with_cost(
         levels=levels,
     )
     return images[:num_samples], cost
-
-
-def _first_stage_params(model) -> int:
-    stage = getattr(model, "first_stage", None)
-    return count_params(stage) if isinstance(stage, torch.nn.Module) else 0

@@ -1,7 +1,9 @@
-"""LightningModules: they orchestrate training, validation, EMA and sampling; the math lives in ``diffusion``."""
+"""LightningModules: they orchestrate training, validation, EMA and logging; the engine (``pyramid_dm.engine``) and
+the math (``pyramid_dm.diffusion``) do the rest."""
 
+from ..engine import ema_net_from_checkpoint
 from .autoencoder import AutoencoderModel
-from .diffusion import DiffusionModel, PixelDiffusion, UNetArgs, ema_net_from_checkpoint
+from .diffusion import DiffusionModel, PixelDiffusion, UNetArgs
 from .latent import LatentDiffusion
 from .pyramid import PyramidDiffusion
 

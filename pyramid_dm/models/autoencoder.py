@@ -15,14 +15,16 @@ import random
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.fabric.utilities.throughput import measure_flops
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from .. import compat
+from ..checkpoints import stamp
 from ..errors import UserError
+from ..flops import measure_flops
 from ..nets import PatchDiscriminator
 from ..nets.autoencoder import build_autoencoder
-from .common import check_data_shape, checkpoint_stamp
+from .common import check_data_shape, data_batch_size
 
 
 def psnr(x: Tensor, y: Tensor) -> Tensor:
@@ -134,7 +136,7 @@ class AutoencoderModel(L.LightningModule):
             opt_d.zero_grad()
             self.manual_backward(d_loss)
             # the raw optimizer: a LightningOptimizer step would count as a second global step per batch
-            opt_d.optimizer.step()
+            compat.raw_optimizer(opt_d).step()
             self.log("train/d_loss", d_loss)
         logs = {"train/loss": loss, "train/rec_loss": rec_loss, "train/reg_loss": reg}
         if keep == self.net.levels:
@@ -176,12 +178,12 @@ class AutoencoderModel(L.LightningModule):
 
     def on_fit_start(self) -> None:
         check_data_shape(self, "autoencoder")
-        batch_size = getattr(getattr(getattr(self.trainer, "datamodule", None), "hparams", None), "batch_size", None)
+        batch_size = data_batch_size(self)
         if batch_size:  # read by ThroughputMonitor for flops_per_sec and MFU
             self.flops_per_batch = self.training_flops(batch_size)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["pyramid_dm"] = checkpoint_stamp(self)
+        checkpoint["pyramid_dm"] = stamp("autoencoder", type(self))
 
     def configure_optimizers(self):
         h = self.hparams

@@ -1,4 +1,4 @@
-"""What every pyramid_dm LightningModule does alike: check the data it is fitted on, stamp its checkpoints."""
+"""What every pyramid_dm LightningModule does alike: check the data it is fitted on, read its batch size."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ def check_data_shape(module: L.LightningModule, what: str = "model") -> None:
         )
 
 
-def checkpoint_stamp(module: L.LightningModule, **extra) -> dict:
-    """``checkpoint["pyramid_dm"]``: the family and class that wrote it (what loaders check), plus ``extra``."""
-    return {"family": module.family, "class_path": f"{type(module).__module__}.{type(module).__name__}", **extra}
+def data_batch_size(module: L.LightningModule) -> int | None:
+    """Per-rank batch size of the attached data module, if it has one."""
+    dm = getattr(module.trainer, "datamodule", None)
+    return getattr(getattr(dm, "hparams", None), "batch_size", None)

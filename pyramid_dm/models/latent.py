@@ -2,33 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import UserError
-from ..stages import AutoencoderStage, FirstStage, load_autoencoder_checkpoint
 from .diffusion import DiffusionModel
-
-
-def autoencoder_stage(model: DiffusionModel, path: str, levels: str) -> FirstStage:
-    """The frozen autoencoder of checkpoint ``path`` (model.autoencoder_ckpt), checked against the data and the
-    number of levels the model wants (``single`` or ``multi``)."""
-    ae = load_autoencoder_checkpoint(path)
-    h, ah = model.hparams, ae["hparams"]
-    if (ah["channels"], ah["image_size"]) != (h.channels, h.image_size):
-        raise UserError(
-            f"model.autoencoder_ckpt {path!r} was trained on {ah['channels']}x{ah['image_size']}x{ah['image_size']} "
-            f"images but the data gives {h.channels}x{h.image_size}x{h.image_size}"
-        )
-    n = int(ah.get("levels", 1))
-    if levels == "single" and n != 1:
-        raise UserError(
-            f"model.autoencoder_ckpt {path!r} is a {n}-level multi-scale autoencoder; use "
-            "pyramid_dm.models.PyramidDiffusion with first_stage: autoencoder for it"
-        )
-    if levels == "multi" and n < 2:
-        raise UserError(
-            f"model.autoencoder_ckpt {path!r} has a single latent level; pyramid diffusion needs a multi-scale "
-            "autoencoder (levels >= 2), or use pyramid_dm.models.LatentDiffusion"
-        )
-    return AutoencoderStage(ah, ae["state_dict"])
 
 
 class LatentDiffusion(DiffusionModel):
@@ -47,9 +21,3 @@ class LatentDiffusion(DiffusionModel):
         self, image_size: int, channels: int, autoencoder_ckpt: str = "", scale_latents: bool = True, **kwargs
     ):
         super().__init__(image_size, channels, **kwargs)
-
-    def build_first_stage(self) -> FirstStage:
-        return autoencoder_stage(self, self.hparams.autoencoder_ckpt, "single")
-
-    def initial_latent_scale(self) -> float:
-        return float("nan") if self.hparams.scale_latents else 1.0

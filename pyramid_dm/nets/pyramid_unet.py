@@ -70,25 +70,25 @@ class PyramidUNet(nn.Module):
     def forward(
         self,
         x: Tensor,
-        noise_level: Tensor,
+        c_noise: Tensor,
         class_labels: Tensor | None = None,
         *,
         level: int = 0,
         context: Tensor | None = None,
-        aug_level: Tensor | None = None,
+        aug_t: Tensor | None = None,
     ) -> Tensor:
         """Level ``level``'s output for its noisy latent ``x`` given ``context`` (B, context_channels[level], H, W),
-        noised at ``aug_level`` (per sample, in [0, 1]; None = clean)."""
+        noised at ``aug_t`` (per sample, in [0, 1]; None = clean)."""
         want = self.context_channels[level]
         got = 0 if context is None else context.shape[1]
         if got != want:
             raise ValueError(f"level {level} takes a context of {want} channels, got {got}")
         body = self.bodies[level if len(self.bodies) > 1 else 0]
         b = x.shape[0]
-        emb = body.embed(noise_level.expand(b), class_labels)
+        emb = body.embed(c_noise.expand(b), class_labels)
         emb = emb + self.level_emb(torch.full((b,), level, device=x.device, dtype=torch.long))
         if want:
-            aug = torch.zeros(b, device=x.device) if aug_level is None else aug_level.to(x.device).float().expand(b)
+            aug = torch.zeros(b, device=x.device) if aug_t is None else aug_t.to(x.device).float().expand(b)
             emb = emb + self.aug_mlp(sinusoidal_embedding(aug * body.time_scale, body.base_channels))
             context = context.to(x.dtype)
             x = torch.cat([x, context], dim=1)

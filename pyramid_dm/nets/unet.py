@@ -1,6 +1,6 @@
 """UNet for images (the DDPM layout of Ho et al. 2020; same block structure as diffusers' ``UNet2DModel``).
 
-A plain network of (x, noise_level, class_labels): it knows nothing about diffusion. ``noise_level`` is any per-sample
+A plain network of (x, c_noise, class_labels): it knows nothing about diffusion. ``c_noise`` is any per-sample
 scalar (the engine passes t in [0, 1]); it is embedded sinusoidally after multiplying by ``time_scale``.
 """
 
@@ -102,8 +102,8 @@ class UNet(nn.Module):
     Args:
         in_channels / out_channels: image channels in and out (out defaults to in).
         image_size: input resolution, used to place attention at ``attention_resolutions``.
-        base_channels, channel_mult: width of level i is base_channels * channel_mult[i]; one 2x down/up per level.
-        num_res_blocks: residual blocks per encoder level (the decoder has one more, as in DDPM).
+        base_channels, channel_mult: width of stage i is base_channels * channel_mult[i]; one 2x down/up per stage.
+        num_res_blocks: residual blocks per encoder stage (the decoder has one more, as in DDPM).
         attention_resolutions: resolutions (in pixels) whose blocks get self-attention; the middle block always does.
         num_classes: if set, adds a learned class embedding; label ``num_classes`` (or ``None``) means unconditional.
         headless: no input/output convolutions (``in_channels`` / ``out_channels`` unused): the shared body of a
@@ -132,7 +132,7 @@ class UNet(nn.Module):
         super().__init__()
         n_down = len(channel_mult) - 1
         if image_size % (2**n_down):
-            raise ValueError(f"image_size {image_size} is not divisible by 2^{n_down} for {len(channel_mult)} levels")
+            raise ValueError(f"image_size {image_size} is not divisible by 2^{n_down} for {len(channel_mult)} stages")
         widths = [base_channels * m for m in channel_mult]
         emb_dim, self.base_channels, self.time_scale = 4 * base_channels, base_channels, time_scale
         self.num_classes = num_classes
@@ -167,32 +167,32 @@ class UNet(nn.Module):
         self.norm_out = group_norm(ch, norm_groups)
         self.conv_out = None if headless else nn.Conv2d(ch, out_channels or in_channels, 3, padding=1)
 
-    def embed(self, noise_level: Tensor, class_labels: Tensor | None) -> Tensor:
-        emb = self.time_mlp(sinusoidal_embedding(noise_level * self.time_scale, self.base_channels))
+    def embed(self, c_noise: Tensor, class_labels: Tensor | None) -> Tensor:
+        emb = self.time_mlp(sinusoidal_embedding(c_noise * self.time_scale, self.base_channels))
         if self.class_emb is not None:
             if class_labels is None:
                 class_labels = torch.full((emb.shape[0],), self.num_classes, device=emb.device, dtype=torch.long)
             emb = emb + self.class_emb(class_labels)
         return emb
 
-    def forward(self, x: Tensor, noise_level: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        emb = self.embed(noise_level.expand(x.shape[0]), class_labels).to(x.dtype)
+    def forward(self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        emb = self.embed(c_noise.expand(x.shape[0]), class_labels).to(x.dtype)
         return self.conv_out(F.silu(self.norm_out(self.body(self.conv_in(x), emb))))
 
     def body(self, h: Tensor, emb: Tensor, spatial: Tensor | None = None) -> Tensor:
         """Everything between the input and output convolutions: ``h`` has ``width`` channels; ``spatial`` is the
         SPADE condition (with ``spade_channels``). Returns the features before ``norm_out``."""
         hs = [h]
-        for i, level in enumerate(self.down):
-            for res, attn in zip(level.res, level.attn):
+        for i, stage in enumerate(self.down):
+            for res, attn in zip(stage.res, stage.attn):
                 h = attn(res(h, emb, spatial))
                 hs.append(h)
             if i < len(self.downsample):
                 h = self.downsample[i](h)
                 hs.append(h)
         h = self.mid2(self.mid_attn(self.mid1(h, emb, spatial)), emb, spatial)
-        for i, level in enumerate(self.up):
-            for res, attn in zip(level.res, level.attn):
+        for i, stage in enumerate(self.up):
+            for res, attn in zip(stage.res, stage.attn):
                 h = attn(res(torch.cat([h, hs.pop()], dim=1), emb, spatial))
             if i < len(self.upsample):
                 h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))

@@ -1,12 +1,13 @@
 """First stages: what the diffusion engine diffuses in (identity, autoencoder latents, or a pyramid of levels)."""
 
-from .autoencoder import AutoencoderStage, load_autoencoder_checkpoint
+from .autoencoder import AutoencoderStage, autoencoder_stage, load_autoencoder_checkpoint
 from .base import FirstStage
 from .identity import IdentityStage
 from .image_pyramid import ImagePyramid, check_resolutions
 
 __all__ = [
     "AutoencoderStage",
+    "autoencoder_stage",
     "FirstStage",
     "IdentityStage",
     "ImagePyramid",

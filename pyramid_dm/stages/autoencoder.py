@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..checkpoints import read_checkpoint, weights
 from ..errors import UserError
 from ..nets.autoencoder import build_autoencoder
 from .base import FirstStage
@@ -15,24 +16,36 @@ from .base import FirstStage
 def load_autoencoder_checkpoint(path: str | Path, key: str = "autoencoder_ckpt") -> dict:
     """The hyperparameters and network weights of an :class:`~pyramid_dm.models.AutoencoderModel` checkpoint, or a
     clear error naming ``key`` and the file if it is missing, unreadable or holds something else."""
-    if not path:
-        raise UserError(f"model.{key} is not set: name the autoencoder checkpoint (stage one) to diffuse in")
-    p = Path(path)
-    if not p.is_file():
+    hint = (
+        ": name the autoencoder checkpoint (stage one) to diffuse in; train stage one first "
+        "(python -m pyramid_dm fit --config configs/autoencoder/...yaml) and point at its checkpoints/last.ckpt"
+    )
+    ckpt = read_checkpoint(path, f"model.{key}", ("autoencoder",), "an autoencoder", hint)
+    return {"hparams": dict(ckpt["hyper_parameters"]), "state_dict": weights(ckpt, "net.")}
+
+
+def autoencoder_stage(path: str, channels: int, image_size: int, levels: str) -> AutoencoderStage:
+    """The frozen autoencoder of checkpoint ``path`` (model.autoencoder_ckpt), checked against the data and the
+    number of levels the model wants (``single`` or ``multi``)."""
+    ae = load_autoencoder_checkpoint(path)
+    ah = ae["hparams"]
+    if (ah["channels"], ah["image_size"]) != (channels, image_size):
         raise UserError(
-            f"model.{key} {str(p)!r} does not exist; train stage one first "
-            "(python -m pyramid_dm fit --config configs/autoencoder/...yaml) and point at its checkpoints/last.ckpt"
+            f"model.autoencoder_ckpt {path!r} was trained on {ah['channels']}x{ah['image_size']}x{ah['image_size']} "
+            f"images but the data gives {channels}x{image_size}x{image_size}"
         )
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"model.{key} {str(p)!r} is not a readable PyTorch checkpoint ({exc})") from exc
-    stamp = ckpt.get("pyramid_dm", {}) if isinstance(ckpt, dict) else {}
-    if stamp.get("family") != "autoencoder":
-        what = stamp.get("class_path") or "not a pyramid_dm checkpoint"
-        raise UserError(f"model.{key} {str(p)!r} is not an autoencoder checkpoint ({what}); name a stage-one run's")
-    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    return {"hparams": dict(ckpt["hyper_parameters"]), "state_dict": state}
+    n = int(ah["levels"])
+    if levels == "single" and n != 1:
+        raise UserError(
+            f"model.autoencoder_ckpt {path!r} is a {n}-level multi-scale autoencoder; use "
+            "pyramid_dm.models.PyramidDiffusion with first_stage: autoencoder for it"
+        )
+    if levels == "multi" and n < 2:
+        raise UserError(
+            f"model.autoencoder_ckpt {path!r} has a single latent level; pyramid diffusion needs a multi-scale "
+            "autoencoder (levels >= 2), or use pyramid_dm.models.LatentDiffusion"
+        )
+    return AutoencoderStage(ah, ae["state_dict"])
 
 
 class AutoencoderStage(FirstStage):

@@ -13,6 +13,7 @@ class FirstStage(nn.Module):
     """A frozen map images <-> levels. Subclasses set ``level_shapes`` ((C, H, W) per level, coarse first)."""
 
     level_shapes: list[tuple[int, int, int]]
+    image_shape: tuple[int, int, int]  # (C, H, W) of the images it encodes
     pixel_space: bool = False  # levels are images in [-1, 1] (identity, image pyramid): denoised levels are clipped
 
     @property

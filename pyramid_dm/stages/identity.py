@@ -13,6 +13,7 @@ class IdentityStage(FirstStage):
     def __init__(self, channels: int, image_size: int):
         super().__init__()
         self.level_shapes = [(channels, image_size, image_size)]
+        self.image_shape = (channels, image_size, image_size)
 
     def encode(self, images: Tensor) -> list[Tensor]:
         return [images]

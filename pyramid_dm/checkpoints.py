@@ -1,0 +1,99 @@
+"""The one home of reading pyramid_dm checkpoints: the file checks, the stamp, the family check and the migration of
+checkpoints written by older versions. Every loader (``sample``, ``evaluate``, ``fit --ckpt_path``'s model, a latent
+model's autoencoder, :func:`pyramid_dm.engine.load_engine`) goes through :func:`read_checkpoint`.
+
+A checkpoint is Lightning's dict. pyramid_dm adds ``checkpoint["pyramid_dm"]``, the stamp: ``family`` (pixel,
+latent, pyramid, autoencoder), ``class_path`` of the LightningModule, ``format`` (:data:`FORMAT`) and, for diffusion
+models, ``level_shapes``. The ``state_dict`` of a diffusion model holds the engine's weights under ``first_stage.*``,
+``latent_scale``, ``net.*`` and the EMA network under ``ema.module.*`` (the layout since the first release).
+
+Migrations (:func:`migrate`), applied on every read, oldest first:
+- format 0 (before the stamp carried a format): no ``latent_scale`` buffer (pixel models before latent diffusion:
+  all 1); no ``label_dropout`` hyperparameter (trained before label dropout: the null class was never trained, 0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+FORMAT = 1
+DIFFUSION_FAMILIES = ("pixel", "latent", "pyramid")
+
+
+def stamp(family: str, cls: type, **extra) -> dict:
+    """``checkpoint["pyramid_dm"]``: the family and class that wrote it (what loaders check), plus ``extra``."""
+    return {"family": family, "class_path": f"{cls.__module__}.{cls.__name__}", "format": FORMAT, **extra}
+
+
+def read_torch_file(path: str | Path | None, what: str = "checkpoint", hint: str = ""):
+    """Any file written by ``torch.save`` (a checkpoint, classifier weights), loaded with ``weights_only=True`` on the
+    CPU, or one clear error naming ``what`` and the file."""
+    p = Path(path) if path else None
+    if p is None:
+        raise UserError(f"{what} is not set{hint}")
+    if p.is_dir():
+        raise UserError(f"{what} {str(p)!r} is a directory; name a .ckpt file (e.g. {p}/checkpoints/last.ckpt)")
+    if not p.is_file():
+        raise UserError(f"{what} {str(p)!r} does not exist{hint}")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{what} {str(p)!r} is not a readable PyTorch checkpoint ({exc})") from exc
+
+
+def read_checkpoint(
+    path: str | Path,
+    what: str = "checkpoint",
+    families: tuple[str, ...] | None = None,
+    kind: str = "a pyramid_dm",
+    hint: str = "",
+) -> dict:
+    """The checkpoint at ``path``, loaded with ``weights_only=True`` on the CPU, migrated to the current format.
+    ``what`` names it in errors (e.g. ``model.autoencoder_ckpt``); ``families`` (None: any pyramid_dm checkpoint)
+    are the families accepted (``kind`` names them, e.g. "an autoencoder"), checked from the stamp before any class is
+    imported; ``hint`` ends the message of a missing file."""
+    ckpt = read_torch_file(path, what, hint)
+    p = Path(path)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise UserError(f"{what} {str(p)!r} is not a pyramid_dm training checkpoint (no state_dict / hyper_parameters)")
+    ckpt = migrate(ckpt)
+    if families is not None:
+        family = family_of(ckpt)
+        if family not in families:
+            found = ckpt["pyramid_dm"].get("class_path") or "not a pyramid_dm checkpoint"
+            raise UserError(f"{what} {str(p)!r} is not {kind} checkpoint ({found}); name one of {' / '.join(families)}")
+    return ckpt
+
+
+def family_of(ckpt: dict) -> str | None:
+    """The family a checkpoint's stamp names (older checkpoints: from the class path their hyperparameters record)."""
+    st = ckpt.get("pyramid_dm") or {}
+    if st.get("family"):
+        return st["family"]
+    class_path = ckpt.get("hyper_parameters", {}).get("_class_path", "")
+    return {"PixelDiffusion": "pixel", "LatentDiffusion": "latent", "PyramidDiffusion": "pyramid"}.get(
+        class_path.rpartition(".")[2]
+    )
+
+
+def migrate(ckpt: dict) -> dict:
+    """``ckpt`` brought to :data:`FORMAT` in place (see the module docstring); returns it."""
+    st = ckpt.setdefault("pyramid_dm", {})
+    if st.get("format", 0) < 1:
+        hp, state = ckpt["hyper_parameters"], ckpt["state_dict"]
+        if family_of(ckpt) in DIFFUSION_FAMILIES:
+            if "label_dropout" not in hp:
+                hp["label_dropout"] = 0.0
+            if "latent_scale" not in state:
+                state["latent_scale"] = torch.ones(len(st.get("level_shapes") or [None]))
+        st["format"] = 1
+    return ckpt
+
+
+def weights(ckpt: dict, prefix: str) -> dict:
+    """The entries of the checkpoint's state dict under ``prefix`` (e.g. ``ema.module.``), prefix removed."""
+    return {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}

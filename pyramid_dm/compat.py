@@ -1,0 +1,70 @@
+"""Every use of a private (or undocumented) Lightning or W&B API, in one place. Each has a test in
+``tests/test_compat.py`` that fails loudly when an upgrade of Lightning or W&B changes it; fix it here, once.
+
+Pinned in ``pyproject.toml``: lightning 2.6.x, wandb 0.31.x.
+"""
+
+from __future__ import annotations
+
+import signal
+
+# ---- Lightning ------------------------------------------------------------------------------------------------------
+FIT_LOOP = "fit_loop"  # checkpoint["loops"][FIT_LOOP]: the training loop's progress counters
+BATCH_PROGRESS = "epoch_loop.batch_progress"  # its batch counters (ready / started / processed / completed)
+EPOCH_LOOP_STATE = "epoch_loop.state_dict"  # holds LOGGING_STEP
+LOGGING_STEP = "_batches_that_stepped"  # the step Lightning logs rows at (private attribute of the epoch loop)
+
+
+def attached_trainer(module):
+    """The Trainer a LightningModule is attached to, or None (``module.trainer`` raises when there is none)."""
+    return module._trainer
+
+
+def raw_optimizer(lightning_optimizer):
+    """The torch optimizer behind a LightningOptimizer: stepping it does not count a global step (a second optimizer
+    stepped through Lightning would count each batch twice under manual optimization)."""
+    return lightning_optimizer.optimizer
+
+
+def fit_loop_state(checkpoint: dict) -> dict:
+    """The training loop's state in a Lightning checkpoint (empty if it has none)."""
+    return checkpoint.get("loops", {}).get(FIT_LOOP, {})
+
+
+def checkpoint_logging_step(loop_state: dict) -> int | None:
+    return loop_state.get(EPOCH_LOOP_STATE, {}).get(LOGGING_STEP)
+
+
+def set_logging_step(trainer, step: int) -> None:
+    """Set the step Lightning logs the next rows at."""
+    setattr(trainer.fit_loop.epoch_loop, LOGGING_STEP, step)
+
+
+def requeue_handler(signum: int):
+    """The handler Lightning's SLURM connector installed for ``signum`` (it saves ``hpc_ckpt`` and requeues), or None.
+    Lightning installs it with ``signal.signal`` when fitting starts under SLURMEnvironment(auto_requeue=True)."""
+    handler = signal.getsignal(signum)
+    return handler if callable(handler) else None
+
+
+# ---- W&B (through Lightning's WandbLogger) --------------------------------------------------------------------------
+WANDB_FLUSH_SETTING = "x_transaction_log_flush_interval"  # W&B's seconds between writes of the run's .wandb file
+
+
+def wandb_init_kwargs(logger) -> dict:
+    """The keyword arguments WandbLogger will pass to ``wandb.init`` (mutable until the run starts)."""
+    return logger._wandb_init
+
+
+def set_wandb_run_id(logger, run_id: str) -> None:
+    """Give a WandbLogger whose run has not started the W&B run id it will start (or resume)."""
+    logger._wandb_init["id"] = logger._id = run_id
+
+
+def wandb_started(logger) -> bool:
+    return logger._experiment is not None
+
+
+def run_starting_step(run) -> int:
+    """The first step a (resumed) W&B run accepts."""
+    return run.starting_step

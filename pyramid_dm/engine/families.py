@@ -1,0 +1,290 @@
+"""The three front doors: pixel, latent and pyramid diffusion differ only in the first stage and the level layout.
+
+Each family is a recipe of typed options: :class:`DiffusionOptions` (every family) plus the family's own
+(:class:`LatentOptions`, :class:`PyramidOptions`). The options have no defaults here: the defaults are written once,
+in the LightningModule constructors users configure (:mod:`pyramid_dm.models`), and a checkpoint stores them all, so
+:func:`build_engine` (and :func:`~pyramid_dm.engine.load_engine`) reads every option from a complete mapping and a
+missing or misspelt key is an error naming it. A new family is a new recipe in :data:`RECIPES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..diffusion import (
+    LAYOUTS,
+    DiffusionLoss,
+    LevelGeometry,
+    NativeLayout,
+    build_schedule,
+    resolution_shift,
+)
+from ..diffusion.layouts import Layout
+from ..diffusion.parameterization import check_pair, check_prediction
+from ..errors import UserError
+from ..nets import PyramidUNet, UNet
+from ..stages import FirstStage, IdentityStage, ImagePyramid, autoencoder_stage
+from .engine import DiffusionEngine
+from .plan import SamplingPlan, per_level
+
+
+def options_from(cls, h: Mapping[str, Any], where: str = "model"):
+    """``cls`` (an options dataclass) from the matching keys of ``h``; a missing key is named."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing = [n for n in names if n not in h]
+    if missing:
+        raise UserError(f"{where}: {cls.__name__} needs {missing}, which the hyperparameters do not hold")
+    return cls(**{n: h[n] for n in names})
+
+
+@dataclass(frozen=True)
+class DiffusionOptions:
+    """Every family's options; their meaning and defaults: :class:`pyramid_dm.models.DiffusionModel`."""
+
+    image_size: int
+    channels: int
+    num_classes: int
+    class_conditional: bool
+    label_dropout: float
+    unet: dict | None
+    schedule: str
+    num_timesteps: int
+    zero_terminal_snr: bool
+    shift_reference_resolution: int | None
+    prediction: str
+    sigma_data: float
+    training_noise: str
+    lognormal_mean: float
+    lognormal_std: float
+    loss_weighting: str
+    min_snr_gamma: float
+    sampler: str
+    sample_steps: int
+    discretization: str | None
+
+    def __post_init__(self):
+        if not 0 <= self.label_dropout < 1:
+            raise UserError(f"model.label_dropout must lie in [0, 1), got {self.label_dropout}")
+        try:
+            check_prediction(self.prediction)
+        except ValueError as e:
+            raise UserError(f"model: {e}") from None
+
+    @property
+    def classes(self) -> int:
+        return self.num_classes if self.class_conditional else 0
+
+
+@dataclass(frozen=True)
+class LatentOptions:
+    autoencoder_ckpt: str
+    scale_latents: bool
+
+
+@dataclass(frozen=True)
+class PyramidOptions:
+    """The pyramid's options; meaning and defaults: :class:`pyramid_dm.models.PyramidDiffusion`."""
+
+    first_stage: str
+    resolutions: list[int] | None
+    autoencoder_ckpt: str | None
+    scale_latents: bool
+    layout: str
+    level_samplers: list[str] | None
+    level_steps: list[int] | None
+    level_training: str
+    level_weights: list[float] | None
+    conditioning_augmentation: float
+    sample_augmentation: float
+    frido_noise_mix: float
+    shared_body: bool
+    spade: bool
+
+    def __post_init__(self):
+        for key, value, choices in [
+            ("first_stage", self.first_stage, PYRAMID_FIRST_STAGES),
+            ("layout", self.layout, tuple(LAYOUTS)),
+        ]:
+            if value not in choices:
+                raise UserError(f"model.{key} {value!r} is not one of {list(choices)}")
+        for key in ("conditioning_augmentation", "sample_augmentation", "frido_noise_mix"):
+            if not 0 <= getattr(self, key) < 1:
+                raise UserError(f"model.{key} must lie in [0, 1), got {getattr(self, key)}")
+
+
+class Recipe:
+    """What a family decides: its first stage, layout, network, latent scale and per-level settings."""
+
+    family = "diffusion"
+
+    def __init__(self, h: Mapping[str, Any]):
+        self.o = options_from(DiffusionOptions, h)
+
+    def first_stage(self) -> FirstStage:
+        return IdentityStage(self.o.channels, self.o.image_size)
+
+    def layout(self) -> Layout:
+        return NativeLayout()
+
+    def net_factory(self, geometry: LevelGeometry) -> Callable[[], nn.Module]:
+        (c, size, _), classes, unet = geometry.grid_shape(0), self.o.classes or None, dict(self.o.unet or {})
+        return lambda: UNet(in_channels=c, image_size=size, num_classes=classes, **unet)
+
+    def latent_scale(self) -> float:
+        """1 for pixel levels; NaN (= fit on the first training batch) for latent ones."""
+        return 1.0
+
+    def plan(self, num_levels: int) -> SamplingPlan:
+        o = self.o
+        names = ("model.sampler", "model.sample_steps")
+        return SamplingPlan.build(num_levels, o.sampler, o.sample_steps, o.discretization, names)
+
+    def level_weights(self, num_levels: int) -> list[float] | None:
+        return None
+
+    def level_training(self) -> str:
+        return "all"
+
+
+class PixelRecipe(Recipe):
+    """Diffusion directly on pixels (DDPM, Ho et al. 2020): the first stage is the identity."""
+
+    family = "pixel"
+
+
+class LatentRecipe(Recipe):
+    """Diffusion in a frozen autoencoder's latent space (LDM, Rombach et al. 2022)."""
+
+    family = "latent"
+
+    def __init__(self, h: Mapping[str, Any]):
+        super().__init__(h)
+        self.latent = options_from(LatentOptions, h)
+
+    def first_stage(self) -> FirstStage:
+        return autoencoder_stage(self.latent.autoencoder_ckpt, self.o.channels, self.o.image_size, "single")
+
+    def latent_scale(self) -> float:
+        return math.nan if self.latent.scale_latents else 1.0
+
+
+PYRAMID_FIRST_STAGES = ("image_pyramid", "autoencoder")
+
+
+class PyramidRecipe(Recipe):
+    """Coarse-to-fine diffusion over L >= 2 levels of an image pyramid or a multi-scale autoencoder."""
+
+    family = "pyramid"
+
+    def __init__(self, h: Mapping[str, Any]):
+        super().__init__(h)
+        self.p = options_from(PyramidOptions, h)
+
+    def first_stage(self) -> FirstStage:
+        o, p = self.o, self.p
+        if p.first_stage == "autoencoder":
+            return autoencoder_stage(p.autoencoder_ckpt, o.channels, o.image_size, "multi")
+        if not p.resolutions:
+            raise UserError(
+                f"model.resolutions must list the image pyramid's resolutions, e.g. [{o.image_size // 4}, "
+                f"{o.image_size // 2}, {o.image_size}]"
+            )
+        try:
+            return ImagePyramid(o.channels, o.image_size, list(p.resolutions))
+        except ValueError as e:
+            raise UserError(f"model.resolutions: {e}") from None
+
+    def layout(self) -> Layout:
+        return LAYOUTS[self.p.layout].from_options(self.p)
+
+    def net_factory(self, geometry: LevelGeometry) -> Callable[[], nn.Module]:
+        unet, p = dict(self.o.unet or {}), self.p
+        return lambda: PyramidUNet(
+            level_channels=[c for c, _, _ in geometry.level_shapes],
+            context_channels=[geometry.context_channels(level) for level in range(geometry.num_levels)],
+            level_sizes=list(geometry.grid_sizes),
+            num_classes=self.o.classes or None,
+            shared_body=p.shared_body,
+            spade=p.spade,
+            **unet,
+        )
+
+    def latent_scale(self) -> float:
+        return math.nan if self.p.first_stage == "autoencoder" and self.p.scale_latents else 1.0
+
+    def plan(self, num_levels: int) -> SamplingPlan:
+        o, p = self.o, self.p
+        names = ("model.level_samplers", "model.level_steps")
+        return SamplingPlan.build(
+            num_levels, p.level_samplers or o.sampler, p.level_steps or o.sample_steps, o.discretization, names
+        )
+
+    def level_weights(self, num_levels: int) -> list[float] | None:
+        if self.p.level_weights is None:
+            return None
+        return per_level("model.level_weights", list(self.p.level_weights), num_levels)
+
+    def level_training(self) -> str:
+        return self.p.level_training
+
+
+RECIPES: dict[str, type[Recipe]] = {"pixel": PixelRecipe, "latent": LatentRecipe, "pyramid": PyramidRecipe}
+
+
+def build_engine(family: str, h: Mapping[str, Any]) -> DiffusionEngine:
+    """The engine of ``family`` from its complete options ``h`` (a LightningModule's or a checkpoint's hparams)."""
+    recipe = RECIPES[family](h)
+    o = recipe.o
+    first_stage = recipe.first_stage()
+    layout = recipe.layout()
+    geometry = layout.geometry(first_stage.level_shapes)
+    try:
+        schedules = []
+        for level in range(geometry.num_levels):
+            ref = o.shift_reference_resolution
+            shift = resolution_shift(geometry.grid_sizes[level], ref) if ref else 0.0
+            schedules.append(
+                build_schedule(o.schedule, o.num_timesteps, zero_terminal_snr=o.zero_terminal_snr, log_snr_shift=shift)
+            )
+        check_pair(o.prediction, schedules[0])
+    except ValueError as e:
+        raise UserError(f"model: {e}") from None
+    try:
+        loss = DiffusionLoss(
+            o.training_noise,
+            o.lognormal_mean,
+            o.lognormal_std,
+            o.loss_weighting,
+            o.min_snr_gamma,
+            recipe.level_weights(geometry.num_levels),
+        )
+    except ValueError as e:
+        raise UserError(f"model.{e}") from None
+    try:
+        factory = recipe.net_factory(geometry)
+        engine = DiffusionEngine(
+            first_stage,
+            layout,
+            factory,
+            schedules,
+            loss,
+            recipe.plan(geometry.num_levels),
+            prediction=o.prediction,
+            sigma_data=o.sigma_data,
+            num_classes=o.classes,
+            label_dropout=o.label_dropout,
+            latent_scale=recipe.latent_scale(),
+            level_training=recipe.level_training(),
+            family=recipe.family,
+        )
+    except ValueError as e:
+        if isinstance(e, UserError):
+            raise
+        raise UserError(f"model.unet: {e}") from None
+    return engine

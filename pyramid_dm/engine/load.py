@@ -1,0 +1,48 @@
+"""A checkpoint into an engine, without Lightning or a Trainer:
+
+from pyramid_dm.engine import load_engine
+engine = load_engine("runs/quickstart/checkpoints/last.ckpt")      # the EMA weights, on the CPU
+images = engine.sample(16, labels=engine.sample_labels(0, 16))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..checkpoints import DIFFUSION_FAMILIES, family_of, read_checkpoint, weights
+from ..errors import UserError
+from .engine import DiffusionEngine
+from .families import build_engine
+
+# what the engine's state dict holds; a checkpoint stores it as it is, plus the EMA network under ``ema.module.``
+ENGINE_KEYS = ("first_stage.", "net.", "latent_scale")
+
+
+def engine_from_checkpoint(ckpt: dict, path: str | Path, ema: bool = True) -> DiffusionEngine:
+    """The engine a (read, migrated) diffusion checkpoint describes, with its EMA (or raw) network weights."""
+    engine = build_engine(family_of(ckpt), dict(ckpt["hyper_parameters"]))
+    state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(ENGINE_KEYS)}
+    if ema:
+        state = {k: v for k, v in state.items() if not k.startswith("net.")}
+        state.update({f"net.{k}": v for k, v in weights(ckpt, "ema.module.").items()})
+    try:
+        engine.load_state_dict(state)
+    except RuntimeError as exc:
+        what = f"the {engine.family} model its hyperparameters describe"
+        raise UserError(f"{path}: weights do not fit {what} ({exc})") from exc
+    return engine
+
+
+def load_engine(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> DiffusionEngine:
+    """The diffusion engine of the checkpoint at ``path`` (pixel, latent or pyramid), in eval mode on ``device``,
+    with its EMA weights (``ema=False``: the raw ones)."""
+    ckpt = read_checkpoint(path, "checkpoint", DIFFUSION_FAMILIES, "a diffusion")
+    return engine_from_checkpoint(ckpt, path, ema).to(device).eval()
+
+
+def ema_net_from_checkpoint(path: str | Path, map_location="cpu") -> nn.Module:
+    """The EMA network of a checkpoint, bare (no Lightning needed to use it)."""
+    return load_engine(path, ema=True, device=map_location).net
