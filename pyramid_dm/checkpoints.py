@@ -3,13 +3,15 @@ checkpoints written by older versions. Every loader (``sample``, ``evaluate``, `
 model's autoencoder, :func:`pyramid_dm.engine.load_engine`) goes through :func:`read_checkpoint`.
 
 A checkpoint is Lightning's dict. pyramid_dm adds ``checkpoint["pyramid_dm"]``, the stamp: ``family`` (pixel,
-latent, pyramid, autoencoder), ``class_path`` of the LightningModule, ``format`` (:data:`FORMAT`) and, for diffusion
-models, ``level_shapes``. The ``state_dict`` of a diffusion model holds the engine's weights under ``first_stage.*``,
-``latent_scale``, ``net.*`` and the EMA network under ``ema.module.*`` (the layout since the first release).
+latent, pyramid, autoencoder), ``class_path`` of the LightningModule and, for diffusion models, ``level_shapes``.
+The ``state_dict`` of a diffusion model holds the engine's weights under ``first_stage.*``, ``latent_scale``,
+``net.*`` and the EMA network under ``ema.module.*`` (the layout since the first release).
 
-Migrations (:func:`migrate`), applied on every read, oldest first:
-- format 0 (before the stamp carried a format): no ``latent_scale`` buffer (pixel models before latent diffusion:
-  all 1); no ``label_dropout`` hyperparameter (trained before label dropout: the null class was never trained, 0).
+Migrations (:func:`migrate`), applied on every read; each recognises an older checkpoint by what it lacks, so it is
+idempotent and needs no version number:
+- no ``latent_scale`` buffer (pixel models from before latent diffusion): all 1;
+- no ``label_dropout`` hyperparameter (trained before label dropout): 0, the null class was never trained.
+A new format change adds a step here and a fixture checkpoint of the old format in ``tests/fixtures/``.
 """
 
 from __future__ import annotations
@@ -20,13 +22,12 @@ import torch
 
 from .errors import UserError
 
-FORMAT = 1
 DIFFUSION_FAMILIES = ("pixel", "latent", "pyramid")
 
 
 def stamp(family: str, cls: type, **extra) -> dict:
     """``checkpoint["pyramid_dm"]``: the family and class that wrote it (what loaders check), plus ``extra``."""
-    return {"family": family, "class_path": f"{cls.__module__}.{cls.__name__}", "format": FORMAT, **extra}
+    return {"family": family, "class_path": f"{cls.__module__}.{cls.__name__}", **extra}
 
 
 def read_torch_file(path: str | Path | None, what: str = "checkpoint", hint: str = ""):
@@ -80,17 +81,16 @@ def family_of(ckpt: dict) -> str | None:
     )
 
 
-def migrate(ckpt: dict) -> dict:
-    """``ckpt`` brought to :data:`FORMAT` in place (see the module docstring); returns it."""
+def migrate(ckpt: dict, family: str | None = None) -> dict:
+    """``ckpt`` brought to the current format in place (see the module docstring); returns it. ``family`` is what the
+    caller knows the checkpoint to be when its stamp does not say."""
     st = ckpt.setdefault("pyramid_dm", {})
-    if st.get("format", 0) < 1:
+    if (family_of(ckpt) or family) in DIFFUSION_FAMILIES:
         hp, state = ckpt["hyper_parameters"], ckpt["state_dict"]
-        if family_of(ckpt) in DIFFUSION_FAMILIES:
-            if "label_dropout" not in hp:
-                hp["label_dropout"] = 0.0
-            if "latent_scale" not in state:
-                state["latent_scale"] = torch.ones(len(st.get("level_shapes") or [None]))
-        st["format"] = 1
+        if "label_dropout" not in hp:
+            hp["label_dropout"] = 0.0
+        if "latent_scale" not in state:
+            state["latent_scale"] = torch.ones(len(st.get("level_shapes") or [None]))
     return ckpt
 
 

@@ -1,16 +1,27 @@
-"""FLOP counting, with ``torch.utils.flop_counter`` (through Lightning's ``measure_flops`` for forward + backward),
-never by hand. At the bottom of the package: the engine counts its own FLOPs with it, and eval reports them."""
+"""FLOP counting with ``torch.utils.flop_counter``, never by hand. At the bottom of the package: the engine counts its
+own FLOPs with it, and eval reports them.
+
+:func:`measure_flops` is Lightning's ``lightning.fabric.utilities.throughput.measure_flops`` (forward, then backward
+of ``loss_fn(output)``, inside one ``FlopCounterMode``), written out here so that the engine stays Lightning-free."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
-from lightning.fabric.utilities.throughput import measure_flops
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["count_flops", "measure_flops", "training_flops"]
+
+
+def measure_flops(model: nn.Module, forward_fn: Callable[[], torch.Tensor], loss_fn=None) -> int:
+    """FLOPs of ``forward_fn()`` and, with ``loss_fn``, of the backward of ``loss_fn(output)``."""
+    with FlopCounterMode(display=False) as counter:
+        out = forward_fn()
+        if loss_fn is not None:
+            loss_fn(out).backward()
+    return counter.get_total_flops()
 
 
 def training_flops(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,14 @@ def run_cli(args: list[str], env: dict, timeout: int = 300) -> subprocess.Comple
         text=True,
         timeout=timeout,
     )
+
+
+def wandb_inspect(run_dir: Path, summary: bool = True) -> dict:
+    """``wandb leet inspect --json`` of an offline W&B run directory (its config, and its summary or rows)."""
+    args = ["wandb", "leet", "inspect", *(["--summary"] if summary else []), "--json", str(run_dir)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
 
 
 def execute_notebook(name: str, env: dict):

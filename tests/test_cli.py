@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import run_cli, wandb_inspect
 
 from pyramid_dm.eval.history import run_history
 from pyramid_dm.models import ema_net_from_checkpoint
@@ -28,21 +28,17 @@ FAST = [
 ]
 
 
-def run(args: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+def run(args: list[str], env: dict, timeout: int = 300):
     return run_cli(args, env, timeout)
 
 
-def fit(root: Path, env: dict, *extra: str, steps: int = 6) -> subprocess.CompletedProcess:
+def fit(root: Path, env: dict, *extra: str, steps: int = 6):
     args = ["fit", "--config", "configs/quickstart.yaml", "--exp.root", str(root), "--trainer.max_steps", str(steps)]
     return run([*args, *FAST, *extra], env)
 
 
 def inspect_run(run_dir: Path) -> dict:
-    out = subprocess.run(
-        ["wandb", "leet", "inspect", "--summary", "--json", str(run_dir)], capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+    return wandb_inspect(run_dir)
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +119,10 @@ def test_unknown_config_key_names_it(session_env, tmp_path):
     assert proc.returncode != 0 and "learning_rate" in proc.stderr
     proc = run(["fit", "--config", "configs/quickstart.yaml", "--trainer.max_stepz", "3"], session_env)
     assert proc.returncode != 0 and "max_stepz" in proc.stderr
+    proc = run(
+        ["fit", "--config", "configs/pyramid/digits.yaml", "--model.init_args.frido_noise_mx", "0.2"], session_env
+    )
+    assert proc.returncode != 0 and "frido_noise_mx" in proc.stderr  # a family's own options are typed too
 
 
 def test_missing_shards_and_size_mismatch_are_named(trained, session_env, tmp_path):
@@ -155,3 +155,18 @@ def test_edm_model_config_trains_and_its_run_config_says_so(tmp_path, session_en
     saved = (tmp_path / "edm" / "config.yaml").read_text()
     assert "prediction: edm" in saved and "training_noise: lognormal" in saved and "loss_weighting: edm" in saved
     assert (tmp_path / "edm" / "samples" / "step00000003.png").is_file()
+
+
+def test_optimizer_and_lr_scheduler_come_from_the_config(session_env, tmp_path, digits_shards):
+    extra = ["--model.init_args.optimizer", "torch.optim.SGD", "--model.init_args.optimizer.lr", "0.05"]
+    extra += ["--model.init_args.optimizer.momentum", "0.9"]
+    extra += ["--model.init_args.lr_scheduler", "torch.optim.lr_scheduler.ConstantLR"]
+    extra += ["--model.init_args.lr_scheduler.factor", "0.5"]
+    proc = fit(tmp_path, session_env, *extra, steps=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "quickstart" / "checkpoints" / "last.ckpt", weights_only=True)
+    group = ckpt["optimizer_states"][0]["param_groups"][0]
+    assert group["momentum"] == 0.9 and group["lr"] == pytest.approx(0.025)  # SGD at 0.05, halved by the scheduler
+    assert "optimizer" not in ckpt["hyper_parameters"]  # the callables stay in config.yaml, out of the checkpoint
+    config = (tmp_path / "quickstart" / "config.yaml").read_text()
+    assert "torch.optim.SGD" in config and "ConstantLR" in config

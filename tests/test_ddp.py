@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import run_cli, wandb_inspect
 
 from pyramid_dm.bench.ddp import free_port
 
@@ -76,26 +75,17 @@ def test_two_process_ddp_fit_through_the_cli(session_env, tmp_path):
         "--trainer.callbacks.batch_size=10",
         "--trainer.callbacks.steps=3",
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "pyramid_dm", *args],
-        cwd=ROOT,
-        env={**os.environ, **session_env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_cli(args, session_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "quickstart"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
     runs = list((run / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    rec = subprocess.run(
-        ["wandb", "leet", "inspect", "--summary", "--json", str(runs[0])], capture_output=True, text=True, timeout=120
-    )
-    summary = json.loads(rec.stdout)["summary"]
+    rec = wandb_inspect(runs[0])
+    summary = rec["summary"]
     # sample quality: each rank drew 2 of the 4 batches; rank 0 gathered all 40 samples' features
     assert summary["val/digits_clf_num_samples"] == 40 and summary["val/fid_digits_clf"] > 0
-    config = json.loads(rec.stdout)["config"]
+    config = rec["config"]
     assert config["world_size"] == 2 and config["effective_batch_size"] == 2 * 128
     assert config["effective_lr"] == config["lr"]  # no silent learning-rate scaling with more GPUs
 

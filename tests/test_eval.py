@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import execute_notebook, run_cli
+from helpers import execute_notebook, run_cli, wandb_inspect
 from PIL import Image
 from torch import nn
 
@@ -104,7 +101,7 @@ def test_flops_per_sample_equal_nfe_times_flops_per_call(sampler, steps):
 
 
 def test_same_seed_same_samples_whatever_the_batch_split():
-    model = tiny_model()
+    model = tiny_model().for_sampling()
     a, _ = sample_with_cost(model, "ddim", 4, num_samples=8, batch_size=4, seed=1, progress=False)
     b, _ = sample_with_cost(model, "ddim", 4, num_samples=8, batch_size=4, seed=1, progress=False)
     c, _ = sample_with_cost(model, "ddim", 4, num_samples=8, batch_size=4, seed=2, progress=False)
@@ -152,27 +149,13 @@ def test_committed_classifier_reaches_its_stated_val_accuracy(name, shards, floo
 
 def test_train_classifier_command_writes_a_usable_extractor(session_env, tmp_path, digits_shards):
     out = tmp_path / "clf.pt"
-    cmd = [sys.executable, "-m", "pyramid_dm", "train-classifier", "--shards", str(digits_shards), "--name", "my_clf"]
-    proc = subprocess.run(
-        [*cmd, "--out", str(out), "--epochs", "2", "--width", "8"],
-        cwd=ROOT,
-        env={**os.environ, **session_env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    cmd = ["train-classifier", "--shards", str(digits_shards), "--name", "my_clf"]
+    proc = run_cli([*cmd, "--out", str(out), "--epochs", "2", "--width", "8"], session_env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     features = build_features(str(out))
     assert features.name == "my_clf" and features.meta["epochs"] == 2 and 0 < features.meta["val_accuracy"] <= 1
     assert extract(features, torch.zeros(3, 1, 8, 8)).shape == (3, 32)
-    again = subprocess.run(
-        [*cmd, "--out", str(out)],
-        cwd=ROOT,
-        env={**os.environ, **session_env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = run_cli([*cmd, "--out", str(out)], session_env)
     assert again.returncode == 2 and "--overwrite" in again.stderr  # the weights already written are kept
 
 
@@ -191,7 +174,7 @@ def test_missing_weights_and_unknown_extractors_say_what_to_do(tmp_path, monkeyp
 # ---- the evaluate command, end to end ------------------------------------------------------------------------------
 
 
-def run(args: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+def run(args: list[str], env: dict, timeout: int = 600):
     return run_cli(args, env, timeout)
 
 
@@ -282,14 +265,7 @@ def test_evaluate_writes_table_plot_and_wandb_entries(evaluated):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24])[0] > 500
     runs = list((evaluated / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and meta["wandb_run_id"] in runs[0].name
-    rec = json.loads(
-        subprocess.run(
-            ["wandb", "leet", "inspect", "--summary", "--json", str(runs[0])],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        ).stdout
-    )
+    rec = wandb_inspect(runs[0])
     summary = rec["summary"]
     assert summary["eval/results"]["_type"] == "table-file" and summary["eval/results"]["nrows"] == 4
     assert summary["eval/pareto"]["_type"] == "image-file"

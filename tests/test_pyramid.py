@@ -103,10 +103,10 @@ def test_an_l_level_pyramid_has_the_stated_shapes(resolutions):
 def test_coarse_levels_are_cheaper_per_call_and_the_frido_layout_is_not():
     native = PyramidDiffusion(16, 1, resolutions=[4, 8, 16], unet=TINY_UNET)
     frido = PyramidDiffusion(16, 1, resolutions=[4, 8, 16], unet=TINY_UNET, layout="frido")
-    n, f = native.flops_per_call(), frido.flops_per_call()
+    n, f = native.engine.flops_per_call(), frido.engine.flops_per_call()
     assert n[0] < n[1] < n[2] and n[0] < n[2] / 8  # each level at its own resolution
     assert min(f) > 0.9 * f[-1]  # every level at the finest resolution, as in Frido's code
-    assert frido.training_flops(4) > 2 * native.training_flops(4)
+    assert frido.engine.training_flops(4) > 2 * native.engine.training_flops(4)
 
 
 def test_the_fine_level_depends_on_its_coarse_condition():

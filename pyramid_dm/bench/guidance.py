@@ -13,8 +13,10 @@ import time
 
 import torch
 
-from ..engine import build_engine
-from .layout import add_layout_args
+from ..diffusion import DiffusionLoss, NativeLayout, build_schedule
+from ..engine import DiffusionEngine, SamplingPlan
+from ..stages import IdentityStage
+from .layout import add_layout_args, unet_from_args
 
 
 def add_parser(sub) -> None:
@@ -26,42 +28,64 @@ def add_parser(sub) -> None:
     g.add_argument("--scale", type=float, default=3.0)
     g.add_argument("--rounds", type=int, default=5)
     g.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
 
 
-def engine_for(args):
-    from ..models import PixelDiffusion
-
-    unet = {"base_channels": args.base, "channel_mult": args.mult, "num_res_blocks": args.blocks}
-    unet["attention_resolutions"] = args.attn
-    model = PixelDiffusion(args.image_size, args.channels, num_classes=args.classes, unet=unet)
-    engine = build_engine("pixel", model.hparams).eval()
-    with torch.no_grad():  # the zero-initialised output layers get weights, so that the branches differ
+def engine_for(args, device) -> DiffusionEngine:
+    """A class-conditional pixel engine of the benchmark's own settings, built from its parts (no Lightning needed,
+    so the benchmark runs wherever torch does); its zero-initialised output layers get weights, so that the
+    guidance branches differ."""
+    net = lambda: unet_from_args(args, num_classes=args.classes)  # noqa: E731
+    schedule = build_schedule("cosine", 1000)
+    plan = SamplingPlan.build(1, args.sampler, args.sample_steps, None)
+    engine = DiffusionEngine(
+        IdentityStage(args.channels, args.image_size),
+        NativeLayout(),
+        net,
+        [schedule],
+        DiffusionLoss("schedule", -1.2, 1.2, "uniform", 5.0),
+        plan,
+        prediction="eps",
+        sigma_data=0.5,
+        num_classes=args.classes,
+        label_dropout=0.1,
+        latent_scale=1.0,
+        level_training="all",
+        family="pixel",
+    )
+    with torch.no_grad():
         for p in engine.net.parameters():
             if not p.abs().max():
                 p.normal_(0, 0.02)
-    return engine
+    return engine.to(device).eval()
 
 
 def bench_guidance(args) -> float:
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
-    engine = engine_for(args)
+    engine = engine_for(args, device)
     labels = torch.arange(args.batch) % args.classes
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[args.dtype]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     print(
-        f"batch {args.batch} | {args.channels}x{args.image_size}x{args.image_size} | widths "
-        f"{[args.base * m for m in args.mult]} | {args.sampler} {args.sample_steps} steps | guidance {args.scale} | "
-        f"{torch.get_num_threads()} threads"
+        f"device {device} | {args.dtype} | batch {args.batch} | {args.channels}x{args.image_size}x{args.image_size} | "
+        f"widths {[args.base * m for m in args.mult]} | {args.sampler} {args.sample_steps} steps | guidance "
+        f"{args.scale} | {torch.get_num_threads()} threads"
     )
 
     def run(batched: bool):
-        g = torch.Generator().manual_seed(0)
+        g = torch.Generator(device=device).manual_seed(0)
+        sync()
         start = time.perf_counter()
-        out = engine.sample(
-            args.batch, args.sampler, args.sample_steps, labels=labels, generator=g, guidance=args.scale,
-            guidance_batched=batched,
-        )  # fmt: skip
-        return time.perf_counter() - start, out
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = engine.sample(
+                args.batch, args.sampler, args.sample_steps, labels=labels, generator=g, guidance=args.scale,
+                guidance_batched=batched,
+            )  # fmt: skip
+        sync()
+        return time.perf_counter() - start, out.float().cpu()
 
     run(True), run(False)  # warm-up
     times: dict[str, list[float]] = {"batched": [], "sequential": []}

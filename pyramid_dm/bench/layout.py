@@ -18,9 +18,10 @@ def add_layout_args(p: argparse.ArgumentParser, image_size: int, channels: int, 
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
 
 
-def unet_from_args(args) -> UNet:
+def unet_from_args(args, num_classes: int | None = None) -> UNet:
     return UNet(
         args.channels,
+        num_classes=num_classes,
         image_size=args.image_size,
         base_channels=args.base,
         channel_mult=args.mult,

@@ -1,7 +1,7 @@
 """The diffusion engine, Lightning-free: parts composed into one ``nn.Module`` (:class:`DiffusionEngine`), the three
 family recipes that build it (:mod:`.families`), its sampling plan and :func:`load_engine`.
 
-:class:`Generator` is what evaluation and callbacks need from a model: an engine (or an engine bound to its EMA
+:class:`GenerativeModel` is what evaluation and callbacks need from a model: an engine (or an engine bound to its EMA
 network, :class:`BoundEngine`) satisfies it.
 """
 
@@ -18,7 +18,7 @@ from .load import ema_net_from_checkpoint, engine_from_checkpoint, load_engine
 from .plan import SamplingPlan, check_discretization, check_sampler, check_steps, per_level
 
 
-class Generator(Protocol):
+class GenerativeModel(Protocol):
     """What ``eval`` and ``callbacks`` use of a model: sampling, its plan, labels, geometry and cost."""
 
     family: str
@@ -50,7 +50,7 @@ __all__ = [
     "BoundEngine",
     "DiffusionEngine",
     "DiffusionOptions",
-    "Generator",
+    "GenerativeModel",
     "LatentOptions",
     "PyramidOptions",
     "SamplingPlan",

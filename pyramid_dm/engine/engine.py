@@ -319,7 +319,7 @@ class DiffusionEngine(nn.Module):
 
 class BoundEngine:
     """An engine seen through one network (e.g. the EMA weights): what evaluation and callbacks sample from
-    (:class:`~pyramid_dm.engine.Generator`)."""
+    (:class:`~pyramid_dm.engine.GenerativeModel`)."""
 
     def __init__(self, engine: DiffusionEngine, net: nn.Module):
         self.engine, self.net = engine, net

@@ -57,11 +57,18 @@ class SamplingPlan:
     discretization: str | None = None
 
     @classmethod
-    def build(cls, num_levels: int, sampler, steps, discretization: str | None, where: str = "model") -> SamplingPlan:
-        """From one sampler/step count (or one per level); names checked, lengths checked against the levels."""
-        samplers = [check_sampler(s, f"{where}.sampler") for s in per_level(f"{where}.sampler", sampler, num_levels)]
-        steps = check_steps(per_level(f"{where}.steps", steps, num_levels), f"{where}.steps")
-        return cls(tuple(samplers), tuple(steps), check_discretization(discretization, f"{where}.discretization"))
+    def build(
+        cls,
+        num_levels: int,
+        sampler,
+        steps,
+        discretization: str | None,
+        names: tuple[str, str] = ("model.sampler", "model.sample_steps"),
+    ) -> SamplingPlan:
+        """From one sampler/step count (or one per level, coarse first), ``names`` naming them in errors."""
+        samplers = [check_sampler(s, names[0]) for s in per_level(names[0], sampler, num_levels)]
+        steps = check_steps(per_level(names[1], steps, num_levels), names[1])
+        return cls(tuple(samplers), tuple(steps), check_discretization(discretization, "model.discretization"))
 
     def resolve(self, sampler=None, steps=None, names: tuple[str, str] = ("sampler", "steps")) -> tuple[list, list]:
         """(samplers, steps) per level for a call: what is given (one, or one per level), else the plan's."""

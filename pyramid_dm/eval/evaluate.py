@@ -6,13 +6,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..diffusion import steps_for_nfe
+from ..engine import GenerativeModel
 from .features import FeatureExtractor, extract
 from .quality import quality_metrics
 from .sampling import sample_with_cost
 
 
 def evaluate_grid(
-    model,
+    model: GenerativeModel,
     extractor: FeatureExtractor,
     real: Tensor,
     samplers: list[str],

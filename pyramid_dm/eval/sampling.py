@@ -1,5 +1,5 @@
 """Generate evaluation samples and measure what they cost: NFE, FLOPs per call and per sample (decoder included),
-wall-clock, images/s, peak memory and GPU energy. Works with any :class:`~pyramid_dm.engine.Generator`: an engine
+wall-clock, images/s, peak memory and GPU energy. Works with any :class:`~pyramid_dm.engine.GenerativeModel`: an engine
 (``load_engine``), or a LightningModule's ``for_sampling()``."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..diffusion import CountingDenoiser
+from ..engine import GenerativeModel
 from ..images import to_uint8
 from .cost import EnergyMeter, PeakMemory
 
@@ -49,14 +50,14 @@ def quantize(images: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def per_sample_flops(model) -> tuple[list[float], float]:
+def per_sample_flops(model: GenerativeModel) -> tuple[list[float], float]:
     """(network FLOPs per call at each level, decoder FLOPs) for one sample, counted by ``torch.utils.flop_counter``."""
     return model.flops_per_call(), model.decoder_flops()
 
 
 @torch.no_grad()
 def generate(
-    model,
+    model: GenerativeModel,
     sampler: str,
     steps: int,
     batch_indices: list[int],
@@ -103,7 +104,14 @@ def generate(
 
 
 def sample_with_cost(
-    model, sampler: str, steps: int, num_samples: int, batch_size: int, seed: int = 0, progress: bool = True, **options
+    model: GenerativeModel,
+    sampler: str,
+    steps: int,
+    num_samples: int,
+    batch_size: int,
+    seed: int = 0,
+    progress: bool = True,
+    **options,
 ) -> tuple[Tensor, SamplingCost]:
     """``num_samples`` images (rounded up to whole batches) and the measured cost of drawing them."""
     batch_size = min(batch_size, num_samples)

@@ -1,10 +1,6 @@
-"""The diffusion LightningModules: they orchestrate (steps, EMA, logging, optimizer); the engine does the rest.
-
-The engine (:class:`~pyramid_dm.engine.DiffusionEngine`, Lightning-free) is built by the family's recipe
-(:mod:`pyramid_dm.engine.families`) from this module's typed constructor arguments, whose defaults are written here
-once. A checkpoint's state dict is the engine's (``first_stage.*``, ``latent_scale``, ``net.*``) plus the EMA network
-(``ema.module.*``): :func:`pyramid_dm.engine.load_engine` reads it without Lightning.
-"""
+"""The diffusion LightningModules orchestrate (steps, EMA, logging, optimizer); the Lightning-free engine, built by
+the family's recipe (:mod:`pyramid_dm.engine.families`) from the typed arguments whose defaults are written here once,
+does the rest. A checkpoint's state dict is the engine's plus the EMA network (``ema.module.*``)."""
 
 from __future__ import annotations
 
@@ -114,7 +110,6 @@ class DiffusionModel(L.LightningModule):
         self.ema = make_ema(self.engine.net, ema_decay)
         self.val_loss = MeanMetric()
 
-    # ---- what callers see ---------------------------------------------------------------------------------------
     @property
     def net(self):
         return self.engine.net
@@ -158,7 +153,7 @@ class DiffusionModel(L.LightningModule):
         )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        migrate(checkpoint)
+        migrate(checkpoint, self.family)
         self.hparams.label_dropout = self.engine.label_dropout = checkpoint["hyper_parameters"]["label_dropout"]
         h, image_shape = checkpoint["hyper_parameters"], self.engine.image_shape
         trained = (h.get("channels"), h.get("image_size"), h.get("image_size"))
@@ -175,7 +170,6 @@ class DiffusionModel(L.LightningModule):
                 "trained with (the same first stage and resolutions)"
             )
 
-    # ---- steps --------------------------------------------------------------------------------------------------
     def check_batch(self, images: Tensor) -> None:
         if tuple(images.shape[1:]) != self.engine.image_shape:
             raise UserError(
@@ -221,7 +215,6 @@ class DiffusionModel(L.LightningModule):
         self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=False)
         self.val_loss.reset()
 
-    # ---- optimizer ----------------------------------------------------------------------------------------------
     def effective_batch_size(self) -> int | None:
         batch = data_batch_size(self)
         return batch and batch * self.trainer.world_size * self.trainer.accumulate_grad_batches

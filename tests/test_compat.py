@@ -1,0 +1,89 @@
+"""Each private Lightning or W&B API that ``pyramid_dm.compat`` uses still exists and means what we rely on. A failure
+here after an upgrade names the place to fix: ``pyramid_dm/compat.py``."""
+
+from __future__ import annotations
+
+import signal
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+from pyramid_dm import compat
+
+
+def test_an_unattached_module_has_no_trainer_and_an_attached_one_has_it(tmp_path):
+    model = BoringModel()
+    assert compat.attached_trainer(model) is None
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(model)
+    assert compat.attached_trainer(model) is trainer
+
+
+def test_a_lightning_optimizer_wraps_the_torch_optimizer():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    assert compat.raw_optimizer(LightningOptimizer(opt)) is opt
+
+
+def test_the_fit_loop_state_in_a_checkpoint_has_the_counters_resume_reads(tmp_path):
+    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(BoringModel())
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    loop = compat.fit_loop_state(torch.load(tmp_path / "c.ckpt", weights_only=False))
+    assert loop[compat.BATCH_PROGRESS]["total"]["completed"] == 3
+    assert compat.checkpoint_logging_step(loop) == 3
+    compat.set_logging_step(trainer, 7)
+    assert compat.checkpoint_logging_step(trainer.fit_loop.state_dict()) == 7  # what the next checkpoint holds
+
+
+def test_lightning_installs_its_requeue_handler_under_slurm(tmp_path, monkeypatch):
+    for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "job", "SLURM_JOB_ID": "1", "SLURM_PROCID": "0"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SLURM_LOCALID", "0")
+    monkeypatch.setenv("SLURM_NODEID", "0")
+    seen = {}
+
+    class Probe(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen["handler"] = compat.requeue_handler(signal.SIGUSR1)
+
+    before = signal.getsignal(signal.SIGUSR1)
+    try:
+        trainer = L.Trainer(
+            max_steps=1,
+            logger=False,
+            enable_checkpointing=False,
+            default_root_dir=tmp_path,
+            plugins=[SLURMEnvironment(auto_requeue=True)],
+            callbacks=[Probe()],
+            accelerator="cpu",
+            devices=1,
+        )
+        trainer.fit(BoringModel())
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    assert seen["handler"] is not None and seen["handler"] is not before
+
+
+def test_the_wandb_logger_keeps_its_init_arguments_until_the_run_starts(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="p")
+    assert isinstance(compat.wandb_init_kwargs(logger), dict) and not compat.wandb_started(logger)
+    compat.set_wandb_run_id(logger, "abc123")
+    assert logger.version == "abc123" and compat.wandb_init_kwargs(logger)["id"] == "abc123"
+
+
+def test_wandb_accepts_the_flush_setting_and_runs_know_their_starting_step(tmp_path, monkeypatch):
+    import wandb
+
+    settings = wandb.Settings(**{compat.WANDB_FLUSH_SETTING: 0.25})
+    assert getattr(settings, compat.WANDB_FLUSH_SETTING) == pytest.approx(0.25)
+    run = wandb.init(mode="offline", dir=str(tmp_path), project="p", settings=settings)
+    try:
+        assert compat.run_starting_step(run) == 0
+    finally:
+        run.finish()
