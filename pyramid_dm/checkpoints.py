@@ -41,7 +41,12 @@ def read_torch_file(path: str | Path | None, what: str = "checkpoint", hint: str
     if not p.is_file():
         raise UserError(f"{what} {str(p)!r} does not exist{hint}")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        try:  # memory-mapped: checking a large checkpoint does not read all of it into memory
+            return torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            return torch.load(p, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
     except Exception as exc:
         raise UserError(f"{what} {str(p)!r} is not a readable PyTorch checkpoint ({exc})") from exc
 

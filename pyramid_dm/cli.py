@@ -8,6 +8,7 @@ then the file itself, then command-line overrides, so configs compose without co
 
 from __future__ import annotations
 
+import importlib
 import sys
 from operator import attrgetter
 from pathlib import Path
@@ -20,13 +21,15 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from .checkpoints import read_checkpoint
 from .config import config_chain
-from .errors import UserError
+from .errors import UserError, one_line
 from .loggers import LogsBeforeCheckpoints, RunLogger
 from .resume import (
     HPC_PATTERN,
     RequeueAtStepBoundary,
     StepBoundaryResume,
+    TidyCheckpoints,
     newest_checkpoint,
     slurm_job_id,
     slurm_requeued,
@@ -34,6 +37,7 @@ from .resume import (
 )
 
 LINKED_FROM_DATA = ("image_size", "channels", "num_classes")
+RESUME_IF_ANY = "last-if-any"  # --ckpt_path: resume the run if it has a checkpoint, else start fresh
 
 
 def expand_defaults(argv: list[str]) -> list[str]:
@@ -79,6 +83,19 @@ class PyramidCLI(LightningCLI):
         for key in LINKED_FROM_DATA:
             parser.link_arguments("data", f"model.init_args.{key}", compute_fn=attrgetter(key), apply_on="instantiate")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """A ``--ckpt_path`` file is read and checked (a file, a pyramid_dm checkpoint, of the config's model family)
+        before Lightning reads its hyperparameters into the config, so a wrong path is one line, not a traceback."""
+        super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt in (None, "last", "best", "hpc", "registry", RESUME_IF_ANY):
+            return
+        class_path = (self.config[sub].get("model") or {}).get("class_path", "")
+        module, _, name = class_path.rpartition(".")
+        family = getattr(getattr(importlib.import_module(module), name, None), "family", None) if module else None
+        read_checkpoint(ckpt, "--ckpt_path", None if family is None else (family,), f"a {family}")
+
     def before_instantiate_classes(self) -> None:
         # The pieces were expanded into --config arguments already; the saved config.yaml is complete without them.
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -96,6 +113,7 @@ class PyramidCLI(LightningCLI):
                 if newest is not None:
                     config["ckpt_path"] = str(newest)
                     rank_zero_info(f"SLURM job {slurm_job_id()}: resuming from {newest}")
+        self.check_ckpt_path(config, root, ckpt_dirs)
         resume = config.get("ckpt_path") is not None
         for cb in self.trainer.checkpoint_callbacks:
             if not resume and isinstance(cb, ModelCheckpoint) and cb.dirpath and any(Path(cb.dirpath).glob("*.ckpt")):
@@ -105,13 +123,28 @@ class PyramidCLI(LightningCLI):
                 )
         # first, so that the restored logging step is in place before any other callback logs in the first batch
         self.trainer.callbacks[:0] = [StepBoundaryResume()]
-        self.trainer.callbacks += [RequeueAtStepBoundary(), LogsBeforeCheckpoints()]
+        self.trainer.callbacks += [RequeueAtStepBoundary(), LogsBeforeCheckpoints(), TidyCheckpoints()]
         for logger in self.trainer.loggers:
             if isinstance(logger, RunLogger):
                 exp = config.get("exp", {})
                 tags = [getattr(self.model, "family", "model"), getattr(self.datamodule, "dataset_name", "data")]
                 group = exp.get("group") or exp.get("name")
                 logger.prepare_run(resume=resume, group=group, tags=tags, job_id=slurm_run_id(exp.get("name", "")))
+
+    def check_ckpt_path(self, config, root: Path, ckpt_dirs: list) -> None:
+        """``last`` is the newest complete checkpoint of the run, and an error when it has none (a typo in --exp.name
+        or PYRAMID_DM_RUNS must not quietly start over); ``last-if-any`` resumes if there is one and starts fresh
+        otherwise."""
+        ckpt = config.get("ckpt_path")
+        if ckpt in ("last", RESUME_IF_ANY):
+            newest = newest_checkpoint(root, *ckpt_dirs)
+            if newest is None and ckpt == "last":
+                searched = ", ".join(str(d) for d in dict.fromkeys([root, *ckpt_dirs]))
+                raise UserError(
+                    f"--ckpt_path last: no checkpoint in {searched}; check --exp.name and --exp.root "
+                    f"(PYRAMID_DM_RUNS), or pass --ckpt_path {RESUME_IF_ANY} to start fresh when there is none"
+                )
+            config["ckpt_path"] = None if newest is None else str(newest)
 
 
 def run_lightning(argv: list[str]) -> None:
@@ -170,6 +203,6 @@ def main(argv: list[str] | None = None) -> int:
         user_error = find_user_error(exc)
         if user_error is None:
             raise
-        print(f"error: {user_error}", file=sys.stderr)
+        print(f"error: {one_line(user_error)}", file=sys.stderr)
         return 2
     return 0

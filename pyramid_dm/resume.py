@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
@@ -165,3 +166,45 @@ class RequeueAtStepBoundary(Callback):
         if self._handler is not None:
             signal.signal(self._signum, self._handler)
             self._handler = None
+
+
+class TidyCheckpoints(Callback):
+    """After a resume, removes what an interrupted save left in the checkpoint folders (rank 0): ``.partial`` files,
+    and a ``ModelCheckpoint``'s own top-k files that its state no longer tracks (a kill between writing a new best
+    checkpoint and deleting the one it replaced leaves both; Lightning also keeps the file a run resumed from). Only
+    files named by that callback's ``filename`` pattern are considered, and an untracked file only once a newer
+    checkpoint exists; everything else is left alone. So after any kill and resume the folder holds what
+    ``save_top_k`` and ``save_last`` promise (the resume source until the first checkpoint after it)."""
+
+    def __init__(self):
+        self._seen = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.tidy(trainer)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        state = [(cb.last_model_path, tuple(cb.best_k_models)) for cb in trainer.checkpoint_callbacks]
+        if state != self._seen:  # a checkpoint was saved since the last look
+            self._seen = state
+            self.tidy(trainer)
+
+    @staticmethod
+    def tidy(trainer) -> None:
+        if trainer.ckpt_path is None or not trainer.is_global_zero:
+            return
+        for cb in trainer.checkpoint_callbacks:
+            if not isinstance(cb, ModelCheckpoint) or not cb.dirpath or not Path(cb.dirpath).is_dir():
+                continue
+            folder = Path(cb.dirpath)
+            tracked = [Path(p) for p in [*cb.best_k_models, cb.best_model_path, cb.last_model_path] if p]
+            keep = {p.resolve() for p in tracked}
+            newest = max((p.stat().st_mtime_ns for p in tracked if p.is_file()), default=0)
+            stale = list(folder.glob(".*.partial"))
+            prefix = (cb.filename or "").split("{")[0]
+            if prefix and cb.save_top_k >= 0:
+                last = f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+                mine = [p for p in folder.glob(f"{prefix}*{cb.FILE_EXTENSION}") if p.name != last]
+                stale += [p for p in mine if p.resolve() not in keep and p.stat().st_mtime_ns < newest]
+            for path in stale:
+                rank_zero_info(f"removing {path}: left by an interrupted checkpoint save")
+                path.unlink(missing_ok=True)

@@ -28,8 +28,8 @@ FAST = [
 ]
 
 
-def run(args: list[str], env: dict, timeout: int = 300):
-    return run_cli(args, env, timeout)
+def run(args: list[str], env: dict):
+    return run_cli(args, env)
 
 
 def fit(root: Path, env: dict, *extra: str, steps: int = 6):

@@ -174,8 +174,8 @@ def test_missing_weights_and_unknown_extractors_say_what_to_do(tmp_path, monkeyp
 # ---- the evaluate command, end to end ------------------------------------------------------------------------------
 
 
-def run(args: list[str], env: dict, timeout: int = 600):
-    return run_cli(args, env, timeout)
+def run(args: list[str], env: dict):
+    return run_cli(args, env)
 
 
 @pytest.fixture(scope="module")

@@ -221,7 +221,7 @@ def fit(config: str, root: Path, env: dict, steps: int = 4, *extra: str) -> Path
     args = ["fit", "--config", config, "--exp.root", str(root), "--trainer.max_steps", str(steps)]
     args += ["--trainer.val_check_interval", str(steps), "--trainer.enable_progress_bar", "false"]
     args += ["--data.init_args.num_workers", "0", *extra]
-    proc = run_cli(args, env, timeout=600)
+    proc = run_cli(args, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     name = next(line.split(":", 1)[1].strip() for line in (ROOT / config).read_text().splitlines() if "name:" in line)
     return root / name

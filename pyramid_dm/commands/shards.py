@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
+from ..data import imageio
 from ..data.shards import write_shards
 from ..data.sources import FASHION_MNIST_DIR, idx_dataset, image_folder, sklearn_digits
 
@@ -35,7 +38,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, help="centre-crop and resize every image to SIZE x SIZE")
     p.add_argument("--channels", type=int, choices=[1, 3], help="force grayscale (1) or RGB (3); default: as stored")
     p.add_argument("--name", help="data set name recorded in the manifest (default: the output folder's name)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing shard set in --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing shard set in --out (the new set is staged and swapped in only when complete; only "
+        "the old set's own files are removed)",
+    )
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image (default: skip, count)")
+    p.add_argument("--max-pixels", type=int, help="reject images whose header declares more pixels (default 2^25)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -44,6 +54,8 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.source in ("folder", "idx") and not args.path:
         parser().error(f"source {args.source!r} needs a PATH")
+    if args.max_pixels:
+        imageio.MAX_PIXELS = args.max_pixels
     if args.source == "folder":
         images = image_folder(args.path, args.val_fraction, args.seed)
     elif args.source == "idx":
@@ -61,6 +73,18 @@ def main(argv: list[str]) -> int:
         overwrite=args.overwrite,
         name=args.name,
         progress=not args.no_progress,
+        strict=args.strict,
     )
+    for path in images.ignored:
+        print(f"ignored {path}", file=sys.stderr)
+    skipped = json.loads(manifest.read_text())["skipped"]
+    for entry in skipped["images"]:
+        print(f"skipped {entry['image']}: {entry['reason']}", file=sys.stderr)
+    if images.ignored or skipped["count"]:
+        print(
+            f"{skipped['count']} unreadable image(s) skipped, {len(images.ignored)} path(s) ignored by the folder rule "
+            "(class = a direct sub-folder; images directly inside it)",
+            file=sys.stderr,
+        )
     print(f"wrote {manifest}")
     return 0

@@ -24,7 +24,17 @@ from PIL import Image
 
 from ..errors import UserError
 from .builtin import shard_location
+from .imageio import ImageError, read_image
 from .manifest import Manifest, ShardError
+from .streams import (
+    CountedShards,
+    ResumableStream,
+    SkipAndCount,
+    SkipStats,
+    WithSkips,
+    expected_counts,
+    ordered_batches,
+)
 
 log = logging.getLogger(__name__)
 IMAGE_KEYS = ("png", "jpg", "jpeg")
@@ -34,77 +44,53 @@ class SampleError(UserError):
     """A sample inside a shard that cannot be decoded; the message names the shard and key."""
 
 
-def decode_sample(sample: dict, channels: int, image_size: int, hflip: bool) -> tuple[torch.Tensor, int, int]:
-    """Raw webdataset sample -> (CHW float tensor in [-1, 1], label or -1, seed). PIL only, no torchvision."""
+def decode_sample(
+    sample: dict,
+    channels: int,
+    image_size: int,
+    hflip: bool,
+    num_classes: int | None = None,
+    max_pixels: int | None = None,
+) -> tuple[torch.Tensor, int, int]:
+    """Raw webdataset sample -> (CHW float tensor in [-1, 1], label or -1, seed). PIL only, no torchvision.
+
+    A labelled data set (``num_classes`` > 0) needs every sample's ``.cls`` to be an integer in [0, num_classes);
+    anything else raises, naming the shard and key (the training stream skips and counts it). ``num_classes`` 0: an
+    unlabelled set (-1); None: the label is read unchecked (-1 without one)."""
     key, url = sample.get("__key__", "?"), sample.get("__url__", "?")
     data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
     if data is None:
         raise SampleError(f"{url}: sample {key!r} has no image (expected one of {IMAGE_KEYS})")
+    label = read_label(sample, num_classes, url, key)
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            img = img.convert("L" if channels == 1 else "RGB")
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise SampleError(f"{url}: sample {key!r}: cannot decode image ({exc})") from exc
+        img = read_image(io.BytesIO(data), f"{url}: sample {key!r}", channels, max_pixels)
+    except ImageError as exc:
+        raise SampleError(str(exc)) from exc
     if img.size != (image_size, image_size):
         img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
     x = torch.from_numpy(np.array(img, dtype=np.uint8))
     x = (x[None] if x.ndim == 2 else x.permute(2, 0, 1)).float().div(127.5).sub(1)
     if hflip and torch.rand(()) < 0.5:
         x = x.flip(-1)
-    label = int(sample["cls"]) if "cls" in sample else -1
     return x, label, zlib.crc32(key.encode())
 
 
-class SkipAndCount:
-    """webdataset handler for the training stream: warn about a corrupt sample or shard, count it, and go on."""
-
-    def __init__(self):
-        self.skipped = 0
-
-    def __call__(self, exn: Exception) -> bool:
-        self.skipped += 1
-        log.warning("skipped corrupt training data (%d so far in this worker): %s", self.skipped, exn)
-        return True
-
-
-def _raise_with_culprit(exn: Exception) -> bool:
-    if isinstance(exn, UserError):
-        raise exn
-    raise ShardError(f"validation data: {exn!r}") from exn
-
-
-class CountedShards:
-    """Pipeline stage: tar shards -> raw samples, checking that each shard yields the sample count its manifest
-    records (a clobbered tar header otherwise ends tarfile's stream early without any error). A short shard raises
-    when ``strict`` (validation) and is reported to ``handler`` otherwise (training). A class, so workers can pickle it.
-    """
-
-    def __init__(self, expected: dict[str, int], manifest: str, strict: bool, handler):
-        self.expected, self.manifest, self.strict, self.handler = expected, manifest, strict, handler
-
-    max_empty_in_a_row = 50  # a resampled stream whose shards all fail would otherwise spin forever
-
-    def __call__(self, urls):
-        to_samples = wds.tarfile_to_samples(handler=self.handler)
-        empty = 0
-        for url in urls:
-            n = 0
-            for sample in to_samples(iter([url])):
-                n += 1
-                yield sample
-            empty = 0 if n else empty + 1
-            if empty >= self.max_empty_in_a_row:
-                raise ShardError(f"the last {empty} shards read (the latest {url['url']}) yielded no sample at all")
-            name = next((f for f in self.expected if f in url["url"]), None)
-            if name is not None and n != self.expected[name]:
-                exc = ShardError(
-                    f"shard {url['url']} yielded {n} of the {self.expected[name]} samples that {self.manifest} "
-                    "records: it is corrupt or truncated; write the shard set again with --overwrite"
-                )
-                if self.strict:
-                    raise exc
-                self.handler(exc)
+def read_label(sample: dict, num_classes: int | None, url: str, key: str) -> int:
+    """The sample's class id, checked against the data set's classes (-1 for an unlabelled data set)."""
+    if num_classes == 0 or (num_classes is None and "cls" not in sample):
+        return -1
+    if "cls" not in sample:
+        raise SampleError(f"{url}: sample {key!r} has no .cls label but the data set has {num_classes} classes")
+    raw = sample["cls"]
+    try:
+        label = int(raw.decode() if isinstance(raw, bytes) else raw)
+    except (ValueError, UnicodeDecodeError):
+        raise SampleError(f"{url}: sample {key!r} has the label {raw!r}, not an integer class id") from None
+    if num_classes is not None and not 0 <= label < num_classes:
+        raise SampleError(
+            f"{url}: sample {key!r} has the label {label}, outside the data set's classes 0..{num_classes - 1}"
+        )
+    return label
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -118,6 +104,17 @@ class ShardDataModule(L.LightningDataModule):
         resize: resize images to resize x resize (default: the manifest's size); the model follows.
         train_batches_per_epoch: batches each rank draws per epoch (default: one pass over the training split).
         verify_checksums: check every local shard's SHA-256 against the manifest at setup (reads all bytes).
+        max_pixels: images whose header declares more pixels are rejected before decoding (default: 2^25, or
+            ``PYRAMID_DM_MAX_PIXELS``); in training they are skipped and counted like any corrupt sample.
+        read_timeout_s: a ``pipe:`` shard that sends nothing for this long is stopped: skipped and counted in
+            training, an error naming it in validation.
+        max_skip_rate: training stops with an error naming the shard set once more than this fraction of the samples
+            read (after the first 500) was skipped as corrupt; the count and rate are logged as ``data/skipped`` and
+            ``data/skip_rate``.
+        seed: the training stream's seed. The stream is reproducible from it, and its position (epoch, batches drawn)
+            is saved in every checkpoint: a resumed run draws the rest of the interrupted epoch from a fresh resample
+            seeded by (seed, epoch, batches drawn), so no batch drawn before the checkpoint is replayed
+            (:class:`~pyramid_dm.data.streams.ResumableStream`).
     """
 
     def __init__(
@@ -132,13 +129,23 @@ class ShardDataModule(L.LightningDataModule):
         train_batches_per_epoch: int | None = None,
         shuffle_buffer: int = 1000,
         verify_checksums: bool = False,
+        max_pixels: int | None = None,
+        read_timeout_s: float = 600.0,
+        max_skip_rate: float = 0.1,
+        seed: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
         location = shard_location(shards, progress=True)
         self.manifest = Manifest.load(location)
         if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+            raise UserError(f"data.batch_size must be >= 1, got {batch_size}")
+        if not 0 <= max_skip_rate <= 1 or read_timeout_s <= 0:
+            raise UserError(
+                f"data.max_skip_rate must lie in [0, 1] and data.read_timeout_s be > 0, got {max_skip_rate}, "
+                f"{read_timeout_s}"
+            )
+        self.skips = SkipStats()
         self.image_size = int(resize or self.manifest.image_size)
         self.channels = self.manifest.channels
         self.num_classes = self.manifest.num_classes
@@ -165,30 +172,54 @@ class ShardDataModule(L.LightningDataModule):
         return h.train_batches_per_epoch or max(1, math.ceil(self.manifest.count("train") / per_rank))
 
     def _decode(self, hflip: bool):
-        return partial(decode_sample, channels=self.channels, image_size=self.image_size, hflip=hflip)
+        return partial(
+            decode_sample,
+            channels=self.channels,
+            image_size=self.image_size,
+            hflip=hflip,
+            num_classes=self.num_classes,
+            max_pixels=self.hparams.max_pixels,
+        )
 
     def _samples(self, strict: bool, handler) -> CountedShards:
-        return CountedShards(_expected_counts(self.manifest), str(self.manifest.path), strict, handler)
+        counts = expected_counts(self.manifest)
+        return CountedShards(counts, str(self.manifest.path), strict, handler, self.hparams.read_timeout_s)
 
     def train_dataloader(self):
-        h, handler = self.hparams, SkipAndCount()
+        h, handler = self.hparams, SkipAndCount(self.hparams.max_skip_rate, str(self.manifest.path))
+        shards = wds.ResampledShards(self._urls("train"), seed=h.seed, deterministic=True)
         ds = wds.DataPipeline(
-            wds.ResampledShards(self._urls("train")),
+            shards,
             self._samples(strict=False, handler=handler),
-            wds.shuffle(h.shuffle_buffer),
+            wds.detshuffle(h.shuffle_buffer, seed=h.seed),
             wds.map(self._decode(h.hflip), handler=handler),
+            wds.map(handler.count),
             wds.batched(h.batch_size, partial=False),
+            WithSkips(handler),
         )
         n = self.batches_per_epoch()
         loader = wds.WebLoader(ds, batch_size=None, num_workers=h.num_workers, **worker_options(h.num_workers))
-        with warnings.catch_warnings():  # with_length only sets __len__ (for the progress bar), which is all we want
+        with warnings.catch_warnings():  # with_epoch sets the epoch's length, which is all we want of it
             warnings.simplefilter("ignore", UserWarning)
-            return loader.with_epoch(n).with_length(n)
+            loader = loader.with_epoch(n)
+        return ResumableStream(loader, [shards, ds.pipeline[2]], n, h.seed, self.skips)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """During training: log the skip count and rate, and stop the run when the rate passes ``max_skip_rate``."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return batch
+        if trainer.logger is not None and trainer.global_step % 50 == 0:
+            trainer.logger.log_metrics(self.skips.metrics(), step=trainer.global_step)
+        self.skips.check(self.hparams.max_skip_rate, str(self.manifest.path))
+        return batch
 
     def val_dataloader(self):
         h = self.hparams
         urls = self._urls("val")
-        ds = ordered_batches(self.manifest, urls, self._decode(False), h.batch_size, split_by_rank=True)
+        ds = ordered_batches(
+            self.manifest, urls, self._decode(False), h.batch_size, split_by_rank=True, timeout=h.read_timeout_s
+        )
         workers = min(h.num_workers, len(urls)) if isinstance(urls, list) else h.num_workers
         return wds.WebLoader(ds, batch_size=None, num_workers=workers, **worker_options(workers))
 
@@ -211,24 +242,6 @@ def ignore_requeue_signal(worker_id: int) -> None:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
-def _expected_counts(manifest: Manifest) -> dict[str, int]:
-    return {e["file"]: e["count"] for split in ("train", "val") for e in manifest.split(split)["shards"]}
-
-
-def ordered_batches(manifest: Manifest, urls, decode, batch_size: int, split_by_rank: bool) -> wds.DataPipeline:
-    """Every sample of ``urls`` exactly once, in shard order, strictly checked (a bad sample or short shard raises,
-    naming it). ``split_by_rank`` splits the shards across DDP ranks and loader workers."""
-    stages = [wds.SimpleShardList(urls)]
-    if split_by_rank:
-        stages += [wds.split_by_node, wds.split_by_worker]
-    return wds.DataPipeline(
-        *stages,
-        CountedShards(_expected_counts(manifest), str(manifest.path), strict=True, handler=_raise_with_culprit),
-        wds.map(decode, handler=_raise_with_culprit),
-        wds.batched(batch_size, partial=True),
-    )
-
-
 def read_split(
     manifest: Manifest, split: str, limit: int | None = None, image_size: int | None = None, batch_size: int = 500
 ):
@@ -242,7 +255,11 @@ def read_split(
         )
     manifest.check(split)
     decode = partial(
-        decode_sample, channels=manifest.channels, image_size=image_size or manifest.image_size, hflip=False
+        decode_sample,
+        channels=manifest.channels,
+        image_size=image_size or manifest.image_size,
+        hflip=False,
+        num_classes=manifest.num_classes,
     )
     urls = [str(p) for p in manifest.shard_paths(split)]
     remaining = available if limit is None else limit

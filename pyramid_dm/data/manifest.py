@@ -36,6 +36,39 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _need(ok: bool, path: Path, key: str, value, want: str) -> None:
+    if not ok:
+        raise ShardError(f"{path}: manifest key {key!r} is {value!r}, expected {want}; write the shard set again")
+
+
+def check_manifest(data: dict, path: Path) -> None:
+    """Every key a reader uses, of the right type, or one error naming the key."""
+    for key in ("image_size", "channels"):
+        value = data.get(key)
+        _need(
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1, path, key, value, "an integer >= 1"
+        )
+    _need(data["channels"] in (1, 3), path, "channels", data["channels"], "1 or 3")
+    classes = data.get("classes")
+    _need(classes is None or isinstance(classes, list), path, "classes", classes, "a list of names or null")
+    splits = data.get("splits")
+    _need(isinstance(splits, dict) and splits, path, "splits", splits, "an object of splits")
+    for name, split in splits.items():
+        _need(isinstance(split, dict), path, f"splits.{name}", split, "an object with count and shards")
+        count, shards = split.get("count"), split.get("shards")
+        _need(isinstance(count, int) and count >= 0, path, f"splits.{name}.count", count, "an integer >= 0")
+        _need(isinstance(shards, list), path, f"splits.{name}.shards", shards, "a list")
+        for i, entry in enumerate(shards):
+            where = f"splits.{name}.shards[{i}]"
+            _need(isinstance(entry, dict), path, where, entry, "an object")
+            for key, kind in (("file", str), ("count", int), ("bytes", int), ("sha256", str)):
+                value = entry.get(key)
+                _need(isinstance(value, kind) and not isinstance(value, bool), path, f"{where}.{key}", value,
+                      f"a{'n integer' if kind is int else ' string'}")  # fmt: skip
+            _need("/" not in entry["file"] and entry["file"] not in (".", ".."), path, f"{where}.file", entry["file"],
+                  "a file name in the shard directory")  # fmt: skip
+
+
 @dataclass
 class Manifest:
     path: Path
@@ -61,8 +94,10 @@ class Manifest:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ShardError(f"{path}: unreadable manifest ({exc})") from exc
-        if data.get("format") != FORMAT:
-            raise ShardError(f"{path}: unknown manifest format {data.get('format')!r} (expected {FORMAT!r})")
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ShardError(f"{path}: unknown manifest format {found!r} (expected {FORMAT!r})")
+        check_manifest(data, path)
         return cls(path, data)
 
     @property

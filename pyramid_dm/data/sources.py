@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..errors import UserError
+from .imageio import read_image
 
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
@@ -40,6 +42,7 @@ class ImageSet:
     source: str
     classes: list[str] | None
     splits: dict[str, list[Example]] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)  # paths a folder source left out by its rule, for the report
 
 
 def _split(examples: list[Example], val_fraction: float, seed: int) -> dict[str, list[Example]]:
@@ -61,34 +64,44 @@ def _array_examples(images: np.ndarray, labels: np.ndarray | None, prefix: str) 
 # ---- image folder ---------------------------------------------------------------------------------------------------
 
 
-def _load_image_file(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            img.load()
-            rgb = img.mode not in ("L", "1", "I", "I;16", "F", "LA")
-            return np.array(img.convert("RGB" if rgb else "L"))
-    except (OSError, SyntaxError) as exc:
-        raise SourceError(f"{path}: cannot read image ({exc})") from exc
+def _load_image_file(path: Path, max_pixels: int | None = None) -> np.ndarray:
+    return np.array(read_image(path, str(path), max_pixels=max_pixels))
 
 
 def image_folder(root: str | Path, val_fraction: float = 0.1, seed: int = 0) -> ImageSet:
-    """A folder of PNG/JPEG images; one sub-folder per class (sorted names = class ids), or a flat unlabelled folder."""
+    """A folder of PNG/JPEG images; one sub-folder per class (sorted names = class ids), or a flat unlabelled folder.
+
+    The rule: with class sub-folders, the images directly inside each are the data (a class folder may be a symlink,
+    and is followed); folders nested deeper, files that are not PNG/JPEG, and images beside the class folders are
+    left out, and listed in ``ignored`` (``shards`` prints them). Hidden files and folders are skipped silently."""
     root = Path(root)
     if not root.is_dir():
         raise SourceError(f"image folder {root} does not exist or is not a directory")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    files = lambda d: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)  # noqa: E731
+    visible = lambda d: sorted(p for p in d.iterdir() if not p.name.startswith("."))  # noqa: E731
+    is_image = lambda p: p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES  # noqa: E731
+    class_dirs = [d for d in visible(root) if d.is_dir()]
+    ignored: list[str] = []
     if class_dirs:
         classes = [d.name for d in class_dirs]
-        items = [(p, label) for label, d in enumerate(class_dirs) for p in files(d)]
+        items = []
+        for label, d in enumerate(class_dirs):
+            for p in visible(d):
+                if is_image(p):
+                    items.append((p, label))
+                else:
+                    ignored.append(f"{p}{'/ (nested folder)' if p.is_dir() else ' (not a PNG/JPEG image)'}")
+        ignored += [f"{p} (beside the class folders)" for p in visible(root) if not p.is_dir()]
     else:
-        classes, items = None, [(p, None) for p in files(root)]
+        classes, items = None, [(p, None) for p in visible(root) if is_image(p)]
+        ignored += [f"{p} (not a PNG/JPEG image)" for p in visible(root) if not is_image(p)]
     if not items:
         raise SourceError(f"image folder {root} holds no {'/'.join(IMAGE_SUFFIXES)} files")
+    for path in ignored[:20]:
+        log.warning("image folder %s: ignored %s", root, path)
     examples = [
         Example(f"img{i:08d}", label, partial(_load_image_file, p), str(p)) for i, (p, label) in enumerate(items)
     ]
-    return ImageSet(f"folder:{root.resolve()}", classes, _split(examples, val_fraction, seed))
+    return ImageSet(f"folder:{root.resolve()}", classes, _split(examples, val_fraction, seed), ignored)
 
 
 # ---- IDX (MNIST / Fashion-MNIST) -------------------------------------------------------------------------------------

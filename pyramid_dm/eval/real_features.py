@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import time
 
 import torch
@@ -22,6 +23,12 @@ from ..data.manifest import Manifest, atomic_write_bytes
 from .features import FeatureExtractor, extract
 
 log = logging.getLogger(__name__)
+
+
+def safe_name(name: str) -> str:
+    """A manifest's (or extractor's) name as one file-name part: no path separators, no "..", nothing hidden."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip(".") or "data"
+    return cleaned.replace("..", "_")
 
 
 def cache_key(manifest: Manifest, split: str, image_size: int, limit: int | None, extractor: FeatureExtractor) -> str:
@@ -41,7 +48,7 @@ def real_features(
     """(N, d) float32 features of the first ``limit`` images (all if None) of ``split``, resized to ``image_size``."""
     image_size = image_size or manifest.image_size
     key = cache_key(manifest, split, image_size, limit, extractor)
-    path = cache_dir() / "real_features" / f"{manifest.name}-{split}-{extractor.name}-{key}.pt"
+    path = cache_dir() / "real_features" / f"{safe_name(manifest.name)}-{split}-{safe_name(extractor.name)}-{key}.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)["features"]
     start = time.perf_counter()
