@@ -127,11 +127,14 @@ def next_wandb_step(wandb_dir: Path, run_id: str, exclude: Path | None = None) -
     for part in sorted(wandb_dir.glob(f"*run-*-{run_id}")):
         if exclude is not None and part.resolve() == exclude.resolve():
             continue
-        proc = subprocess.run(
-            ["wandb", "leet", "inspect", "--summary", "--json", str(part)], capture_output=True, text=True, timeout=120
-        )
-        try:
+        try:  # a part killed mid-write (SIGKILL, preemption) may be unreadable: warn, never fail the resume
+            proc = subprocess.run(
+                ["wandb", "leet", "inspect", "--summary", "--json", str(part)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             last = max(last, int(json.loads(proc.stdout).get("step") or 0))
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OSError, subprocess.TimeoutExpired):
             rank_zero_warn(f"could not read the W&B steps of {part}; the resumed run's steps may overlap them")
     return last + 1

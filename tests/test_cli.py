@@ -62,6 +62,7 @@ def test_fit_writes_checkpoints_config_and_an_offline_wandb_run(trained):
     for key in ("train/loss", "val/loss", "train/grad_norm", "lr-AdamW", "train/device/samples_per_sec"):
         assert isinstance(summary[key], float), key
     assert summary["trainer/global_step"] == 5 and summary["val/loss"] > 0
+    assert summary["data/skipped"] == 0 and summary["data/skip_rate"] == 0.0  # the data's health is logged too
     image = summary["samples"]
     assert image["_type"] == "images/separated" and "step 6 | dpmpp_2m 20 steps" in image["captions"][0]
     png = runs[0] / "files" / image["filenames"][0]

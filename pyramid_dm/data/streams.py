@@ -52,7 +52,15 @@ class PipeStream:
             raise ShardError(f"shard {self.url}: the command exited with status {self.proc.returncode}")
         return data
 
+    def __del__(self):  # a reader that stops mid-shard (the end of an epoch) must not leave the command running
+        try:
+            self.close()
+        except Exception:
+            pass
+
     def close(self) -> None:
+        if self.proc.stdout.closed:
+            return
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
