@@ -87,12 +87,24 @@ def open_streams(urls, handler, timeout: float):
             break
 
 
+MIN_SAMPLES = 500  # a skip rate is judged only after this many samples were read
+
+
+def check_skip_rate(skipped: int, delivered: int, max_rate: float, what: str) -> None:
+    """An error naming ``what`` once more than ``max_rate`` of the samples read were skipped as corrupt."""
+    total = skipped + delivered
+    if total >= MIN_SAMPLES and skipped > max_rate * total:
+        raise ShardError(
+            f"{what}: {skipped} of the {total} training samples read were skipped as corrupt "
+            f"({skipped / total:.0%} > data.max_skip_rate {max_rate:g}); the shards are damaged (the loader's warnings "
+            "name them): write the shard set again, or raise data.init_args.max_skip_rate"
+        )
+
+
 class SkipAndCount:
     """webdataset handler for the training stream: warn about a corrupt sample or shard, count it, and go on; and
     stop the stream with an error once more than ``max_rate`` of the samples this worker read were skipped (after
-    ``min_samples``), so a stream whose every sample is bad fails instead of spinning forever."""
-
-    min_samples = 500
+    :data:`MIN_SAMPLES`), so a stream whose every sample is bad fails instead of spinning forever."""
 
     def __init__(self, max_rate: float = 1.0, what: str = "the training data"):
         self.skipped, self.unreported, self.delivered = 0, 0, 0
@@ -107,13 +119,7 @@ class SkipAndCount:
         return True
 
     def check(self) -> None:
-        total = self.skipped + self.delivered
-        if total >= self.min_samples and self.skipped > self.max_rate * total:
-            raise ShardError(
-                f"{self.what}: {self.skipped} of the {total} training samples read were skipped as corrupt "
-                f"({self.skipped / total:.0%} > data.max_skip_rate {self.max_rate:g}); the shards are damaged (the "
-                "loader's warnings name them): write the shard set again, or raise data.init_args.max_skip_rate"
-            )
+        check_skip_rate(self.skipped, self.delivered, self.max_rate, self.what)
 
     def count(self, sample):
         """Pipeline stage function: one more sample delivered."""
@@ -189,9 +195,7 @@ class SkipStats:
         return {"data/skipped": self.skipped, "data/skip_rate": self.rate}
 
     def check(self, max_rate: float, what: str) -> None:
-        counter = SkipAndCount(max_rate, what)
-        counter.skipped, counter.delivered = self.skipped, self.seen
-        counter.check()
+        check_skip_rate(self.skipped, self.seen, max_rate, what)
 
 
 class WithSkips:
