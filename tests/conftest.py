@@ -33,6 +33,9 @@ def _isolated_env(session_env, monkeypatch):
     for key, value in session_env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    # A wandb.init in this process (test_compat) exports WANDB_SERVICE so that children share its wandb-core; a CLI run
+    # started from here would then attach to it, and a run killed with -9 would stay "in use" there, failing the resume.
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -87,3 +87,4 @@ def test_wandb_accepts_the_flush_setting_and_runs_know_their_starting_step(tmp_p
         assert compat.run_starting_step(run) == 0
     finally:
         run.finish()
+        wandb.teardown()  # stops this process's wandb-core, so nothing started later can attach to it
