@@ -57,11 +57,12 @@ def read_checkpoint(
     families: tuple[str, ...] | None = None,
     kind: str = "a pyramid_dm",
     hint: str = "",
+    mismatch_hint: str = "",
 ) -> dict:
     """The checkpoint at ``path``, loaded with ``weights_only=True`` on the CPU, migrated to the current format.
     ``what`` names it in errors (e.g. ``model.autoencoder_ckpt``); ``families`` (None: any pyramid_dm checkpoint)
     are the families accepted (``kind`` names them, e.g. "an autoencoder"), checked from the stamp before any class is
-    imported; ``hint`` ends the message of a missing file."""
+    imported; ``hint`` ends the message of a missing file, ``mismatch_hint`` that of a checkpoint of another family."""
     ckpt = read_torch_file(path, what, hint)
     p = Path(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
@@ -70,8 +71,10 @@ def read_checkpoint(
     if families is not None:
         family = family_of(ckpt)
         if family not in families:
-            found = ckpt["pyramid_dm"].get("class_path") or "not a pyramid_dm checkpoint"
-            raise UserError(f"{what} {str(p)!r} is not {kind} checkpoint ({found}); name one of {' / '.join(families)}")
+            found = ckpt["pyramid_dm"].get("class_path")
+            article = "an" if (family or "x")[0] in "aeiou" else "a"
+            holds = f"{article} {family} model ({found})" if family and found else "no model pyramid_dm knows"
+            raise UserError(f"{what} {str(p)!r} holds {holds}, not {kind}{mismatch_hint}")
     return ckpt
 
 

@@ -1,5 +1,5 @@
-"""Command line: ``python -m pyramid_dm {fit,validate,test,predict} --config configs/....yaml``, plus ``shards``
-and ``bench``.
+"""Command line: ``python -m pyramid_dm {fit,validate,test,predict} --config configs/....yaml``, plus ``sample``,
+``evaluate``, ``shards``, ``train-classifier`` and ``bench`` (:data:`COMMANDS`).
 
 Configs are LightningCLI YAML with OmegaConf interpolation resolved over the merged config (``${exp.name}``,
 ``${oc.env:VAR,default}``). A config may list ``defaults:`` (paths relative to itself): those pieces are loaded first,
@@ -9,7 +9,9 @@ then the file itself, then command-line overrides, so configs compose without co
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
+import warnings
 from operator import attrgetter
 from pathlib import Path
 
@@ -21,15 +23,18 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from .callbacks.progress import use_step_bounded_bar
 from .checkpoints import read_checkpoint
 from .config import config_chain
 from .errors import UserError, one_line
 from .loggers import LogsBeforeCheckpoints, RunLogger
 from .resume import (
     HPC_PATTERN,
+    InterruptAtStepBoundary,
     RequeueAtStepBoundary,
     StepBoundaryResume,
     TidyCheckpoints,
+    TrainingLeft,
     newest_checkpoint,
     slurm_job_id,
     slurm_requeued,
@@ -94,12 +99,24 @@ class PyramidCLI(LightningCLI):
         class_path = (self.config[sub].get("model") or {}).get("class_path", "")
         module, _, name = class_path.rpartition(".")
         family = getattr(getattr(importlib.import_module(module), name, None), "family", None) if module else None
-        read_checkpoint(ckpt, "--ckpt_path", None if family is None else (family,), f"a {family}")
+        read_checkpoint(
+            ckpt,
+            "--ckpt_path",
+            None if family is None else (family,),
+            f"a {family} model as the config's {name}",
+            mismatch_hint="; pass the config it was trained with (its run's config.yaml)",
+        )
 
     def before_instantiate_classes(self) -> None:
         # The pieces were expanded into --config arguments already; the saved config.yaml is complete without them.
         config = self.config[self.subcommand] if self.subcommand else self.config
         config.defaults = None
+        absolute_paths(config)
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        if getattr(self, "trainer", None) is not None:
+            use_step_bounded_bar(self.trainer)
 
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]
@@ -123,13 +140,30 @@ class PyramidCLI(LightningCLI):
                 )
         # first, so that the restored logging step is in place before any other callback logs in the first batch
         self.trainer.callbacks[:0] = [StepBoundaryResume()]
-        self.trainer.callbacks += [RequeueAtStepBoundary(), LogsBeforeCheckpoints(), TidyCheckpoints()]
+        self.trainer.callbacks += [
+            RequeueAtStepBoundary(),
+            InterruptAtStepBoundary(),
+            LogsBeforeCheckpoints(),
+            TidyCheckpoints(),
+            TrainingLeft(),
+        ]
+        for logger, group, tags in self.run_loggers():
+            exp = config.get("exp", {})
+            logger.prepare_run(resume=resume, group=group, tags=tags, job_id=slurm_run_id(exp.get("name", "")))
+
+    def run_loggers(self):
+        """(RunLogger, W&B group, tags) for each of the trainer's W&B loggers."""
+        exp = self.config_init[self.subcommand].get("exp", {})
+        tags = [getattr(self.model, "family", "model"), getattr(self.datamodule, "dataset_name", "data")]
         for logger in self.trainer.loggers:
             if isinstance(logger, RunLogger):
-                exp = config.get("exp", {})
-                tags = [getattr(self.model, "family", "model"), getattr(self.datamodule, "dataset_name", "data")]
-                group = exp.get("group") or exp.get("name")
-                logger.prepare_run(resume=resume, group=group, tags=tags, job_id=slurm_run_id(exp.get("name", "")))
+                yield logger, exp.get("group") or exp.get("name"), tags
+
+    def before_validate(self) -> None:
+        for logger, group, tags in self.run_loggers():
+            logger.prepare_job(self.subcommand, group, tags)
+
+    before_test = before_predict = before_validate  # each its own W&B run and folder, never the training's
 
     def check_ckpt_path(self, config, root: Path, ckpt_dirs: list) -> None:
         """``last`` is the newest complete checkpoint of the run, and an error when it has none (a typo in --exp.name
@@ -147,21 +181,62 @@ class PyramidCLI(LightningCLI):
             config["ckpt_path"] = None if newest is None else str(newest)
 
 
-def run_lightning(argv: list[str]) -> None:
+# Config values that name local files: stored absolute in the run's config.yaml and checkpoints, so that `evaluate` and
+# `sample` (and a resumed fit) find them from any working directory.
+PATH_KEYS = (
+    "data.init_args.shards",
+    "data.init_args.train_urls",
+    "data.init_args.val_urls",
+    "model.init_args.autoencoder_ckpt",
+)
+
+
+def absolute_path(value):
+    """``value`` made absolute when it is a relative local path (``builtin:``, ``pipe:`` and URLs stay as they are)."""
+    if not isinstance(value, str) or not value or ":" in value or value.startswith(("/", "~")):
+        return value
+    return str(Path(value).absolute())
+
+
+def absolute_paths(config) -> None:
+    for key in PATH_KEYS:
+        value = config.get(key)
+        if value is not None:
+            config[key] = absolute_path(value)
+
+
+def quiet() -> None:
+    """Silence what a user cannot act on: Lightning's advertisement for its LitLogger, and the deprecation of
+    ``LeafSpec`` that Lightning's own code triggers in torch (twice per run)."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+def run_lightning(argv: list[str]) -> int:
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    quiet()
     # Lightning's DDP launcher starts the other ranks by re-running sys.argv, so the expanded arguments go there.
     sys.argv[1:] = expand_defaults(argv)
-    PyramidCLI(
+    cli = PyramidCLI(
         model_class=LightningModule,
         datamodule_class=LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=LoggerSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "omegaconf+"},
+        # allow_abbrev off: a misspelt option (--trainer.max_step) is an error, not a prefix of another (max_steps)
+        parser_kwargs={
+            "parser_mode": "omegaconf+",
+            "prog": PROG,
+            "allow_abbrev": False,
+            **{name: {"allow_abbrev": False} for name in LIGHTNING_COMMANDS},
+        },
         seed_everything_default=0,
         auto_configure_optimizers=False,  # the module configures AdamW + warm-up itself
     )
+    trainer = getattr(cli, "trainer", None)
+    interrupted = [cb for cb in getattr(trainer, "callbacks", []) if isinstance(cb, InterruptAtStepBoundary)]
+    return 130 if any(cb.stopped_at is not None for cb in interrupted) else 0  # 130: ended by Ctrl-C, as shells expect
 
 
 def find_user_error(exc: BaseException) -> UserError | None:
@@ -175,30 +250,43 @@ def find_user_error(exc: BaseException) -> UserError | None:
     return None
 
 
+PROG = "python -m pyramid_dm"
+# Lightning's subcommands (LightningCLI parses them) and ours (module with a ``main(argv)``), one line of help each
+LIGHTNING_COMMANDS = {
+    "fit": "train a model from a config (--config configs/...yaml); --ckpt_path last resumes",
+    "validate": "validation loss and sample quality of a checkpoint (--config, --ckpt_path)",
+    "test": "Lightning's test loop over a config and checkpoint",
+    "predict": "Lightning's predict loop over a config and checkpoint",
+}
+COMMANDS = {
+    "sample": ("pyramid_dm.commands.sample", "draw images from a checkpoint with any sampler, steps and guidance"),
+    "evaluate": ("pyramid_dm.commands.evaluate", "sample quality (FID-proxy, KID, ...) and cost of a checkpoint"),
+    "shards": ("pyramid_dm.commands.shards", "write webdataset shards from an image folder, IDX files or digits"),
+    "train-classifier": ("pyramid_dm.commands.train_classifier", "train a feature classifier for the FID-proxy"),
+    "bench": ("pyramid_dm.bench", "speed benchmarks: unet, ddp, fid-floor, guidance"),
+}
+
+
+def usage() -> str:
+    lines = [f"usage: {PROG} COMMAND [options]   ({PROG} COMMAND --help for a command's options)", "", "commands:"]
+    table = {**LIGHTNING_COMMANDS, **{name: text for name, (_, text) in COMMANDS.items()}}
+    lines += [f"  {name:<17} {text}" for name, text in table.items()]
+    lines += ["", "quickstart:", f"  {PROG} fit --config configs/quickstart.yaml"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
     try:
-        if argv and argv[0] == "shards":
-            from .commands.shards import main as shards_main
-
-            return shards_main(argv[1:])
-        if argv and argv[0] == "train-classifier":
-            from .commands.train_classifier import main as train_classifier_main
-
-            return train_classifier_main(argv[1:])
-        if argv and argv[0] == "evaluate":
-            from .commands.evaluate import main as evaluate_main
-
-            return evaluate_main(argv[1:])
-        if argv and argv[0] == "sample":
-            from .commands.sample import main as sample_main
-
-            return sample_main(argv[1:])
-        if argv and argv[0] == "bench":
-            from .bench import main as bench_main
-
-            return bench_main(argv[1:])
-        run_lightning(argv)
+        if argv[0] in COMMANDS:
+            return importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
+        if argv[0] not in LIGHTNING_COMMANDS and not argv[0].startswith("-"):
+            print(f"{usage()}\n\nerror: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return run_lightning(argv)
     except Exception as exc:
         user_error = find_user_error(exc)
         if user_error is None:

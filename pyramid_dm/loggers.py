@@ -67,6 +67,9 @@ class RunLogger(WandbLogger):
         elif isinstance(kwargs["settings"], dict):
             kwargs["settings"] = {compat.WANDB_FLUSH_SETTING: FLUSH_INTERVAL_S, **kwargs["settings"]}
         super().__init__(save_dir=save_dir, offline=wandb_offline(offline), id=id, **kwargs)
+        init = compat.wandb_init_kwargs(self)
+        if init.get("anonymous") is None:  # W&B warns that the setting has no effect whenever it is passed at all
+            init.pop("anonymous", None)
         self._explicit_id = id is not None
         self._continue_steps = False  # a resumed run: its first row continues W&B's step after the earlier parts
 
@@ -92,6 +95,20 @@ class RunLogger(WandbLogger):
         if group and not init.get("group"):
             init["group"] = group
         init["tags"] = sorted({*(init.get("tags") or []), *(tags or [])})
+
+    def prepare_job(self, job_type: str, group: str | None = None, tags: list[str] | None = None) -> None:
+        """Call before a ``validate``/``test``/``predict`` run starts: its W&B run is its own (job type ``job_type``,
+        in the experiment's group), kept in ``save_dir/<job_type>/wandb``, so the training run's folder and its
+        ``latest-run`` link stay the training's, and ``wandb sync .../wandb/offline-run-*`` uploads training alone."""
+        init = compat.wandb_init_kwargs(self)
+        folder = Path(self.save_dir) / job_type
+        folder.mkdir(parents=True, exist_ok=True)
+        init.update(dir=str(folder), job_type=job_type)
+        if not self._explicit_id:
+            compat.set_wandb_run_id(self, uuid.uuid4().hex[:12])
+        if group and not init.get("group"):
+            init["group"] = group
+        init["tags"] = sorted({*(init.get("tags") or []), *(tags or []), job_type})
 
     @rank_zero_only
     def log_metrics(self, metrics, step: int | None = None) -> None:

@@ -19,6 +19,7 @@ gaps it leaves are closed here; its handler still does the saving and the requeu
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import re
@@ -28,11 +29,12 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.plugins.environments import SLURMEnvironment
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from . import compat
+from .errors import UserError
 
 HPC_PATTERN = "hpc_ckpt_*.ckpt"
 
@@ -166,6 +168,78 @@ class RequeueAtStepBoundary(Callback):
         if self._handler is not None:
             signal.signal(self._signum, self._handler)
             self._handler = None
+
+
+class TrainingLeft(Callback):
+    """A resumed run with nothing left to train says so: ``max_time`` already spent is an error naming it (Lightning
+    would end at once, exit code 0, without a word); ``max_steps`` already reached is a notice."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for cb in trainer.callbacks:
+            if isinstance(cb, Timer) and cb.time_remaining() is not None and cb.time_remaining() <= 0:
+                spent = datetime.timedelta(seconds=round(cb.time_elapsed()))
+                budget = datetime.timedelta(seconds=round(cb.time_elapsed() + cb.time_remaining()))
+                raise UserError(
+                    f"--trainer.max_time {budget}: the run has already trained for {spent} of it (the time is counted "
+                    "across resumes); raise trainer.max_time to train on"
+                )
+        if 0 < trainer.max_steps <= trainer.global_step:
+            rank_zero_warn(
+                f"trainer.max_steps is {trainer.max_steps} and the run is at step {trainer.global_step} already: nothing "
+                "left to train (raise --trainer.max_steps to train on)"
+            )
+
+
+class InterruptAtStepBoundary(Callback):
+    """Ctrl-C ends training at the next step boundary with a checkpoint of that step, so ``--ckpt_path last`` goes on
+    from where it stopped: no step is trained, and no W&B row logged, twice (Lightning alone stops wherever the
+    KeyboardInterrupt lands, and the resume redoes every step since the last checkpoint). A second Ctrl-C stops at once.
+
+    The checkpoint is the ``last`` one of the run's ModelCheckpoint (else ``interrupted.ckpt`` in the run directory),
+    written at the end of a batch, where Lightning's own step checkpoints are. Under DDP the ranks agree (one integer
+    all-reduced, max) before every step ends, as :class:`RequeueAtStepBoundary` does for the requeue signal.
+    """
+
+    def __init__(self):
+        self._pending = False
+        self._previous = None
+        self.stopped_at: int | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._defer)
+        except ValueError:  # not the main thread: leave Ctrl-C to Python
+            self._previous = None
+
+    def _defer(self, signum, frame) -> None:
+        if self._pending:
+            raise KeyboardInterrupt
+        self._pending = True
+        print("\nCtrl-C: stopping after this step, with a checkpoint (Ctrl-C again to stop at once)", flush=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        flag = torch.tensor([int(self._pending)], device=trainer.strategy.root_device)
+        if trainer.world_size > 1:
+            flag = trainer.strategy.reduce(flag, reduce_op="max")
+        if not flag.item():
+            return
+        path = interrupt_checkpoint_path(trainer)
+        trainer.save_checkpoint(path, weights_only=False)
+        self.stopped_at = trainer.global_step
+        trainer.should_stop = True
+        rank_zero_info(f"stopped at step {trainer.global_step}: saved {path}; resume with --ckpt_path last")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+def interrupt_checkpoint_path(trainer) -> Path:
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.dirpath and cb.save_last:
+            return Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+    return Path(trainer.default_root_dir) / "interrupted.ckpt"
 
 
 class TidyCheckpoints(Callback):

@@ -53,3 +53,28 @@ def execute_notebook(name: str, env: dict):
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     return nb
+
+
+def make_rgb_folder(root: Path, per_class: dict[str, int], size: int = 32, seed: int = 0) -> Path:
+    """A folder of colour PNGs, one sub-folder per class, as a user's own images would be: each class a coloured
+    shape (disc, square, bar) of varying size and place on a varying background, so classes differ in colour and form."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for c, (name, count) in enumerate(per_class.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        hue = np.array([(c * 0.37) % 1, (c * 0.61 + 0.3) % 1, (c * 0.83 + 0.6) % 1])
+        for i in range(count):
+            cy, cx, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.15, 0.3)
+            shape = [
+                (yy - cy) ** 2 + (xx - cx) ** 2 < r**2,
+                (abs(yy - cy) < r) & (abs(xx - cx) < r),
+                abs(xx - cx) < r / 3,
+            ][c % 3]
+            background = rng.uniform(0, 0.4, 3) + 0.2 * yy[..., None]
+            img = np.where(shape[..., None], hue * rng.uniform(0.7, 1.0), background)
+            Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(folder / f"{i:04d}.png")
+    return root

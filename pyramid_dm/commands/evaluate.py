@@ -6,7 +6,8 @@ of samplers x step counts.
 
 ``--config`` defaults to the run's saved ``config.yaml`` (next to ``checkpoints/``); the data section names the real
 shards. Writes ``results.json``, ``results.csv`` and ``pareto.png`` into ``--out`` (default: the run's
-``eval/<checkpoint>-<features>``) and logs them to W&B (a run of job type ``evaluate`` in the experiment's group).
+``eval/<checkpoint>-<features>-<samplers>-<steps>-n<num>-seed<seed>``, named by what was evaluated)
+and logs them to W&B (a run of job type ``evaluate`` in the experiment's group).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import re
 import sys
 import time
 from pathlib import Path
@@ -22,8 +24,9 @@ import torch
 
 from ..checkpoints import DIFFUSION_FAMILIES, family_of, migrate, read_checkpoint
 from ..config import load_config
+from ..data.builtin import PREFIX as BUILTIN_PREFIX
 from ..data.builtin import shard_location
-from ..data.manifest import Manifest
+from ..data.manifest import Manifest, ShardError
 from ..diffusion import DISCRETIZATIONS, SAMPLERS
 from ..engine import check_discretization, check_sampler, engine_from_checkpoint, per_level
 from ..errors import UserError
@@ -37,9 +40,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pyramid_dm evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--ckpt_path", required=True, help="checkpoint to evaluate (its EMA weights)")
     p.add_argument("--config", help="config with the data section (default: the run's saved config.yaml)")
-    p.add_argument("--sampler", nargs="+", default=["ddim"], help=f"one or more of {sorted(SAMPLERS)}")
+    p.add_argument(
+        "--sampler", nargs="+", help=f"one or more of {sorted(SAMPLERS)} (default: the model's own, per level)"
+    )
     steps = p.add_mutually_exclusive_group()
-    steps.add_argument("--steps", nargs="+", type=int, default=[50], help="one or more step counts")
+    steps.add_argument(
+        "--steps", nargs="+", type=int, help="one or more step counts (default: the model's own budget, per level)"
+    )
     steps.add_argument("--nfe", nargs="+", type=int, help="one or more NFE budgets (Heun: (NFE + 1) // 2 steps)")
     steps.add_argument(
         "--level_steps", nargs="+", type=int, help="a pyramid's steps per level, coarse first (one evaluation)"
@@ -63,13 +70,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no_wandb", action="store_true", help="do not log to W&B")
     p.add_argument("--no_progress", action="store_true")
     args = p.parse_args(argv)
-    for name in args.sampler:
+    for name in args.sampler or []:
         check_sampler(name, "--sampler")
     if args.nfe:
         args.steps = args.nfe
     if args.level_steps:
         args.steps = [args.level_steps]
-    if min(min(n) if isinstance(n, list) else n for n in args.steps) < 1:
+    if args.steps and min(min(n) if isinstance(n, list) else n for n in args.steps) < 1:
         raise UserError(f"--{'nfe' if args.nfe else 'steps'} must be >= 1, got {args.steps}")
     check_discretization(args.discretization, "--discretization")
     if args.num_samples < 2:
@@ -87,14 +94,19 @@ def _family_of_class(class_path: str) -> str | None:
     return getattr(cls, "family", None)
 
 
-def build_model(ckpt: dict, ckpt_path: str, config: dict | None, device: torch.device, ema: bool = True):
+def build_model(
+    ckpt: dict, ckpt_path: str, config: dict | None, device: torch.device, ema: bool = True, command: str = "evaluate"
+):
     """The engine of a read checkpoint (its EMA weights, or the raw ones), on ``device``; its family must be a
     diffusion family and match the config's model (a latent config cannot evaluate a pixel checkpoint)."""
     migrate(ckpt)
     family = family_of(ckpt)
     if family not in DIFFUSION_FAMILIES:
-        found = ckpt["pyramid_dm"].get("class_path") or "not a pyramid_dm checkpoint"
-        raise UserError(f"{ckpt_path} holds a {found}, not a diffusion model; this command needs a diffusion one")
+        found = f"{family} model ({ckpt['pyramid_dm'].get('class_path')})" if family else "no model pyramid_dm knows"
+        raise UserError(
+            f"{ckpt_path} holds {'an' if found[0] in 'aeiou' else 'a'} {found}, not a diffusion model; `{command}` "
+            f"needs the checkpoint of a pixel, latent or pyramid diffusion run"
+        )
     want_path = ((config or {}).get("model") or {}).get("class_path")
     if want_path:
         want_family = _family_of_class(want_path)
@@ -110,20 +122,58 @@ def load_checkpoint(path: str) -> dict:
     return read_checkpoint(path, "--ckpt_path")
 
 
-def resolve_data(config: dict | None, ckpt: dict, ckpt_path: str) -> tuple[Manifest, int]:
+def resolve_data(config: dict | None, ckpt: dict, ckpt_path: str, config_path=None) -> tuple[Manifest, int]:
     """The real shard set and the image size the model was trained at."""
-    data = ((config or {}).get("data") or {}).get("init_args") or ckpt.get("datamodule_hyper_parameters") or {}
+    data = ((config or {}).get("data") or {}).get("init_args")
+    source = f"the config {config_path}"
+    if not data:
+        data, source = ckpt.get("datamodule_hyper_parameters") or {}, f"the checkpoint {ckpt_path}"
     shards = data.get("shards")
     if not shards:
         raise UserError(f"no data.init_args.shards in the config or in {ckpt_path}; pass --config with a data section")
-    location = shard_location(shards, progress=True)
-    manifest = Manifest.load(location)
+    try:
+        manifest = Manifest.load(shard_location(shards, progress=True))
+    except ShardError as exc:
+        if Path(shards).is_absolute() or shards.startswith(BUILTIN_PREFIX) or Path(shards).expanduser().exists():
+            raise
+        raise UserError(  # a run trained before paths were saved absolute, read from another directory
+            f"data.init_args.shards = {shards!r}, read from {source}, does not exist as seen from {Path.cwd()} "
+            "(a relative path is read from the current directory); run from the directory the run was trained in, "
+            "or pass --config with a data section that names the shards"
+        ) from exc
     return manifest, int(data.get("resize") or manifest.image_size)
 
 
 def default_config(ckpt_path: str) -> Path | None:
     run_config = Path(ckpt_path).resolve().parent.parent / "config.yaml"
     return run_config if run_config.is_file() else None
+
+
+def sweep(model, args) -> tuple[list, list]:
+    """The samplers and step counts to evaluate: those given, and the model's own for what is not (its sampler and
+    budget, per level for a pyramid), so that a plain ``evaluate`` measures the model as it samples by default."""
+    own_samplers, own_steps = model.plan.resolve()
+    one = lambda values: values[0] if len(set(values)) == 1 else list(values)  # noqa: E731
+    samplers = args.sampler or [one(own_samplers)]
+    steps = args.steps or [own_steps[0] if model.num_levels == 1 else list(own_steps)]
+    own = [f"sampler {'/'.join(own_samplers)}"] * (not args.sampler) + [f"steps {'/'.join(map(str, own_steps))}"] * (
+        not args.steps
+    )
+    if own:
+        per = " (per level, coarse first)" if model.num_levels > 1 else ""
+        print(f"evaluate: the model's own {' and '.join(own)}{per}", file=sys.stderr)
+    return samplers, steps
+
+
+def sweep_name(args, space: str, samplers: list, steps: list) -> str:
+    """The folder name of an evaluation: what was evaluated, so that sweeps of one checkpoint with other samplers,
+    budgets, guidance or references sit side by side (``last-digits_clf-ddim+dpmpp_2m-10+20-n1000-seed0``)."""
+    join = lambda values: "+".join(".".join(map(str, v)) if isinstance(v, list) else str(v) for v in values)  # noqa: E731
+    parts = [Path(args.ckpt_path).stem, space, join(samplers), ("nfe" if args.nfe else "") + join(steps)]
+    parts += [f"g{args.guidance:g}"] * (args.guidance != 1.0) + [args.discretization] * bool(args.discretization)
+    parts += [f"n{args.num_samples}", f"seed{args.seed}"]
+    parts += [f"real-{args.real_split}{args.num_real or ''}"] * (args.real_split != "train" or bool(args.num_real))
+    return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", "-".join(parts))[:200]
 
 
 def pick_device(name: str) -> torch.device:
@@ -142,7 +192,7 @@ def log_to_wandb(rows: list[dict], meta: dict, png: Path, out: Path, config: dic
         project=exp.get("project", "pyramid_dm"),
         group=exp.get("group") or exp.get("name"),
         job_type="evaluate",
-        name=f"eval-{Path(meta['ckpt_path']).stem}-{meta['features']}",
+        name=f"eval-{out.name}",
         dir=str(out),
         mode="offline" if wandb_offline(None) else "online",
         config=meta,
@@ -172,7 +222,8 @@ def main(argv: list[str]) -> int:
     model = build_model(ckpt, args.ckpt_path, config, device)
     if args.level_steps:
         per_level("--level_steps", args.level_steps, model.num_levels)
-    manifest, image_size = resolve_data(config, ckpt, args.ckpt_path)
+    samplers, steps = sweep(model, args)
+    manifest, image_size = resolve_data(config, ckpt, args.ckpt_path, config_path)
     if (manifest.channels, image_size) != model.image_shape[:2]:
         raise UserError(
             f"{manifest.path} gives {manifest.channels}x{image_size}x{image_size} images but {args.ckpt_path} "
@@ -180,9 +231,11 @@ def main(argv: list[str]) -> int:
         )
     extractor = build_features(args.features, manifest.name).to(device)
     space = extractor.name
-    out = args.out or Path(args.ckpt_path).resolve().parent.parent / "eval" / f"{Path(args.ckpt_path).stem}-{space}"
+    out = args.out or Path(args.ckpt_path).resolve().parent.parent / "eval" / sweep_name(args, space, samplers, steps)
     if (out / "results.json").exists() and not args.overwrite:
-        raise UserError(f"{out} already holds results.json; pass --overwrite to replace it, or choose --out")
+        raise UserError(
+            f"{out} already holds the results of this evaluation; pass --overwrite to replace them, or choose --out"
+        )
 
     start = time.perf_counter()
     real = real_features(manifest, args.real_split, extractor, image_size, args.num_real, not args.no_progress)
@@ -190,8 +243,8 @@ def main(argv: list[str]) -> int:
         model,
         extractor,
         real,
-        args.sampler,
-        args.steps,
+        samplers,
+        steps,
         args.num_samples,
         args.batch_size,
         args.seed,

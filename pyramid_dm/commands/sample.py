@@ -94,7 +94,7 @@ def main(argv: list[str]) -> int:
         raise UserError(f"{args.out} already holds samples.json; pass --overwrite to replace it, or choose --out")
     ckpt = load_checkpoint(args.ckpt_path)
     device = pick_device(args.device)
-    model = build_model(ckpt, args.ckpt_path, None, device, ema=not args.no_ema)
+    model = build_model(ckpt, args.ckpt_path, None, device, ema=not args.no_ema, command="sample")
     labels = sample_labels(model, args)
     sampler, steps = model.plan.resolve(args.sampler, args.steps, ("--sampler", "--steps"))
     options = dict(args.option)

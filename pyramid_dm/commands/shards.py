@@ -77,7 +77,10 @@ def main(argv: list[str]) -> int:
     )
     for path in images.ignored:
         print(f"ignored {path}", file=sys.stderr)
-    skipped = json.loads(manifest.read_text())["skipped"]
+    written = json.loads(manifest.read_text())
+    for line in split_warnings(written):
+        print(f"warning: {line}", file=sys.stderr)
+    skipped = written["skipped"]
     for entry in skipped["images"]:
         print(f"skipped {entry['image']}: {entry['reason']}", file=sys.stderr)
     if images.ignored or skipped["count"]:
@@ -88,3 +91,22 @@ def main(argv: list[str]) -> int:
         )
     print(f"wrote {manifest}")
     return 0
+
+
+SMALL_SPLIT = 100  # below this many validation images, val/loss and the FID-proxy on them are mostly noise
+
+
+def split_warnings(manifest: dict) -> list[str]:
+    """What a user should know about the sizes of the splits just written (a small folder gives a tiny one)."""
+    train, val = (manifest["splits"][s]["count"] for s in ("train", "val"))
+    classes = len(manifest.get("classes") or [])
+    out = []
+    if val == 0:
+        out.append("the val split is empty: fit and validate will refuse these shards (use --val-fraction > 0)")
+    elif val < SMALL_SPLIT:
+        per_class = f" for {classes} classes" if classes else ""
+        out.append(
+            f"the val split holds {val} image(s){per_class} (train: {train}); val/loss, the best checkpoint and the "
+            f"FID-proxy measured on so few are noisy (more images, or a larger --val-fraction)"
+        )
+    return out

@@ -145,6 +145,12 @@ class ShardDataModule(L.LightningDataModule):
                 f"data.max_skip_rate must lie in [0, 1] and data.read_timeout_s be > 0, got {max_skip_rate}, "
                 f"{read_timeout_s}"
             )
+        if val_urls is None and self.manifest.count("val") == 0:
+            raise UserError(  # here, before the trainer starts a W&B run or a run directory for nothing
+                f"data.init_args.shards: {self.manifest.path} has no validation images (its val split is empty); "
+                "validation (val/loss, the best checkpoint, the FID-proxy) needs some: write the shards again with "
+                "--val-fraction > 0 (folder, digits), or point data.init_args.val_urls at other shards"
+            )
         self.skips = SkipStats()
         self.image_size = int(resize or self.manifest.image_size)
         self.channels = self.manifest.channels

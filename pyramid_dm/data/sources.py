@@ -50,6 +50,8 @@ def _split(examples: list[Example], val_fraction: float, seed: int) -> dict[str,
         raise SourceError(f"val_fraction must be in [0, 1), got {val_fraction}")
     order = np.random.default_rng(seed).permutation(len(examples))
     n_val = int(round(len(examples) * val_fraction))
+    if val_fraction > 0 and len(examples) >= 2:
+        n_val = max(n_val, 1)  # a small folder still gets a validation image: fit validates, and the split is not empty
     val, train = order[:n_val], order[n_val:]  # permuted, so that no shard holds a single class
     return {"train": [examples[i] for i in train], "val": [examples[i] for i in val]}
 

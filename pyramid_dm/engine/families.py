@@ -126,7 +126,8 @@ class Recipe:
     def __init__(self, h: Mapping[str, Any]):
         self.o = options_from(DiffusionOptions, h)
 
-    def first_stage(self) -> FirstStage:
+    def first_stage(self, recorded: dict | None = None) -> FirstStage:
+        """``recorded``: what a checkpoint saved of the stage (:meth:`FirstStage.record`), to rebuild it from that."""
         return IdentityStage(self.o.channels, self.o.image_size)
 
     def layout(self) -> Layout:
@@ -167,8 +168,8 @@ class LatentRecipe(Recipe):
         super().__init__(h)
         self.latent = options_from(LatentOptions, h)
 
-    def first_stage(self) -> FirstStage:
-        return autoencoder_stage(self.latent.autoencoder_ckpt, self.o.channels, self.o.image_size, "single")
+    def first_stage(self, recorded: dict | None = None) -> FirstStage:
+        return autoencoder_stage(self.latent.autoencoder_ckpt, self.o.channels, self.o.image_size, "single", recorded)
 
     def latent_scale(self) -> float:
         return math.nan if self.latent.scale_latents else 1.0
@@ -186,10 +187,10 @@ class PyramidRecipe(Recipe):
         super().__init__(h)
         self.p = options_from(PyramidOptions, h)
 
-    def first_stage(self) -> FirstStage:
+    def first_stage(self, recorded: dict | None = None) -> FirstStage:
         o, p = self.o, self.p
         if p.first_stage == "autoencoder":
-            return autoencoder_stage(p.autoencoder_ckpt, o.channels, o.image_size, "multi")
+            return autoencoder_stage(p.autoencoder_ckpt, o.channels, o.image_size, "multi", recorded)
         if not p.resolutions:
             raise UserError(
                 f"model.resolutions must list the image pyramid's resolutions, e.g. [{o.image_size // 4}, "
@@ -237,11 +238,12 @@ class PyramidRecipe(Recipe):
 RECIPES: dict[str, type[Recipe]] = {"pixel": PixelRecipe, "latent": LatentRecipe, "pyramid": PyramidRecipe}
 
 
-def build_engine(family: str, h: Mapping[str, Any]) -> DiffusionEngine:
-    """The engine of ``family`` from its complete options ``h`` (a LightningModule's or a checkpoint's hparams)."""
+def build_engine(family: str, h: Mapping[str, Any], first_stage: dict | None = None) -> DiffusionEngine:
+    """The engine of ``family`` from its complete options ``h`` (a LightningModule's or a checkpoint's hparams);
+    ``first_stage``: what a checkpoint recorded of its first stage, so that it is rebuilt without reading files."""
     recipe = RECIPES[family](h)
     o = recipe.o
-    first_stage = recipe.first_stage()
+    first_stage = recipe.first_stage(first_stage)
     layout = recipe.layout()
     geometry = layout.geometry(first_stage.level_shapes)
     try:

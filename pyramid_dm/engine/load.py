@@ -23,7 +23,18 @@ ENGINE_KEYS = ("first_stage.", "net.", "latent_scale")
 
 def engine_from_checkpoint(ckpt: dict, path: str | Path, ema: bool = True) -> DiffusionEngine:
     """The engine a (read, migrated) diffusion checkpoint describes, with its EMA (or raw) network weights."""
-    engine = build_engine(family_of(ckpt), dict(ckpt["hyper_parameters"]))
+    h = dict(ckpt["hyper_parameters"])
+    try:
+        engine = build_engine(family_of(ckpt), h, ckpt["pyramid_dm"].get("first_stage"))
+    except UserError as exc:
+        saved = h.get("autoencoder_ckpt")
+        if not saved or Path(saved).is_file():
+            raise
+        raise UserError(  # a checkpoint from before first stages were recorded in it: it needs the autoencoder file
+            f"{path}: this checkpoint reads its autoencoder from model.autoencoder_ckpt = {saved!r} (the value saved "
+            f"in its hyperparameters), which does not exist as seen from {Path.cwd()}; run from the directory it was "
+            "trained in, or copy the autoencoder checkpoint there"
+        ) from exc
     state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(ENGINE_KEYS)}
     if ema:
         state = {k: v for k, v in state.items() if not k.startswith("net.")}
@@ -39,7 +50,7 @@ def engine_from_checkpoint(ckpt: dict, path: str | Path, ema: bool = True) -> Di
 def load_engine(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> DiffusionEngine:
     """The diffusion engine of the checkpoint at ``path`` (pixel, latent or pyramid), in eval mode on ``device``,
     with its EMA weights (``ema=False``: the raw ones)."""
-    ckpt = read_checkpoint(path, "checkpoint", DIFFUSION_FAMILIES, "a diffusion")
+    ckpt = read_checkpoint(path, "checkpoint", DIFFUSION_FAMILIES, "a diffusion model")
     return engine_from_checkpoint(ckpt, path, ema).to(device).eval()
 
 

@@ -16,8 +16,8 @@ def evaluate_grid(
     model: GenerativeModel,
     extractor: FeatureExtractor,
     real: Tensor,
-    samplers: list[str],
-    steps: list[int],
+    samplers: list[str | list[str]],
+    steps: list[int | list[int]],
     num_samples: int,
     batch_size: int,
     seed: int = 0,
@@ -37,7 +37,9 @@ def evaluate_grid(
         images, cost = sample_with_cost(model, sampler, n, num_samples, batch_size, seed, progress, **options)
         fake = extract(extractor.to(model.device), images)
         row = cost.as_dict()
-        row.update(discretization=model.plan.grid(sampler, discretization), guidance=guidance)
+        names = [sampler] if isinstance(sampler, str) else list(dict.fromkeys(sampler))  # one per level, or one
+        grids = dict.fromkeys(model.plan.grid(name, discretization) for name in names)
+        row.update(sampler="/".join(names), discretization="/".join(grids), guidance=guidance)
         row.update(num_samples=len(images), num_real=len(real))
         row.update(quality_metrics(real, fake, extractor.name, kid_subset_size))
         rows.append(row)

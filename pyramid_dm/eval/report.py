@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 from ..data.manifest import atomic_write_bytes
@@ -53,6 +54,7 @@ def pareto_figure(rows: list[dict], quality: str, title: str = ""):
         front = [rows[i] for i in pareto_front(rows, cost, quality)]
         ax.plot([r[cost] for r in front], [r[quality] for r in front], "k--", lw=0.8, label="Pareto front")
         ax.set_xscale("log")
+        readable_log_ticks(ax.xaxis, [r[cost] for r in rows])
         values = [r[quality] for r in rows]
         if min(values) > 0 and max(values) > 20 * min(values):
             ax.set_yscale("log")
@@ -63,6 +65,24 @@ def pareto_figure(rows: list[dict], quality: str, title: str = ""):
     fig.suptitle(title or f"{quality} vs compute (numbers: NFE)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def readable_log_ticks(axis, values: list[float]) -> None:
+    """Labels on a log axis that do not overlap: 1-2-5 per decade over a short span (matplotlib labels every minor
+    tick there, in scientific notation, and the seconds axis of a sweep was unreadable), one per decade over a long
+    one; plain numbers, minor ticks unlabelled."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+    positive = [v for v in values if v and v > 0]
+    lo, hi = (min(positive), max(positive)) if positive else (1.0, 1.0)
+    decades = math.log10(hi / lo)
+    if decades < 1:  # within a decade a 1-2-5 tick may not fall inside the data at all: four rounded values across it
+        steps = [lo * (hi / lo) ** (i / 3) for i in range(4)]
+        axis.set_major_locator(FixedLocator(sorted({float(f"{v:.2g}") for v in steps})))
+    else:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0,) if decades > 3 else (1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def pareto_plot(rows: list[dict], quality: str, path: Path, title: str = "") -> Path:

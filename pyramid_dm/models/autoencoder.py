@@ -51,6 +51,7 @@ class AutoencoderModel(L.LightningModule):
     """
 
     family = "autoencoder"
+    flops_per_batch: int | None = None  # set in on_fit_start; None: no FLOPs in ThroughputMonitor (validate, test)
 
     def __init__(
         self,

@@ -68,6 +68,9 @@ class DiffusionModel(L.LightningModule):
     """
 
     family = "pixel"
+    # Lightning's ThroughputMonitor reads this; set from the training FLOPs in on_fit_start. None (validate, test): no
+    # FLOPs metrics, and no warning that the attribute is missing.
+    flops_per_batch: int | None = None
 
     def __init__(
         self,
@@ -148,8 +151,12 @@ class DiffusionModel(L.LightningModule):
         return super().load_state_dict(state, strict=strict, assign=assign)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        engine = self.engine
         checkpoint["pyramid_dm"] = stamp(
-            self.family, type(self), level_shapes=[list(s) for s in self.engine.level_shapes]
+            self.family,
+            type(self),
+            level_shapes=[list(s) for s in engine.level_shapes],
+            first_stage=engine.first_stage.record(),
         )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -24,10 +24,14 @@ def load_autoencoder_checkpoint(path: str | Path, key: str = "autoencoder_ckpt")
     return {"hparams": dict(ckpt["hyper_parameters"]), "state_dict": weights(ckpt, "net.")}
 
 
-def autoencoder_stage(path: str, channels: int, image_size: int, levels: str) -> AutoencoderStage:
+def autoencoder_stage(
+    path: str, channels: int, image_size: int, levels: str, recorded: dict | None = None
+) -> AutoencoderStage:
     """The frozen autoencoder of checkpoint ``path`` (model.autoencoder_ckpt), checked against the data and the
-    number of levels the model wants (``single`` or ``multi``)."""
-    ae = load_autoencoder_checkpoint(path)
+    number of levels the model wants (``single`` or ``multi``). ``recorded``: the hyperparameters a diffusion
+    checkpoint saved of it (:meth:`AutoencoderStage.record`); then the file is not read, and the weights come from the
+    diffusion checkpoint, so a run still samples when its autoencoder's file has moved."""
+    ae = {"hparams": dict(recorded["hparams"]), "state_dict": None} if recorded else load_autoencoder_checkpoint(path)
     ah = ae["hparams"]
     if (ah["channels"], ah["image_size"]) != (channels, image_size):
         raise UserError(
@@ -55,12 +59,16 @@ class AutoencoderStage(FirstStage):
 
     def __init__(self, hparams: dict, state_dict: dict | None = None):
         super().__init__()
+        self.hparams = dict(hparams)
         self.net = build_autoencoder(hparams)
         if state_dict is not None:
             self.net.load_state_dict(state_dict)
         self.net.requires_grad_(False)
         self.level_shapes = [(c, s, s) for c, s in zip(self.net.latent_channels, self.net.level_sizes)]
         self.image_shape = (hparams["channels"], hparams["image_size"], hparams["image_size"])
+
+    def record(self) -> dict:
+        return {"hparams": self.hparams}
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> list[Tensor]:

@@ -28,5 +28,10 @@ class FirstStage(nn.Module):
         the coarse-only preview of a coarse-to-fine strip)."""
         raise NotImplementedError
 
+    def record(self) -> dict | None:
+        """What a checkpoint must hold, besides the weights, to rebuild this stage without the files it was built
+        from (an autoencoder's hyperparameters); None when its options say it all."""
+        return None
+
     def train(self, mode: bool = True):  # frozen: never leaves eval mode (Lightning calls .train() on the model)
         return super().train(False)
