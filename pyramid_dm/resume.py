@@ -185,8 +185,8 @@ class TrainingLeft(Callback):
                 )
         if 0 < trainer.max_steps <= trainer.global_step:
             rank_zero_warn(
-                f"trainer.max_steps is {trainer.max_steps} and the run is at step {trainer.global_step} already: nothing "
-                "left to train (raise --trainer.max_steps to train on)"
+                f"trainer.max_steps is {trainer.max_steps} and the run is at step {trainer.global_step} already: "
+                "nothing left to train (raise --trainer.max_steps to train on)"
             )
 
 

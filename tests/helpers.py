@@ -57,7 +57,7 @@ def execute_notebook(name: str, env: dict):
 
 def make_rgb_folder(root: Path, per_class: dict[str, int], size: int = 32, seed: int = 0) -> Path:
     """A folder of colour PNGs, one sub-folder per class, as a user's own images would be: each class a coloured
-    shape (disc, square, bar) of varying size and place on a varying background, so classes differ in colour and form."""
+    shape (disc, square, bar) of varying size and place on a varying background; classes differ in colour and form."""
     import numpy as np
     from PIL import Image
 
