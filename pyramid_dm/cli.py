@@ -118,6 +118,18 @@ class PyramidCLI(LightningCLI):
         if getattr(self, "trainer", None) is not None:
             use_step_bounded_bar(self.trainer)
 
+    def instantiate_classes(self) -> None:
+        """As LightningCLI's, but an error about the model's size says where that size came from (it is linked from
+        the data: ``data.init_args.resize``, else the shards' manifest), since the model config never states it."""
+        try:
+            super().instantiate_classes()
+        except Exception as exc:
+            error = find_user_error(exc)
+            origin = size_origin(self.config[self.subcommand] if self.subcommand else self.config)
+            if error is None or origin is None or f"size {origin[0]}" not in str(error):
+                raise
+            raise UserError(f"{one_line(error)} ({origin[1]})") from exc
+
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]
         root = Path(self.trainer.default_root_dir)
@@ -189,6 +201,21 @@ PATH_KEYS = (
     "data.init_args.val_urls",
     "model.init_args.autoencoder_ckpt",
 )
+
+
+def size_origin(config) -> tuple[int, str] | None:
+    """(image size, which config value set it) for errors about sizes: the model's size is linked from the data."""
+    from .data.builtin import shard_location
+    from .data.manifest import Manifest
+
+    try:
+        manifest = Manifest.load(shard_location(config.get("data.init_args.shards") or ""))
+    except Exception:
+        return None
+    resize, native = config.get("data.init_args.resize"), manifest.image_size
+    if resize:
+        return resize, f"the image size {resize} is data.init_args.resize; the shards {manifest.path} hold {native}px"
+    return native, f"the image size {native} is that of the shards, {manifest.path}"
 
 
 def absolute_path(value):
@@ -263,7 +290,7 @@ COMMANDS = {
     "evaluate": ("pyramid_dm.commands.evaluate", "sample quality (FID-proxy, KID, ...) and cost of a checkpoint"),
     "shards": ("pyramid_dm.commands.shards", "write webdataset shards from an image folder, IDX files or digits"),
     "train-classifier": ("pyramid_dm.commands.train_classifier", "train a feature classifier for the FID-proxy"),
-    "bench": ("pyramid_dm.bench", "speed benchmarks: unet, ddp, fid-floor, guidance"),
+    "bench": ("pyramid_dm.bench", "speed benchmarks: unet, ddp, fid-floor, guidance, steps (training time)"),
 }
 
 

@@ -1,4 +1,4 @@
-"""``python -m pyramid_dm bench {unet,ddp,fid-floor,guidance}``; the others are described in their modules.
+"""``python -m pyramid_dm bench {unet,ddp,fid-floor,guidance,steps}``; the others are described in their modules.
 
 ``bench unet``: one UNet training step (forward + backward) against diffusers' UNet2DModel.
 
@@ -126,9 +126,11 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--features", default="auto")
     from .ddp import add_parser as add_ddp_parser
     from .guidance import add_parser as add_guidance_parser
+    from .steps import add_parser as add_steps_parser
 
     add_ddp_parser(sub)
     add_guidance_parser(sub)
+    add_steps_parser(sub)
     return p
 
 
@@ -144,6 +146,10 @@ def main(argv: list[str]) -> int:
         from .guidance import bench_guidance
 
         bench_guidance(args)
+    elif args.what == "steps":
+        from .steps import bench_steps
+
+        bench_steps(args)
     elif args.what == "ddp":
         from .ddp import bench_ddp
 

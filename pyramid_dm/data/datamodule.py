@@ -20,6 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 import webdataset as wds
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from PIL import Image
 
 from ..errors import UserError
@@ -153,6 +154,12 @@ class ShardDataModule(L.LightningDataModule):
             )
         self.skips = SkipStats()
         self.image_size = int(resize or self.manifest.image_size)
+        if self.image_size < self.manifest.image_size:  # a reused config's resize: say so, the model follows it
+            rank_zero_warn(
+                f"data.init_args.resize: {resize} shrinks the {self.manifest.image_size}x{self.manifest.image_size} "
+                f"images of {self.manifest.path} to {resize}x{resize}, and the model is built for that size; set "
+                "--data.init_args.resize null to train at the shards' own size"
+            )
         self.channels = self.manifest.channels
         self.num_classes = self.manifest.num_classes
         self.dataset_name = self.manifest.name
