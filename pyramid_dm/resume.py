@@ -37,6 +37,7 @@ from . import compat
 from .errors import UserError
 
 HPC_PATTERN = "hpc_ckpt_*.ckpt"
+INTERRUPTED_KEY = "pyramid_dm_interrupted"  # in a checkpoint saved by InterruptAtStepBoundary
 
 
 def slurm_requeued() -> bool:
@@ -94,6 +95,9 @@ class StepBoundaryResume(Callback):
         self._logging_step: int | None = None
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if checkpoint.get(INTERRUPTED_KEY):  # saved at the end of step n by Ctrl-C: the next row is step n's
+            self._logging_step = int(checkpoint["global_step"])
+            return
         loop = compat.fit_loop_state(checkpoint)
         batches = loop.get(compat.BATCH_PROGRESS, {}).get("total", {})
         if not batches or batches.get("processed", 0) >= batches.get("ready", 0):
@@ -172,9 +176,10 @@ class RequeueAtStepBoundary(Callback):
 
 class TrainingLeft(Callback):
     """A resumed run with nothing left to train says so: ``max_time`` already spent is an error naming it (Lightning
-    would end at once, exit code 0, without a word); ``max_steps`` already reached is a notice."""
+    would end at once, exit code 0, without a word); ``max_steps`` already reached is a notice. Checked once the
+    checkpoint is restored (``on_fit_start``, where Lightning's Timer checks it too; training itself never starts)."""
 
-    def on_train_start(self, trainer, pl_module) -> None:
+    def on_fit_start(self, trainer, pl_module) -> None:
         for cb in trainer.callbacks:
             if isinstance(cb, Timer) and cb.time_remaining() is not None and cb.time_remaining() <= 0:
                 spent = datetime.timedelta(seconds=round(cb.time_elapsed()))
@@ -224,10 +229,16 @@ class InterruptAtStepBoundary(Callback):
         if not flag.item():
             return
         path = interrupt_checkpoint_path(trainer)
-        trainer.save_checkpoint(path, weights_only=False)
         self.stopped_at = trainer.global_step
+        trainer.save_checkpoint(path, weights_only=False)
         trainer.should_stop = True
         rank_zero_info(f"stopped at step {trainer.global_step}: saved {path}; resume with --ckpt_path last")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # Lightning counts this step's logging row only after on_train_batch_end; the marker lets StepBoundaryResume
+        # start the resumed run's rows after it (without it they restart one step early, and a step shows twice)
+        if self.stopped_at is not None:
+            checkpoint[INTERRUPTED_KEY] = True
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._previous is not None:

@@ -14,12 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 HANG_GUARD_S = 1800  # a test's time limit only catches a hang; a loaded 2-core machine may take 3x the usual time
 
 
-def run_cli(args: list[str], env: dict, timeout: int = HANG_GUARD_S) -> subprocess.CompletedProcess:
-    """``python -m pyramid_dm ARGS`` from the repository root with ``env`` added to the environment; ``timeout`` is
-    a hang guard, not a speed check."""
+def run_cli(args: list[str], env: dict, timeout: int = HANG_GUARD_S, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """``python -m pyramid_dm ARGS`` from ``cwd`` (the repository root) with ``env`` added to the environment;
+    ``timeout`` is a hang guard, not a speed check."""
     return subprocess.run(
         [sys.executable, "-m", "pyramid_dm", *args],
-        cwd=ROOT,
+        cwd=cwd,
         env={**os.environ, **env},
         capture_output=True,
         text=True,

@@ -64,9 +64,9 @@ def time_config(config: str, root: Path, steps: int, warmup: int, overrides: lis
     )
     trainer, clock = cli.trainer, StepClock(warmup, steps)
     trainer.callbacks[:] = [cb for cb in trainer.callbacks if isinstance(cb, ProgressBar)] + [clock]
-    device = trainer.strategy.root_device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    cuda = torch.cuda.is_available() and trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     trainer.fit(cli.model, datamodule=cli.datamodule)
     trainer.save_checkpoint(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt", weights_only=False)
     batch = cli.datamodule.hparams.batch_size
@@ -76,13 +76,13 @@ def time_config(config: str, root: Path, steps: int, warmup: int, overrides: lis
         "image_size": cli.datamodule.image_size,
         "batch_size": batch,
         "precision": str(trainer.precision),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
         "steps_timed": steps,
         "seconds_per_1000_steps": 1000 * clock.seconds / steps,
         "images_per_s": batch * steps / clock.seconds,
     }
-    if device.type == "cuda":
-        row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if cuda:
+        row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return row
 
 

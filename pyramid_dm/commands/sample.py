@@ -61,7 +61,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--no_ema", action="store_true", help="use the raw instead of the EMA weights")
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="output directory (default: the run's sampled/<checkpoint>-<sampler>-<steps>-...)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace samples already in --out")
     args = p.parse_args(argv)
     for name in args.sampler or []:
@@ -84,19 +88,29 @@ def sample_labels(model, args) -> torch.Tensor | None:
     return torch.tensor(args.labels).repeat(-(-args.num_samples // len(args.labels)))[: args.num_samples]
 
 
+def default_out(ckpt_path: str, sampler: list[str], steps: list[int], args) -> Path:
+    """Next to the run (``runs/<exp>/sampled/...``), named by what was drawn; never the current directory."""
+    ckpt = Path(ckpt_path).resolve()
+    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    name = f"{ckpt.stem}-{'+'.join(dict.fromkeys(sampler))}-{'.'.join(map(str, steps))}"
+    name += f"-g{args.guidance:g}" * (args.guidance != 1.0) + f"-seed{args.seed}"
+    return run / "sampled" / name
+
+
 def one_or_list(values: list):
     return values[0] if len(values) == 1 else values
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    if (args.out / "samples.json").exists() and not args.overwrite:
-        raise UserError(f"{args.out} already holds samples.json; pass --overwrite to replace it, or choose --out")
     ckpt = load_checkpoint(args.ckpt_path)
     device = pick_device(args.device)
     model = build_model(ckpt, args.ckpt_path, None, device, ema=not args.no_ema, command="sample")
     labels = sample_labels(model, args)
     sampler, steps = model.plan.resolve(args.sampler, args.steps, ("--sampler", "--steps"))
+    args.out = args.out or default_out(args.ckpt_path, sampler, steps, args)
+    if (args.out / "samples.json").exists() and not args.overwrite:
+        raise UserError(f"{args.out} already holds samples.json; pass --overwrite to replace it, or choose --out")
     options = dict(args.option)
     guidance = {"guidance": args.guidance, "guidance_rescale": args.guidance_rescale}
     if args.guidance_interval:
