@@ -3,7 +3,9 @@ checkpoints written by older versions. Every loader (``sample``, ``evaluate``, `
 model's autoencoder, :func:`pyramid_dm.engine.load_engine`) goes through :func:`read_checkpoint`.
 
 A checkpoint is Lightning's dict. pyramid_dm adds ``checkpoint["pyramid_dm"]``, the stamp: ``family`` (pixel,
-latent, pyramid, autoencoder), ``class_path`` of the LightningModule and, for diffusion models, ``level_shapes``.
+latent, pyramid, autoencoder), ``class_path`` of the LightningModule and, for diffusion models, ``level_shapes`` and
+``first_stage`` (what the first stage needs besides its weights, an autoencoder's hyperparameters, so that a latent
+run samples without its autoencoder's file; absent in older checkpoints, which read that file as before).
 The ``state_dict`` of a diffusion model holds the engine's weights under ``first_stage.*``, ``latent_scale``,
 ``net.*`` and the EMA network under ``ema.module.*`` (the layout since the first release).
 

@@ -239,28 +239,30 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
+def make_cli(subcommands: bool = True, **kwargs) -> PyramidCLI:
+    """The project's LightningCLI: any LightningModule / LightningDataModule class path, OmegaConf interpolation,
+    seed 0, the module's own optimizer; ``kwargs`` go to LightningCLI (``run=False, args=[...]`` for use in code)."""
+    parser_kwargs = {"parser_mode": "omegaconf+", "prog": PROG, "allow_abbrev": False}
+    if subcommands:  # allow_abbrev off: a misspelt option (--trainer.max_step) is an error, not a prefix (max_steps)
+        parser_kwargs.update({name: {"allow_abbrev": False} for name in LIGHTNING_COMMANDS})
+    return PyramidCLI(
+        model_class=LightningModule,
+        datamodule_class=LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        parser_kwargs=parser_kwargs,
+        seed_everything_default=0,
+        auto_configure_optimizers=False,  # the module configures AdamW + warm-up itself
+        **kwargs,
+    )
+
+
 def run_lightning(argv: list[str]) -> int:
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     quiet()
     # Lightning's DDP launcher starts the other ranks by re-running sys.argv, so the expanded arguments go there.
     sys.argv[1:] = expand_defaults(argv)
-    cli = PyramidCLI(
-        model_class=LightningModule,
-        datamodule_class=LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=LoggerSaveConfigCallback,
-        save_config_kwargs={"overwrite": True},
-        # allow_abbrev off: a misspelt option (--trainer.max_step) is an error, not a prefix of another (max_steps)
-        parser_kwargs={
-            "parser_mode": "omegaconf+",
-            "prog": PROG,
-            "allow_abbrev": False,
-            **{name: {"allow_abbrev": False} for name in LIGHTNING_COMMANDS},
-        },
-        seed_everything_default=0,
-        auto_configure_optimizers=False,  # the module configures AdamW + warm-up itself
-    )
+    cli = make_cli(save_config_callback=LoggerSaveConfigCallback, save_config_kwargs={"overwrite": True})
     trainer = getattr(cli, "trainer", None)
     interrupted = [cb for cb in getattr(trainer, "callbacks", []) if isinstance(cb, InterruptAtStepBoundary)]
     return 130 if any(cb.stopped_at is not None for cb in interrupted) else 0  # 130: ended by Ctrl-C, as shells expect

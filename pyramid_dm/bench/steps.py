@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Callback, LightningDataModule, LightningModule
+from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ProgressBar
 
 
@@ -42,7 +42,7 @@ class StepClock(Callback):
 
 
 def time_config(config: str, root: Path, steps: int, warmup: int, overrides: list[str]) -> dict:
-    from ..cli import PyramidCLI, expand_defaults, quiet
+    from ..cli import expand_defaults, make_cli, quiet
 
     quiet()
     args = expand_defaults(["--config", config, *overrides])
@@ -50,18 +50,7 @@ def time_config(config: str, root: Path, steps: int, warmup: int, overrides: lis
     args += ["--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0"]
     args += ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # args are ours, argv is bench's
-    cli = PyramidCLI(
-        model_class=LightningModule,
-        datamodule_class=LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=None,
-        parser_kwargs={"parser_mode": "omegaconf+"},
-        seed_everything_default=0,
-        auto_configure_optimizers=False,
-        run=False,
-        args=args,
-    )
+    cli = make_cli(subcommands=False, save_config_callback=None, run=False, args=args)
     trainer, clock = cli.trainer, StepClock(warmup, steps)
     trainer.callbacks[:] = [cb for cb in trainer.callbacks if isinstance(cb, ProgressBar)] + [clock]
     cuda = torch.cuda.is_available() and trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
