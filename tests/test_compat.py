@@ -88,3 +88,22 @@ def test_wandb_accepts_the_flush_setting_and_runs_know_their_starting_step(tmp_p
     finally:
         run.finish()
         wandb.teardown()  # stops this process's wandb-core, so nothing started later can attach to it
+
+
+def test_the_step_bounded_progress_bar_drops_lightnings_minus_two():
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from pyramid_dm.callbacks.progress import StepBoundedProgressBar, use_step_bounded_bar
+
+    trainer = Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False)
+    bar = trainer.progress_bar_callback
+    bar.setup(trainer, None, "fit")  # where Lightning gives the bar its trainer
+    trainer.fit_loop.max_epochs = -1  # what fit makes of max_epochs=None when max_steps bounds the run
+    assert type(bar) is RichProgressBar and bar._get_train_description(3).strip() == "Epoch 3/-2"  # Lightning's
+    use_step_bounded_bar(trainer)
+    assert isinstance(bar, StepBoundedProgressBar) and bar._get_train_description(3).strip() == "Epoch 3"
+    bounded = Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_checkpointing=False)
+    use_step_bounded_bar(bounded)
+    bounded.progress_bar_callback.setup(bounded, None, "fit")
+    assert bounded.progress_bar_callback._get_train_description(2).strip() == "Epoch 2/3"
