@@ -245,7 +245,8 @@ EVAL = [
 def evaluated(checkpoint, session_env) -> Path:
     proc = run(["evaluate", "--ckpt_path", str(checkpoint), *EVAL], session_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return checkpoint.parent.parent / "eval" / "last-digits_clf"
+    (folder,) = (checkpoint.parent.parent / "eval").glob("last-digits_clf-ddim+ddpm-2+4-n40-seed0-*")  # what was run
+    return folder
 
 
 def test_evaluate_writes_table_plot_and_wandb_entries(evaluated):
