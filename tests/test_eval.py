@@ -303,6 +303,7 @@ def test_evaluate_bad_input_is_named(checkpoint, session_env, tmp_path):
         "family": "pixel",
         "class_path": "pyramid_dm.models.diffusion.PixelDiffusion",
         "level_shapes": [[1, 8, 8]],
+        "first_stage": None,  # the identity needs nothing besides its options
     }
     ckpt["pyramid_dm"]["family"] = "latent"
     torch.save(ckpt, tmp_path / "latent.ckpt")

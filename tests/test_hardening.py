@@ -110,7 +110,7 @@ def test_resume_paths_that_would_start_over_or_crash_are_one_line_errors(session
     for path, message in [
         (tmp_path, "is a directory"),
         (tmp_path / "empty.ckpt", "is not a readable PyTorch checkpoint"),
-        (tmp_path / "ae.ckpt", "is not a pixel checkpoint (pyramid_dm.models.autoencoder.AutoencoderModel)"),
+        (tmp_path / "ae.ckpt", "holds an autoencoder model (pyramid_dm.models.autoencoder.AutoencoderModel)"),
     ]:
         proc = run_cli([*base, "--exp.name", "x", "--ckpt_path", str(path), *FAST], session_env)
         assert proc.returncode == 2 and f"--ckpt_path '{path}' {message}" in proc.stderr, proc.stderr[-1500:]

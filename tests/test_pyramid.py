@@ -335,7 +335,7 @@ def test_wrong_first_stage_checkpoints_are_named(runs, session_env, digits_shard
     from pyramid_dm.models import LatentDiffusion
 
     pixel = fit("configs/quickstart.yaml", runs, session_env, 2) / "checkpoints" / "last.ckpt"
-    with pytest.raises(UserError, match=r"model.autoencoder_ckpt .*is not an autoencoder checkpoint"):
+    with pytest.raises(UserError, match=r"model.autoencoder_ckpt .*holds a pixel model .*, not an autoencoder"):
         LatentDiffusion(8, 1, autoencoder_ckpt=str(pixel))
     ms = str(runs / "ae-digits_msvq" / "checkpoints" / "last.ckpt")
     with pytest.raises(UserError, match="2-level multi-scale autoencoder; use pyramid_dm.models.PyramidDiffusion"):
@@ -359,7 +359,8 @@ def test_wrong_first_stage_checkpoints_are_named(runs, session_env, digits_shard
         ],
         session_env,
     )
-    assert proc.returncode == 2 and "model.autoencoder_ckpt 'nowhere.ckpt' does not exist" in proc.stderr
+    saved = ROOT / "nowhere.ckpt"  # the config's relative path, made absolute as the run's config.yaml stores it
+    assert proc.returncode == 2 and f"model.autoencoder_ckpt '{saved}' does not exist" in proc.stderr
 
 
 @pytest.fixture(scope="module")
