@@ -232,10 +232,14 @@ def absolute_paths(config) -> None:
             config[key] = absolute_path(value)
 
 
+def _no_litlogger_tip(record: logging.LogRecord) -> bool:
+    return "litlogger" not in record.getMessage()
+
+
 def quiet() -> None:
     """Silence what a user cannot act on: Lightning's advertisement for its LitLogger, and the deprecation of
-    ``LeafSpec`` that Lightning's own code triggers in torch (twice per run)."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
+    ``LeafSpec`` that Lightning's own code triggers in torch (twice per run). Calling it again adds nothing."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_litlogger_tip)  # a set: added once
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 

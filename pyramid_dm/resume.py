@@ -223,10 +223,11 @@ class InterruptAtStepBoundary(Callback):
         print("\nCtrl-C: stopping after this step, with a checkpoint (Ctrl-C again to stop at once)", flush=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        flag = torch.tensor([int(self._pending)], device=trainer.strategy.root_device)
-        if trainer.world_size > 1:
-            flag = trainer.strategy.reduce(flag, reduce_op="max")
-        if not flag.item():
+        pending = self._pending
+        if trainer.world_size > 1:  # one process needs no tensor and no device sync on every step
+            flag = torch.tensor([int(pending)], device=trainer.strategy.root_device)
+            pending = bool(trainer.strategy.reduce(flag, reduce_op="max").item())
+        if not pending:
             return
         path = interrupt_checkpoint_path(trainer)
         self.stopped_at = trainer.global_step
