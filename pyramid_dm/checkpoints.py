@@ -12,7 +12,8 @@ The ``state_dict`` of a diffusion model holds the engine's weights under ``first
 Migrations (:func:`migrate`), applied on every read; each recognises an older checkpoint by what it lacks, so it is
 idempotent and needs no version number:
 - no ``latent_scale`` buffer (pixel models from before latent diffusion): all 1;
-- no ``label_dropout`` hyperparameter (trained before label dropout): 0, the null class was never trained.
+- no ``label_dropout`` hyperparameter (trained before label dropout): 0, the null class was never trained;
+- no ``schedule_options`` hyperparameter (trained before the ``ve`` schedule): None, the schedule takes none.
 A new format change adds a step here and a fixture checkpoint of the old format in ``tests/fixtures/``.
 """
 
@@ -99,6 +100,7 @@ def migrate(ckpt: dict, family: str | None = None) -> dict:
         hp, state = ckpt["hyper_parameters"], ckpt["state_dict"]
         if "label_dropout" not in hp:
             hp["label_dropout"] = 0.0
+        hp.setdefault("schedule_options", None)
         if "latent_scale" not in state:
             state["latent_scale"] = torch.ones(len(st.get("level_shapes") or [None]))
     return ckpt

@@ -27,13 +27,77 @@ from ..config import load_config
 from ..data.builtin import PREFIX as BUILTIN_PREFIX
 from ..data.builtin import shard_location
 from ..data.manifest import Manifest, ShardError
-from ..diffusion import DISCRETIZATIONS, SAMPLERS
-from ..engine import check_discretization, check_sampler, engine_from_checkpoint, per_level
+from ..diffusion import DISCRETIZATIONS, SAMPLERS, steps_for_nfe
+from ..diffusion import sample as run_sampler
+from ..engine import ClassifierGuide, check_discretization, check_sampler, engine_from_checkpoint, per_level
 from ..errors import UserError
 from ..eval.evaluate import evaluate_grid
 from ..eval.features import build_features
 from ..eval.real_features import real_features
 from ..eval.report import pareto_plot, write_table
+
+
+def sampler_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--option`` (numbers as floats)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. --option eta=0.5)")
+    try:
+        return key, float(value)
+    except ValueError:
+        return key, value
+
+
+def add_classifier_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--classifier", help="a noise-conditional classifier checkpoint: classifier guidance")
+    p.add_argument(
+        "--classifier_scale", type=float, default=1.0, help="classifier guidance scale s >= 0 (with --classifier)"
+    )
+
+
+def load_guide(args, model, ckpt: dict, device, manifest: Manifest | None = None):
+    """The classifier guide of ``--classifier`` (None without), checked against the model and its data."""
+    if not args.classifier:
+        if args.classifier_scale != 1.0:
+            raise UserError("--classifier_scale needs --classifier (the classifier checkpoint that guides)")
+        return None
+    guide = ClassifierGuide(args.classifier, args.classifier_scale, device)
+    dataset = manifest.name if manifest is not None else _dataset_of(ckpt)
+    guide.check(model, dataset)
+    return guide
+
+
+def _dataset_of(ckpt: dict) -> str | None:
+    """The data set a checkpoint was trained on, if its shards can still be read (else None: not checked)."""
+    shards = (ckpt.get("datamodule_hyper_parameters") or {}).get("shards")
+    try:
+        return Manifest.load(shard_location(shards)).name if shards else None
+    except (ShardError, UserError, OSError):
+        return None
+
+
+def check_sampler_options(model, samplers: list, steps: list, args) -> None:
+    """Run every sampler of the sweep with its ``--option``s on one number and a stand-in denoiser, so that an option
+    out of range (a Langevin step size, an SNR) is refused before real features are computed and samples drawn."""
+    options = dict(args.option)
+    for sampler in samplers:
+        for n in steps:
+            for level, (name, k) in enumerate(zip(*model.plan.resolve(sampler, n))):
+                if args.nfe:
+                    k = steps_for_nfe(name, k, **options)
+                try:
+                    run_sampler(
+                        lambda x, sigma, **cond: torch.zeros_like(x),
+                        torch.zeros(1, 1, 1, 1),
+                        model.schedules[level],
+                        name,
+                        k,
+                        discretization=model.plan.grid(name, args.discretization),
+                        **options,
+                    )
+                except ValueError as e:
+                    given = " ".join(f"{a}={b}" for a, b in args.option)
+                    raise UserError(f"--sampler {name} --option {given}: {e}") from None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -53,6 +117,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--discretization", help=f"one of {list(DISCRETIZATIONS)} (default: each sampler's own)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
+    add_classifier_args(p)
+    p.add_argument(
+        "--option", type=sampler_option, action="append", default=[], help="sampler option KEY=VALUE, e.g. snr=0.1"
+    )
     p.add_argument("--num_samples", type=int, default=1000, help="generated samples per sampler x steps")
     p.add_argument("--batch_size", type=int, default=250)
     p.add_argument(
@@ -171,6 +239,8 @@ def sweep_name(args, space: str, samplers: list, steps: list) -> str:
     join = lambda values: "+".join(".".join(map(str, v)) if isinstance(v, list) else str(v) for v in values)  # noqa: E731
     parts = [Path(args.ckpt_path).stem, space, join(samplers), ("nfe" if args.nfe else "") + join(steps)]
     parts += [f"g{args.guidance:g}"] * (args.guidance != 1.0) + [args.discretization] * bool(args.discretization)
+    parts += [f"cg{args.classifier_scale:g}"] * bool(args.classifier)
+    parts += [f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}" for key, value in args.option]
     parts += [f"n{args.num_samples}", f"seed{args.seed}"]
     parts += [f"real-{args.real_split}{args.num_real or ''}"] * (args.real_split != "train" or bool(args.num_real))
     return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", "-".join(parts))[:200]
@@ -229,6 +299,8 @@ def main(argv: list[str]) -> int:
             f"{manifest.path} gives {manifest.channels}x{image_size}x{image_size} images but {args.ckpt_path} "
             f"generates {model.image_shape}; point --config at the data it was trained on"
         )
+    guide = load_guide(args, model, ckpt, device, manifest)
+    check_sampler_options(model, samplers, steps, args)
     extractor = build_features(args.features, manifest.name).to(device)
     space = extractor.name
     out = args.out or Path(args.ckpt_path).resolve().parent.parent / "eval" / sweep_name(args, space, samplers, steps)
@@ -253,6 +325,8 @@ def main(argv: list[str]) -> int:
         nfe_budgets=bool(args.nfe),
         guidance=args.guidance,
         discretization=args.discretization,
+        classifier=guide,
+        sampler_options=dict(args.option),
     )
     meta = {
         "ckpt_path": str(args.ckpt_path),
@@ -268,6 +342,9 @@ def main(argv: list[str]) -> int:
         "num_real": len(real),
         "seed": args.seed,
         "guidance": args.guidance,
+        "classifier": args.classifier,
+        "classifier_scale": args.classifier_scale if args.classifier else None,
+        "sampler_options": dict(args.option),
         "steps_are_nfe_budgets": bool(args.nfe),
         "device": str(device),
         "torch": torch.__version__,

@@ -24,17 +24,7 @@ from ..engine import check_discretization, check_sampler, check_steps
 from ..errors import UserError
 from ..eval.sampling import generate
 from ..images import make_grid, save_png, to_uint8
-from .evaluate import build_model, load_checkpoint, pick_device
-
-
-def _option(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. --option eta=0.5)")
-    try:
-        return key, float(value)
-    except ValueError:
-        return key, value
+from .evaluate import add_classifier_args, build_model, load_checkpoint, load_guide, pick_device, sampler_option
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -54,8 +44,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--guidance_interval", type=float, nargs=2, metavar=("LO", "HI"), help="guide for sigma in (LO, HI]")
     p.add_argument("--guidance_rescale", type=float, default=0.0, help="CFG rescale phi in [0, 1] (Lin et al.)")
+    add_classifier_args(p)
     p.add_argument("--labels", type=int, nargs="+", help="class labels, repeated to --num_samples (default: in turn)")
-    p.add_argument("--option", type=_option, action="append", default=[], help="sampler option KEY=VALUE, e.g. eta=1")
+    p.add_argument(
+        "--option", type=sampler_option, action="append", default=[], help="sampler option KEY=VALUE, e.g. eta=1"
+    )
     p.add_argument("--num_samples", type=int, default=64)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
@@ -77,14 +70,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def sample_labels(model, args) -> torch.Tensor | None:
+def sample_labels(model, args, guide=None) -> torch.Tensor | None:
+    """The classes to draw: ``--labels``, else the model's (or, for an unconditional model guided by a classifier,
+    the classifier's) classes in turn."""
+    classes, who = (model.num_classes, "the model") if model.num_classes else (0, "")
+    if not classes and guide is not None:
+        classes, who = guide.num_classes, "the classifier"
     if args.labels is None:
+        if who == "the classifier":
+            return guide.labels(0, args.num_samples)
         return model.sample_labels(0, args.num_samples)
-    if not model.num_classes:
+    if not classes:
         raise UserError(f"--labels given but {args.ckpt_path} is an unconditional model")
-    bad = [c for c in args.labels if not 0 <= c < model.num_classes]
+    bad = [c for c in args.labels if not 0 <= c < classes]
     if bad:
-        raise UserError(f"--labels {bad} out of range: the model has classes 0..{model.num_classes - 1}")
+        raise UserError(f"--labels {bad} out of range: {who} has classes 0..{classes - 1}")
     return torch.tensor(args.labels).repeat(-(-args.num_samples // len(args.labels)))[: args.num_samples]
 
 
@@ -93,7 +93,8 @@ def default_out(ckpt_path: str, sampler: list[str], steps: list[int], args) -> P
     ckpt = Path(ckpt_path).resolve()
     run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     name = f"{ckpt.stem}-{'+'.join(dict.fromkeys(sampler))}-{'.'.join(map(str, steps))}"
-    name += f"-g{args.guidance:g}" * (args.guidance != 1.0) + f"-seed{args.seed}"
+    name += f"-g{args.guidance:g}" * (args.guidance != 1.0)
+    name += f"-cg{args.classifier_scale:g}" * bool(args.classifier) + f"-seed{args.seed}"
     return run / "sampled" / name
 
 
@@ -106,13 +107,14 @@ def main(argv: list[str]) -> int:
     ckpt = load_checkpoint(args.ckpt_path)
     device = pick_device(args.device)
     model = build_model(ckpt, args.ckpt_path, None, device, ema=not args.no_ema, command="sample")
-    labels = sample_labels(model, args)
+    guide = load_guide(args, model, ckpt, device)
+    labels = sample_labels(model, args, guide)
     sampler, steps = model.plan.resolve(args.sampler, args.steps, ("--sampler", "--steps"))
     args.out = args.out or default_out(args.ckpt_path, sampler, steps, args)
     if (args.out / "samples.json").exists() and not args.overwrite:
         raise UserError(f"{args.out} already holds samples.json; pass --overwrite to replace it, or choose --out")
     options = dict(args.option)
-    guidance = {"guidance": args.guidance, "guidance_rescale": args.guidance_rescale}
+    guidance = {"guidance": args.guidance, "guidance_rescale": args.guidance_rescale, "classifier": guide}
     if args.guidance_interval:
         guidance["guidance_interval"] = tuple(args.guidance_interval)
 
@@ -153,9 +155,12 @@ def main(argv: list[str]) -> int:
         "discretization": args.discretization or one_or_list([model.plan.grid(n) for n in sampler]),
         "sampler_options": options,
         "nfe": sum(nfe),
+        "classifier_calls": guide.calls if guide else 0,
         "level_nfe": nfe,
         "seed": args.seed,
         **guidance,
+        "classifier": guide and guide.path,
+        "classifier_scale": guide and guide.scale,
         "labels": None if labels is None else labels.tolist(),
         "num_samples": args.num_samples,
         "batch_size": args.batch_size,
@@ -168,7 +173,7 @@ def main(argv: list[str]) -> int:
     (args.out / "samples.json").write_text(json.dumps(record, indent=2) + "\n")
     print(
         f"{args.num_samples} samples, {'/'.join(sampler)} {'/'.join(map(str, steps))} steps, NFE {sum(nfe)}/sample, "
-        f"guidance {args.guidance}: "
+        f"guidance {args.guidance}" + (f", classifier guidance {guide.scale:g}" if guide else "") + ": "
         f"{seconds:.1f} s -> {args.out}",
         file=sys.stderr,
     )

@@ -16,24 +16,13 @@ import torch
 from torch import Tensor
 
 from .discretization import sampling_sigmas
+from .langevin import ald, ald_nfe
 from .parameterization import DenoiserFn
 from .schedules import NoiseSchedule
-
-
-def _start(x: Tensor, sigmas: Tensor) -> Tensor:
-    dtype = torch.float32 if x.device.type == "mps" else torch.float64
-    return x.to(dtype) * math.sqrt(1 + float(sigmas[0]) ** 2)
-
-
-def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32).to(x.dtype)
-
-
-def _check_sigmas(sigmas: Tensor) -> Tensor:
-    sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
-    if sigmas.ndim != 1 or len(sigmas) < 2 or sigmas[-1] != 0 or not bool((sigmas[1:] < sigmas[:-1]).all()):
-        raise ValueError("sigmas must be a decreasing 1-d grid of at least 2 noise levels ending at 0")
-    return sigmas
+from .score_sde import euler_maruyama, pc, pc_nfe
+from .state import check_sigmas as _check_sigmas
+from .state import noise as _noise
+from .state import start as _start
 
 
 @torch.no_grad()
@@ -191,6 +180,9 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "heun": heun,
     "dpmpp_2m": dpmpp_2m,
     "dpmpp_3m": dpmpp_3m,
+    "ald": ald,  # annealed Langevin dynamics (NCSN), :mod:`.langevin`
+    "pc": pc,  # predictor-corrector of score SDEs, :mod:`.score_sde`
+    "euler_maruyama": euler_maruyama,  # the reverse SDE, :mod:`.score_sde`
 }
 # The grid each sampler uses unless told otherwise: what its authors recommend at low resolution.
 DEFAULT_DISCRETIZATION = {
@@ -200,7 +192,12 @@ DEFAULT_DISCRETIZATION = {
     "heun": "karras",
     "dpmpp_2m": "logsnr",
     "dpmpp_3m": "logsnr",
+    "ald": "logsnr",  # NCSN's geometric noise levels
+    "pc": "logsnr",  # the VE SDE's geometric grid (Song et al. 2021)
+    "euler_maruyama": "logsnr",
 }
+# Denoiser calls per sample of a sampler on a ``steps``-interval grid, given its options (per guidance branch).
+_NFE = {"heun": lambda steps, **_: 2 * steps - 1, "ald": ald_nfe, "pc": pc_nfe}
 
 
 def get_sampler(name: str) -> Callable[..., Tensor]:
@@ -210,16 +207,19 @@ def get_sampler(name: str) -> Callable[..., Tensor]:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}") from None
 
 
-def nfe(sampler: str, steps: int) -> int:
-    """Denoiser calls of ``sampler`` on a ``steps``-interval grid (per guidance branch)."""
+def nfe(sampler: str, steps: int, **options) -> int:
+    """Denoiser calls of ``sampler`` on a ``steps``-interval grid with these ``options`` (per guidance branch)."""
     get_sampler(sampler)
-    return 2 * steps - 1 if sampler == "heun" else steps
+    return _NFE.get(sampler, lambda steps, **_: steps)(steps, **options)
 
 
-def steps_for_nfe(sampler: str, budget: int) -> int:
-    """The most steps whose NFE fits ``budget`` (at least 1)."""
+def steps_for_nfe(sampler: str, budget: int, **options) -> int:
+    """The most steps whose NFE (with these sampler ``options``) fits ``budget`` (at least 1)."""
     get_sampler(sampler)
-    return max(1, (budget + 1) // 2) if sampler == "heun" else max(1, budget)
+    steps = 1
+    while nfe(sampler, steps + 1, **options) <= budget:
+        steps += 1
+    return steps
 
 
 def sample(

@@ -12,6 +12,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from .classifier import ClassifierGuide
 from .engine import LEVEL_TRAINING, BoundEngine, DiffusionEngine
 from .families import RECIPES, DiffusionOptions, LatentOptions, PyramidOptions, build_engine
 from .load import ema_net_from_checkpoint, engine_from_checkpoint, load_engine
@@ -45,6 +46,7 @@ class GenerativeModel(Protocol):
 
 
 __all__ = [
+    "ClassifierGuide",
     "LEVEL_TRAINING",
     "RECIPES",
     "BoundEngine",

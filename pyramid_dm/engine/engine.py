@@ -226,6 +226,7 @@ class DiffusionEngine(nn.Module):
         guidance_batched: bool | None = None,
         discretization: str | None = None,
         wrap: Callable[[DenoiserFn, int], DenoiserFn] | None = None,
+        classifier=None,
         return_levels: bool = False,
         **options,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
@@ -235,7 +236,8 @@ class DiffusionEngine(nn.Module):
         ``denoiser`` replaces the network's (single level only); ``wrap(denoiser, level)`` wraps each level's (e.g. a
         :class:`~pyramid_dm.diffusion.CountingDenoiser`); ``guidance`` != 1 applies classifier-free guidance toward
         ``labels``, its two branches as one batch of 2B unless ``guidance_batched`` is False (default: batched
-        without a ``guidance_interval``); ``options`` go to the sampler (e.g. ``eta``). ``return_levels`` also
+        without a ``guidance_interval``); ``classifier`` (a :class:`~.classifier.ClassifierGuide`) adds classifier
+        guidance toward ``labels`` on top; ``options`` go to the sampler (e.g. ``eta``). ``return_levels`` also
         returns the generated levels (scaled latents, coarse first)."""
         if torch.isnan(self.latent_scale).any():
             raise UserError("the latent scale is not fitted yet: train at least one step before sampling")
@@ -256,6 +258,8 @@ class DiffusionEngine(nn.Module):
                 if guidance_batched is not None:
                     extra["batched"] = guidance_batched
                 den = self.guided(den, guidance, labels, cond, rescale=guidance_rescale, **extra)
+            if classifier is not None:
+                den = classifier.wrap(den, labels)
             z = run_sampler(
                 den,
                 x,

@@ -56,6 +56,7 @@ class DiffusionOptions:
     schedule: str
     num_timesteps: int
     zero_terminal_snr: bool
+    schedule_options: dict | None
     shift_reference_resolution: int | None
     prediction: str
     sigma_data: float
@@ -252,7 +253,13 @@ def build_engine(family: str, h: Mapping[str, Any], first_stage: dict | None = N
             ref = o.shift_reference_resolution
             shift = resolution_shift(geometry.grid_sizes[level], ref) if ref else 0.0
             schedules.append(
-                build_schedule(o.schedule, o.num_timesteps, zero_terminal_snr=o.zero_terminal_snr, log_snr_shift=shift)
+                build_schedule(
+                    o.schedule,
+                    o.num_timesteps,
+                    zero_terminal_snr=o.zero_terminal_snr,
+                    log_snr_shift=shift,
+                    options=o.schedule_options,
+                )
             )
         check_pair(o.prediction, schedules[0])
     except ValueError as e:

@@ -26,20 +26,25 @@ def evaluate_grid(
     nfe_budgets: bool = False,
     guidance: float = 1.0,
     discretization: str | None = None,
+    classifier=None,
+    sampler_options: dict | None = None,
 ) -> list[dict]:
     """One row per (sampler, steps): cost (:class:`~pyramid_dm.eval.sampling.SamplingCost`) and quality
     (FID/KID/precision/recall in ``extractor``'s feature space against the ``real`` features). With ``nfe_budgets``
-    the ``steps`` are NFE budgets instead, turned into each sampler's step count (Heun: (NFE + 1) // 2)."""
-    rows = []
-    grid = [(s, steps_for_nfe(s, n) if nfe_budgets else n) for s in samplers for n in steps]
+    the ``steps`` are NFE budgets instead, turned into each sampler's step count (Heun: (NFE + 1) // 2; PC with k
+    corrector steps: NFE // (1 + k)). ``classifier`` (a :class:`~pyramid_dm.engine.ClassifierGuide`) adds classifier
+    guidance; ``sampler_options`` go to every sampler (e.g. ``snr``, ``corrector_steps``)."""
+    rows, sampler_options = [], dict(sampler_options or {})
+    grid = [(s, steps_for_nfe(s, n, **sampler_options) if nfe_budgets else n) for s in samplers for n in steps]
     for sampler, n in tqdm(grid, desc="evaluate", disable=not progress or len(grid) == 1):
-        options = {"guidance": guidance, "discretization": discretization}
+        options = {"guidance": guidance, "discretization": discretization, "classifier": classifier, **sampler_options}
         images, cost = sample_with_cost(model, sampler, n, num_samples, batch_size, seed, progress, **options)
         fake = extract(extractor.to(model.device), images)
         row = cost.as_dict()
         names = [sampler] if isinstance(sampler, str) else list(dict.fromkeys(sampler))  # one per level, or one
         grids = dict.fromkeys(model.plan.grid(name, discretization) for name in names)
         row.update(sampler="/".join(names), discretization="/".join(grids), guidance=guidance)
+        row.update(classifier_scale=classifier.scale if classifier is not None else None, **sampler_options)
         row.update(num_samples=len(images), num_real=len(real))
         row.update(quality_metrics(real, fake, extractor.name, kid_subset_size))
         rows.append(row)

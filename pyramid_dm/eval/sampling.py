@@ -33,6 +33,8 @@ class SamplingCost:
     energy_j_per_sample: float | None
     device: str
     levels: list[dict] | None = None  # per level of a pyramid: resolution, sampler steps, NFE, GFLOPs per call
+    classifier_calls: int = 0  # classifier-guidance gradients per sample (each a classifier forward + backward)
+    classifier_gflops_per_call: float = 0.0  # one gradient, one sample (counted in gflops_per_sample)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -69,8 +71,12 @@ def generate(
 ) -> tuple[Tensor, list[int], float]:
     """Samples for the given evaluation batches (quantized like real PNGs, on the CPU), the network calls per sample
     at each level (NFE) and the seconds spent generating. ``labels`` (one per sample) replaces the model's classes in
-    turn; the batch they run out in is drawn short."""
+    turn; the batch they run out in is drawn short. With ``classifier=`` (a
+    :class:`~pyramid_dm.engine.ClassifierGuide`) among the ``options``, its gradients per sample are counted in
+    ``classifier.calls`` (of the last batch), and an unconditional model is guided toward the classifier's classes
+    in turn."""
     out, nfe, seconds = [], [], 0.0
+    guide = options.get("classifier")
     for b in tqdm(batch_indices, desc=f"{sampler} {steps} steps", disable=not progress, leave=False):
         counters: dict[int, CountingDenoiser] = {}
 
@@ -80,6 +86,8 @@ def generate(
 
         if labels is None:
             batch_labels, n = model.sample_labels(b * batch_size, batch_size), batch_size
+            if batch_labels is None and guide is not None:
+                batch_labels = guide.labels(b * batch_size, batch_size)
         else:
             batch_labels = labels[b * batch_size : (b + 1) * batch_size]
             n = len(batch_labels)
@@ -100,6 +108,8 @@ def generate(
         seconds += time.perf_counter() - start
         out.append(quantize(images).cpu())
         nfe = [counters[level].nfe for level in sorted(counters)]
+        if guide is not None:
+            guide.calls = guide.last.calls
     return torch.cat(out), nfe, seconds
 
 
@@ -121,6 +131,9 @@ def sample_with_cost(
         images, nfe, seconds = generate(model, sampler, steps, batches, batch_size, seed, progress, **options)
     n, total_nfe = len(images), sum(nfe)
     network = sum(k * f for k, f in zip(nfe, per_call))
+    guide = options.get("classifier")
+    guide_calls = guide.calls if guide is not None else 0
+    guide_flops = guide.flops_per_call() if guide is not None else 0.0
     levels = None
     if len(nfe) > 1:
         levels = [
@@ -134,7 +147,7 @@ def sample_with_cost(
         params=model.num_params(),
         gflops_per_call=network / max(total_nfe, 1) / 1e9,
         decoder_gflops=decoder / 1e9,
-        gflops_per_sample=(network + decoder) / 1e9,
+        gflops_per_sample=(network + decoder + guide_calls * guide_flops) / 1e9,
         batch_size=batch_size,
         seconds_per_sample=seconds / n,
         images_per_s=n / seconds,
@@ -142,5 +155,7 @@ def sample_with_cost(
         energy_j_per_sample=None if energy.joules is None else energy.joules / n,
         device=str(model.device),
         levels=levels,
+        classifier_calls=guide_calls,
+        classifier_gflops_per_call=guide_flops / 1e9,
     )
     return images[:num_samples], cost

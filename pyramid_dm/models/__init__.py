@@ -3,6 +3,7 @@ the math (``pyramid_dm.diffusion``) do the rest."""
 
 from ..engine import ema_net_from_checkpoint
 from .autoencoder import AutoencoderModel
+from .classifier import NoisyClassifier
 from .diffusion import DiffusionModel, PixelDiffusion, UNetArgs
 from .latent import LatentDiffusion
 from .pyramid import PyramidDiffusion
@@ -11,6 +12,7 @@ __all__ = [
     "AutoencoderModel",
     "DiffusionModel",
     "LatentDiffusion",
+    "NoisyClassifier",
     "PixelDiffusion",
     "PyramidDiffusion",
     "UNetArgs",

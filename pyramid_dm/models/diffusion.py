@@ -47,8 +47,10 @@ class DiffusionModel(L.LightningModule):
         label_dropout: probability of training a sample without its label (the null class), so that the same network
             is also the unconditional model classifier-free guidance needs (Ho & Salimans 2022; 0.1-0.2 typical).
         unet: network layout, :class:`UNetArgs`.
-        schedule: ``linear``, ``cosine``, ``sigmoid`` or ``edm``; ``num_timesteps`` T for a discrete schedule, 0 for
-            continuous time. ``zero_terminal_snr`` rescales it so its last step is pure noise (needs ``v`` or ``x0``).
+        schedule: ``linear``, ``cosine``, ``sigmoid``, ``edm`` or ``ve`` (NCSN's geometric noise levels, the VE SDE;
+            ``schedule_options: {sigma_min, sigma_max}``, default 0.01 and 50); ``num_timesteps`` T for a discrete
+            schedule (for ``ve``: NCSN's L levels), 0 for continuous time. ``zero_terminal_snr`` rescales it so its last
+            step is pure noise (needs ``v`` or ``x0``).
             ``shift_reference_resolution`` d_ref shifts its log-SNR by 2 log(d_ref / d) (simple diffusion), d the
             resolution diffused at (the image, the latent, or each pyramid level's own).
         prediction: the parameterization: the network predicts ``eps``, ``x0`` or ``v``, or is ``edm``-preconditioned
@@ -83,6 +85,7 @@ class DiffusionModel(L.LightningModule):
         schedule: str = "cosine",
         num_timesteps: int = 1000,
         zero_terminal_snr: bool = False,
+        schedule_options: dict | None = None,
         shift_reference_resolution: int | None = None,
         prediction: str = "eps",
         sigma_data: float = 0.5,

@@ -2,8 +2,17 @@
 
 from .autoencoder import MultiScaleAutoencoder
 from .discriminator import PatchDiscriminator
+from .encoder_classifier import EncoderClassifier
 from .pyramid_unet import PyramidUNet
 from .quantizer import DiagonalGaussian, VectorQuantizer
 from .unet import UNet
 
-__all__ = ["DiagonalGaussian", "MultiScaleAutoencoder", "PatchDiscriminator", "PyramidUNet", "UNet", "VectorQuantizer"]
+__all__ = [
+    "DiagonalGaussian",
+    "EncoderClassifier",
+    "MultiScaleAutoencoder",
+    "PatchDiscriminator",
+    "PyramidUNet",
+    "UNet",
+    "VectorQuantizer",
+]
