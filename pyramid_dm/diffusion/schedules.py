@@ -314,46 +314,10 @@ class ZeroTerminalSNRSchedule(NoiseSchedule):
         return _log_snr_of_alpha_bar(a.clamp(min=0) ** 2)
 
 
-class VESchedule(NoiseSchedule):
-    """The variance-exploding noise levels of NCSN and the VE SDE (Song & Ermon 2019, Sec. 4.2; Song et al. 2021,
-    Eq. 30): sigma~(t) = sigma_min (sigma_max / sigma_min)^t, geometric on t in [0, 1]. A VE process x0 + sigma eps is
-    already the sampler's sigma space, so the schedule is only its sigma range; sigma_max should be about the largest
-    distance between two training images (Song & Ermon 2020, Technique 1): 50 for CIFAR-10."""
-
-    name = "ve"
-
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
-        if not 0 < sigma_min < sigma_max < math.inf:
-            raise ValueError(f"the ve schedule needs 0 < sigma_min < sigma_max < inf, got {sigma_min}, {sigma_max}")
-        self.sigma_min, self.sigma_max, self.t_min = float(sigma_min), float(sigma_max), 0.0
-
-    def log_snr(self, t: Tensor) -> Tensor:
-        log_sigma = math.log(self.sigma_min) + t.double() * math.log(self.sigma_max / self.sigma_min)
-        return (-2 * log_sigma).clamp(LOG_SNR_MIN, LOG_SNR_MAX)
-
-    def t_of_log_snr(self, lam: Tensor) -> Tensor:
-        log_sigma = -torch.as_tensor(lam, dtype=torch.float64) / 2
-        return ((log_sigma - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)).clamp(0, 1)
-
-    def sigma_range(self) -> tuple[float, float]:
-        return self.sigma_min, self.sigma_max
-
-
-class DiscreteVESchedule(DiscreteSchedule):
-    """NCSN's L noise levels: sigma_i geometric from sigma_min (i = 0, the cleanest) to sigma_max (i = L - 1),
-    trained uniformly over the levels (Song & Ermon 2019, Eq. 5-6)."""
-
-    def __init__(self, num_steps: int = 10, sigma_min: float = 0.01, sigma_max: float = 50.0):
-        continuous = VESchedule(sigma_min, sigma_max)
-        t = torch.linspace(0, 1, num_steps, dtype=torch.float64)
-        super().__init__(torch.sigmoid(continuous.log_snr(t)), name="ve")
-        self.sigma_min, self.sigma_max = continuous.sigma_min, continuous.sigma_max
-
-
 SCHEDULES = {"linear": (LinearSchedule, ContinuousLinearSchedule), "cosine": (CosineSchedule, ContinuousCosineSchedule)}
 SCHEDULES["sigmoid"] = (SigmoidSchedule, ContinuousSigmoidSchedule)
 SCHEDULES["edm"] = (None, EDMSchedule)
-SCHEDULES["ve"] = (DiscreteVESchedule, VESchedule)
+SCHEDULE_NAMES = (*SCHEDULES, "ve")  # ve: NCSN's geometric noise levels, :mod:`.ve`
 
 
 def build_schedule(
@@ -368,22 +332,13 @@ def build_schedule(
     continuous time (``edm`` is always continuous). ``zero_terminal_snr`` rescales it so t = 1 is pure noise;
     ``log_snr_shift`` adds a constant to its log-SNR (:func:`resolution_shift`); ``options`` are the schedule's own
     settings (``ve``: sigma_min, sigma_max)."""
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown noise schedule {name!r}; choose one of {sorted(SCHEDULES)}")
+    if name not in SCHEDULE_NAMES:
+        raise ValueError(f"unknown noise schedule {name!r}; choose one of {sorted(SCHEDULE_NAMES)}")
+    if name == "ve":  # NCSN's levels live in their own file (ve.py), which builds on this one
+        from .ve import build_ve
+
+        return build_ve(num_steps, zero_terminal_snr, log_snr_shift, options)
     discrete_cls, continuous_cls = SCHEDULES[name]
-    if name == "ve":
-        if zero_terminal_snr:
-            raise ValueError(
-                "the ve schedule ends at a finite sigma_max (its prior is N(0, sigma_max^2)); zero_terminal_snr "
-                "would put it at infinity, where no sample can start"
-            )
-        options = dict(options or {})
-        unknown = sorted(set(options) - {"sigma_min", "sigma_max"})
-        if unknown:
-            raise ValueError(f"schedule_options {unknown} are not settings of the ve schedule (sigma_min, sigma_max)")
-        if log_snr_shift:
-            raise ValueError("the ve schedule is its sigma range: set schedule_options.sigma_max, not a log-SNR shift")
-        return discrete_cls(num_steps, **options) if num_steps else continuous_cls(**options)
     if options:
         raise ValueError(f"schedule_options {sorted(options)} are given, but the {name} schedule takes none")
     if name == "edm":

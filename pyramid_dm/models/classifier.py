@@ -14,8 +14,6 @@ on (data set, image shape, classes) and its noise range, which ``sample`` / ``ev
 
 from __future__ import annotations
 
-from typing import TypedDict
-
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -28,25 +26,15 @@ from ..diffusion.classifier_guidance import NoisyClassifierFn
 from ..engine.classifier import build_classifier
 from ..errors import UserError
 from ..flops import training_flops
-from .common import check_data_shape, data_batch_size
-
-
-class ClassifierArgs(TypedDict, total=False):
-    """The encoder's widths and layout (see :class:`pyramid_dm.nets.EncoderClassifier`)."""
-
-    base_channels: int
-    channel_mult: list[int]
-    num_res_blocks: int
-    attention_resolutions: list[int]
-    num_heads: int
-    dropout: float
-    norm_groups: int
+from .common import check_data_shape, data_batch_size, linear_warmup
+from .diffusion import UNetArgs
 
 
 class NoisyClassifier(L.LightningModule):
     """Args:
     image_size, channels, num_classes: linked from the data module (labelled data with >= 2 classes).
-    net: :class:`ClassifierArgs`.
+    net: the encoder's widths and layout, the UNet's keys (:class:`~pyramid_dm.models.UNetArgs`; see
+        :class:`~pyramid_dm.nets.EncoderClassifier`).
     schedule, num_timesteps, zero_terminal_snr, schedule_options: the diffusion model's noise schedule (as in
         :class:`~pyramid_dm.models.DiffusionModel`): training noise levels are drawn from it, t uniform.
     lr, weight_decay, warmup_steps: AdamW with a linear warm-up.
@@ -62,7 +50,7 @@ class NoisyClassifier(L.LightningModule):
         image_size: int,
         channels: int,
         num_classes: int = 0,
-        net: ClassifierArgs | None = None,
+        net: UNetArgs | None = None,
         schedule: str = "cosine",
         num_timesteps: int = 1000,
         zero_terminal_snr: bool = False,
@@ -169,6 +157,4 @@ class NoisyClassifier(L.LightningModule):
     def configure_optimizers(self):
         h = self.hparams
         opt = torch.optim.AdamW(self.net.parameters(), lr=h.lr, weight_decay=h.weight_decay)
-        warmup = max(1, h.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": linear_warmup(opt, h.warmup_steps)}

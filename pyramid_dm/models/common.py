@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import torch
 
 from ..errors import UserError
 
@@ -25,3 +26,10 @@ def data_batch_size(module: L.LightningModule) -> int | None:
     """Per-rank batch size of the attached data module, if it has one."""
     dm = getattr(module.trainer, "datamodule", None)
     return getattr(getattr(dm, "hparams", None), "batch_size", None)
+
+
+def linear_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> dict:
+    """Lightning's scheduler entry for a linear learning-rate warm-up over ``warmup_steps`` optimizer steps."""
+    warmup = max(1, warmup_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    return {"scheduler": sched, "interval": "step"}

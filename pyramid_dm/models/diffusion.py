@@ -17,7 +17,7 @@ from ..checkpoints import migrate, stamp
 from ..engine import BoundEngine, build_engine
 from ..engine.load import ENGINE_KEYS
 from ..errors import UserError
-from .common import check_data_shape, data_batch_size
+from .common import check_data_shape, data_batch_size, linear_warmup
 from .ema import make_ema
 
 LR_SCALINGS = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": lambda ratio: ratio**0.5}
@@ -256,11 +256,8 @@ class DiffusionModel(L.LightningModule):
                 group["lr"] *= self.lr_factor()
         self.base_lr = opt.param_groups[0]["lr"]  # before a scheduler changes it: what effective_lr logs
         if self.lr_scheduler_factory is not None:
-            sched = self.lr_scheduler_factory(opt)
-        else:
-            warmup = max(1, h.warmup_steps)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": self.lr_scheduler_factory(opt), "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": linear_warmup(opt, h.warmup_steps)}
 
 
 class PixelDiffusion(DiffusionModel):
