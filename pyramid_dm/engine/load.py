@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoints import DIFFUSION_FAMILIES, family_of, read_checkpoint, weights
+from ..checkpoints import DIFFUSION_FAMILIES, family_of, migrate, read_checkpoint, weights
 from ..errors import UserError
 from .engine import DiffusionEngine
 from .families import build_engine
@@ -22,7 +22,9 @@ ENGINE_KEYS = ("first_stage.", "net.", "latent_scale")
 
 
 def engine_from_checkpoint(ckpt: dict, path: str | Path, ema: bool = True) -> DiffusionEngine:
-    """The engine a (read, migrated) diffusion checkpoint describes, with its EMA (or raw) network weights."""
+    """The engine a read diffusion checkpoint describes, with its EMA (or raw) network weights; migrated here too
+    (:func:`~pyramid_dm.checkpoints.migrate` is idempotent), so a dict from a plain ``torch.load`` works."""
+    migrate(ckpt)
     h = dict(ckpt["hyper_parameters"])
     try:
         engine = build_engine(family_of(ckpt), h, ckpt["pyramid_dm"].get("first_stage"))
