@@ -13,7 +13,10 @@ Migrations (:func:`migrate`), applied on every read; each recognises an older ch
 idempotent and needs no version number:
 - no ``latent_scale`` buffer (pixel models from before latent diffusion): all 1;
 - no ``label_dropout`` hyperparameter (trained before label dropout): 0, the null class was never trained;
-- no ``schedule_options`` hyperparameter (trained before the ``ve`` schedule): None, the schedule takes none.
+- no ``schedule_options`` hyperparameter (trained before the ``ve`` schedule): None, the schedule takes none;
+- no ``logit_normal_mean``/``logit_normal_std``/``mode_scale`` (trained before flow matching): SD3's defaults,
+  which those runs never use (their ``training_noise`` is ``schedule`` or ``lognormal``); a pyramid without
+  ``stage_bounds`` (trained before the pyramid_flow layout): None, which its layout ignores.
 A new format change adds a step here and a fixture checkpoint of the old format in ``tests/fixtures/``.
 """
 
@@ -101,6 +104,10 @@ def migrate(ckpt: dict, family: str | None = None) -> dict:
         if "label_dropout" not in hp:
             hp["label_dropout"] = 0.0
         hp.setdefault("schedule_options", None)
+        for key, value in (("logit_normal_mean", 0.0), ("logit_normal_std", 1.0), ("mode_scale", 1.29)):
+            hp.setdefault(key, value)  # flow matching's training densities (issue 17); unused by older runs
+        if (family_of(ckpt) or family) == "pyramid":
+            hp.setdefault("stage_bounds", None)  # pyramid_flow's stage windows; older layouts have none
         if "latent_scale" not in state:
             state["latent_scale"] = torch.ones(len(st.get("level_shapes") or [None]))
     return ckpt

@@ -64,13 +64,16 @@ def test_level_weights_are_normalised_and_checked():
 def test_the_denoiser_is_the_textbook_x0_estimate(prediction):
     """x_t = alpha_t x0 + sigma_t eps (VP), x~ = x_t / alpha_t; F is the network output:
     eps: x0 = (x_t - sigma_t F) / alpha_t; x0: x0 = F; v: x0 = alpha_t x_t - sigma_t F;
-    edm (Karras et al. 2022, Table 1): D = sd^2/(s^2+sd^2) x~ + s sd/sqrt(s^2+sd^2) F(x~/sqrt(s^2+sd^2))."""
+    edm (Karras et al. 2022, Table 1): D = sd^2/(s^2+sd^2) x~ + s sd/sqrt(s^2+sd^2) F(x~/sqrt(s^2+sd^2));
+    flow (rectified flow): x_t = (1 - t) x0 + t eps with t = s / (1 + s), x0 = x_t - t F."""
     g = torch.Generator().manual_seed(1)
     x_tilde = torch.randn(5, 2, 3, 3, generator=g, dtype=torch.float64)
     sig = torch.tensor([0.05, 0.3, 1.0, 4.0, 20.0], dtype=torch.float64)  # sigma~ = sigma_t / alpha_t
     F = torch.randn(5, 2, 3, 3, generator=g, dtype=torch.float64)
     den = Denoiser(
-        lambda x_in, c_noise: F, build_schedule("edm" if prediction == "edm" else "cosine", None), prediction
+        lambda x_in, c_noise: F,
+        build_schedule({"edm": "edm", "flow": "flow"}.get(prediction, "cosine"), None),
+        prediction,
     )
     s = sig.view(-1, 1, 1, 1)
     alpha_t, sigma_t = 1 / (1 + s**2).sqrt(), s / (1 + s**2).sqrt()
@@ -81,6 +84,7 @@ def test_the_denoiser_is_the_textbook_x0_estimate(prediction):
         "x0": F,
         "v": alpha_t * x_t - sigma_t * F,
         "edm": sd**2 / (s**2 + sd**2) * x_tilde + s * sd / (s**2 + sd**2).sqrt() * F,
+        "flow": x_tilde / (1 + s) - s / (1 + s) * F,
     }[prediction]
     assert torch.allclose(den(x_tilde, sig), want, atol=1e-10)
 

@@ -19,6 +19,7 @@ SETUPS = [
     {"prediction": "x0", "loss_weighting": "min_snr"},
     {"prediction": "v", "schedule": "linear", "zero_terminal_snr": True},
     {"prediction": "edm", "schedule": "edm", "training_noise": "lognormal", "loss_weighting": "edm"},
+    {"prediction": "flow", "schedule": "flow", "num_timesteps": 0, "training_noise": "logit_normal"},
 ]
 PATTERN = torch.linspace(-0.5, 0.5, 64, dtype=torch.float64).reshape(1, 1, 8, 8)
 SPREAD = 0.2
@@ -34,7 +35,8 @@ class OracleNet(torch.nn.Module):
 
     def forward(self, x_in, level, **cond):
         level = level.double()[0]
-        sigma = (4 * level).exp() if self.prediction == "edm" else self.schedule.sigma(level)
+        sigma = {"edm": (4 * level).exp(), "flow": level / (1 - level)}.get(self.prediction)  # c_noise read back
+        sigma = self.schedule.sigma(level) if sigma is None else sigma
         c_skip, c_out, c_in = coefficients(self.prediction, sigma)
         x = x_in.double() / c_in
         d = PATTERN + SPREAD**2 / (SPREAD**2 + sigma**2) * (x - PATTERN)

@@ -3,7 +3,9 @@
 - ``leading`` / ``trailing`` / ``linspace``: uniform in the schedule's time t, with diffusers' ``timestep_spacing``
   conventions on a discrete T-step schedule (continuous schedules: t evenly over (0, 1] whatever the spacing);
 - ``karras``: the Karras ramp (:mod:`.karras`) at i / (N - 1), rho = 7 (Karras et al. 2022, Eq. 5);
-- ``logsnr``: uniform in log-SNR between sigma_max and sigma_min (DPM-Solver's ``skip_type="logSNR"``, Lu et al. 2022).
+- ``logsnr``: uniform in log-SNR between sigma_max and sigma_min (DPM-Solver's ``skip_type="logSNR"``, Lu et al. 2022);
+- ``flow``: uniform in the schedule's time from t = 1 to its smallest time t_min (1 / T when discrete), then 0:
+  diffusers' ``FlowMatchEulerDiscreteScheduler`` grid (linspace(1, 1/1000, N), shifted by the schedule).
 sigma_min and sigma_max are the schedule's (:meth:`NoiseSchedule.sigma_range`).
 """
 
@@ -18,7 +20,7 @@ from .karras import karras_sigma
 from .schedules import NoiseSchedule
 
 SPACINGS = ("leading", "trailing", "linspace")
-DISCRETIZATIONS = (*SPACINGS, "karras", "logsnr")
+DISCRETIZATIONS = (*SPACINGS, "karras", "logsnr", "flow")
 
 
 def check_steps(steps) -> int:
@@ -68,6 +70,10 @@ def sampling_sigmas(schedule: NoiseSchedule, steps: int, discretization: str = "
         return schedule.sigma(sampling_times(schedule, steps, discretization))
     if discretization not in DISCRETIZATIONS:
         raise ValueError(f"unknown discretization {discretization!r}; choose one of {list(DISCRETIZATIONS)}")
+    if discretization == "flow":
+        t_min = 1.0 / schedule.num_steps if schedule.num_steps else schedule.t_min or NoiseSchedule.t_min
+        t = torch.linspace(1.0, t_min, check_steps(steps), dtype=torch.float64)
+        return torch.cat([schedule.sigma(t), torch.zeros(1, dtype=torch.float64)])
     sigma_min, sigma_max = schedule.sigma_range()
     if discretization == "karras":
         return karras_sigmas(sigma_min, sigma_max, steps, rho)

@@ -8,7 +8,12 @@ is one new class registered in :data:`LAYOUTS`.
   al. 2022) noises the context variance-preservingly at a time ``aug_t`` given to the network.
 - :class:`FridoLayout` (Fan et al. 2023): every level at the finest resolution, one t shared by all levels; the context
   is lerped with noise at the fixed ``noise_mix`` in training only, not told to the network.
-A single level (pixel, latent diffusion) has no context: every layout gives it no conditioning.
+- :class:`PyramidFlowLayout` (Jin et al. 2025): no context; the levels are the stages of one flow trajectory, each
+  trained between its start and end points and started, when sampling, from the previous stage's renoised end
+  (:mod:`.pyramid_flow`).
+A single level (pixel, latent diffusion) has no context: every layout gives it no conditioning. Besides the context,
+a layout decides each level's training pair (target, noise), its starting noise when sampling and the options of its
+denoiser; the defaults below are the plain ones (the level itself, fresh noise).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import pyramid_flow as pf
 from .levels import LevelGeometry
 from .pyramid import augment_context, mix_context
 from .schedules import NoiseSchedule
@@ -50,6 +56,22 @@ class Layout:
     def sampling_aug_t(self, level: int) -> float:
         """The augmentation time of ``level``'s context when sampling (0: clean, no noise drawn)."""
         return 0.0
+
+    def check(self, prediction: str, schedule: NoiseSchedule) -> None:
+        """A ValueError unless the layout works with this parameterization and schedule."""
+
+    def training_pair(self, geometry: LevelGeometry, levels: list[Tensor], noise: list[Tensor], level: int):
+        """(target, noise) of ``level`` in a training step: its clean latent on its grid, and its own noise."""
+        return geometry.to_grid(levels[level], level), noise[level]
+
+    def initial_noise(self, geometry: LevelGeometry, level: int, finished: list[Tensor], n: int, generator, device):
+        """What ``level``'s sampler starts from (unit noise), given the ``finished`` coarser levels."""
+        return torch.randn((n, *geometry.grid_shape(level)), generator=generator, device=device)
+
+    def denoiser_options(self, level: int, num_levels: int, pixel_space: bool) -> dict:
+        """Keyword arguments of ``level``'s :class:`~.parameterization.Denoiser` (clip x0_hat to [-1, 1] in pixel
+        space)."""
+        return {"clip_x0": pixel_space}
 
     # ---- shared by every layout ------------------------------------------------------------------------------------
     def conditioning(
@@ -167,4 +189,59 @@ class FridoLayout(Layout):
         return {"context": mix_context(context, self.noise_mix, noise)}
 
 
-LAYOUTS: dict[str, type[Layout]] = {"native": NativeLayout, "frido": FridoLayout}
+class PyramidFlowLayout(Layout):
+    """Pyramidal Flow Matching (:mod:`.pyramid_flow`): each level is a stage of one flow trajectory at its own
+    resolution (each twice the previous one), no context, one network with a level (stage) embedding; ``stage_bounds``
+    are the nominal windows 1 = b_0 > ... > b_S = 0 (default: equal thirds for three stages)."""
+
+    name = "pyramid_flow"
+
+    def __init__(self, stage_bounds: list[float] | None = None):
+        self.stage_bounds = None if stage_bounds is None else [float(b) for b in stage_bounds]
+        self.windows: list[tuple[float, float]] = []
+
+    @classmethod
+    def from_options(cls, options) -> PyramidFlowLayout:
+        return cls(options.stage_bounds)
+
+    def grid_sizes(self, level_shapes) -> list[int]:
+        return [s[-1] for s in level_shapes]
+
+    def geometry(self, level_shapes) -> LevelGeometry:
+        shapes = [tuple(s) for s in level_shapes]
+        sizes = [s[-1] for s in shapes]
+        if len(shapes) < 2:
+            raise ValueError(f"the pyramid_flow layout needs at least 2 stages, got level shapes {shapes}")
+        if any(b != 2 * a for a, b in zip(sizes, sizes[1:])) or len({s[0] for s in shapes}) != 1:
+            raise ValueError(
+                f"the pyramid_flow layout needs each stage at twice the resolution of the one before, with the same "
+                f"channels (its jumps upsample by 2), got level shapes {shapes}"
+            )
+        bounds = pf.uniform_bounds(len(shapes)) if self.stage_bounds is None else self.stage_bounds
+        self.windows = pf.stage_windows(pf.check_bounds(bounds, len(shapes)))
+        return LevelGeometry.of(shapes, sizes, contexts=False)
+
+    def check(self, prediction: str, schedule: NoiseSchedule) -> None:
+        if prediction != "flow" or not schedule.name.startswith("flow"):
+            raise ValueError(
+                f"layout pyramid_flow runs stages of one straight-path (flow matching) trajectory: it needs "
+                f"schedule 'flow' and prediction 'flow', got schedule {schedule.name!r} and prediction {prediction!r}"
+            )
+
+    def training_u(self, n: int, num_levels: int, device=None) -> Tensor:
+        return torch.rand(n, num_levels, device=device)
+
+    def training_pair(self, geometry: LevelGeometry, levels: list[Tensor], noise: list[Tensor], level: int):
+        return pf.stage_pair(levels, noise[-1], level, self.windows[level])
+
+    def initial_noise(self, geometry: LevelGeometry, level: int, finished: list[Tensor], n: int, generator, device):
+        if not level:
+            return super().initial_noise(geometry, level, finished, n, generator, device)
+        return pf.renoise(finished[level - 1], self.windows[level - 1][0], generator)
+
+    def denoiser_options(self, level: int, num_levels: int, pixel_space: bool) -> dict:
+        # only the last stage ends at clean data; the others end at a noisy point, which must not be clipped
+        return {"clip_x0": pixel_space and level == num_levels - 1, "time_window": self.windows[level]}
+
+
+LAYOUTS: dict[str, type[Layout]] = {"native": NativeLayout, "frido": FridoLayout, "pyramid_flow": PyramidFlowLayout}

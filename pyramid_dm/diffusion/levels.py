@@ -40,18 +40,22 @@ def check_resolutions(resolutions: Sequence[int], image_size: int) -> list[int]:
 @dataclass(frozen=True)
 class LevelGeometry:
     """``level_shapes``: (C, H, W) per level, coarse first; ``grid_sizes``: where each is diffused (default: its own
-    resolution)."""
+    resolution); ``contexts``: whether a level sees the finished coarser ones as a context (Pyramidal Flow's stages
+    continue one trajectory instead)."""
 
     level_shapes: tuple[Shape, ...]
     grid_sizes: tuple[int, ...]
+    contexts: bool = True
 
     @classmethod
-    def of(cls, level_shapes: Sequence[Sequence[int]], grid_sizes: Sequence[int] | None = None) -> LevelGeometry:
+    def of(
+        cls, level_shapes: Sequence[Sequence[int]], grid_sizes: Sequence[int] | None = None, contexts: bool = True
+    ) -> LevelGeometry:
         shapes = tuple(tuple(int(v) for v in s) for s in level_shapes)
         grids = tuple(int(g) for g in grid_sizes) if grid_sizes is not None else tuple(s[-1] for s in shapes)
         if len(grids) != len(shapes):
             raise ValueError(f"{len(grids)} grid sizes for {len(shapes)} levels")
-        return cls(shapes, grids)
+        return cls(shapes, grids, contexts)
 
     @classmethod
     def image_pyramid(cls, channels: int, image_size: int, resolutions: Sequence[int]) -> LevelGeometry:
@@ -69,7 +73,7 @@ class LevelGeometry:
         return (self.level_shapes[level][0], s, s)
 
     def context_channels(self, level: int) -> int:
-        return sum(c for c, _, _ in self.level_shapes[:level])
+        return sum(c for c, _, _ in self.level_shapes[:level]) if self.contexts else 0
 
     def to_grid(self, z: Tensor, level: int) -> Tensor:
         """A level at its own resolution, nearest-upsampled to its grid."""
@@ -85,4 +89,4 @@ class LevelGeometry:
 
     def context(self, finished: list[Tensor], level: int) -> Tensor | None:
         """The finished coarser levels on ``level``'s grid, stacked on channels (None for the first level)."""
-        return context_of(finished, self.grid_sizes[level])
+        return context_of(finished, self.grid_sizes[level]) if self.contexts else None

@@ -59,6 +59,8 @@ class DiffusionLoss:
         weighting: str,
         min_snr_gamma: float,
         level_weights: Sequence[float] | None = None,
+        logit_normal: tuple[float, float] = (0.0, 1.0),
+        mode_scale: float = 1.29,
     ):
         if training_noise not in TRAINING_NOISE:
             raise ValueError(f"training_noise {training_noise!r} is not one of {list(TRAINING_NOISE)}")
@@ -67,6 +69,11 @@ class DiffusionLoss:
         if level_weights is not None and (min(level_weights) < 0 or sum(level_weights) <= 0):
             raise ValueError(f"level_weights must be >= 0 with a positive sum, got {list(level_weights)}")
         self.training_noise, self.lognormal_mean, self.lognormal_std = training_noise, lognormal_mean, lognormal_std
+        self.noise_params = {  # the (p_mean, p_std) of each training-noise density (training_noise_levels)
+            "lognormal": (lognormal_mean, lognormal_std),
+            "logit_normal": tuple(logit_normal),
+            "mode": (mode_scale, 0.0),
+        }
         self.weighting, self.min_snr_gamma = weighting, min_snr_gamma
         self.level_weights = None if level_weights is None else [float(w) for w in level_weights]
 
@@ -77,7 +84,8 @@ class DiffusionLoss:
 
     def noise_levels(self, schedule: NoiseSchedule, u: Tensor) -> tuple[Tensor, Tensor]:
         """(t, sigma~) of a training batch from u ~ U[0, 1)."""
-        return training_noise_levels(schedule, u, self.training_noise, self.lognormal_mean, self.lognormal_std)
+        params = self.noise_params.get(self.training_noise, ())
+        return training_noise_levels(schedule, u, self.training_noise, *params)
 
     def weight(self, denoiser: Denoiser, sigma: Tensor) -> Tensor:
         return loss_weight(denoiser.prediction, sigma, self.weighting, self.min_snr_gamma, denoiser.sigma_data)

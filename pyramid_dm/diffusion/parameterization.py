@@ -8,7 +8,12 @@ variance-preserving input, and (Salimans & Ho 2022 for v = alpha eps - sigma_t x
     x0:  c_skip = 0,                c_out = 1,                           c_in = alpha,  c_noise = t(sigma)
     v:   c_skip = alpha^2,          c_out = -sigma alpha,                c_in = alpha,  c_noise = t(sigma)
     edm: c_skip = sd^2/(s^2+sd^2),  c_out = s sd / sqrt(s^2 + sd^2),     c_in = 1/sqrt(s^2 + sd^2), c_noise = ln(s)/4
+    flow: c_skip = 1/(1+s),         c_out = -s/(1+s),                    c_in = 1/(1+s), c_noise = s/(1+s)
 t(sigma) is the schedule's time for that noise level: a network trained as eps/x0/v sees t in [0, 1], as in DDPM.
+flow (flow matching, :mod:`.flow`): c_in x~ = x_t = (1 - t) x0 + t eps on the straight path, t = s / (1 + s), the
+network predicts v = eps - x0 and D = x_t - t v; it sees the path's own time t whatever the schedule (SD3). A
+``time_window`` (e, a) maps that t to e + (a - e) t: a stage of Pyramidal Flow (:mod:`.pyramid_flow`) runs its own
+path from t = 1 to 0 while the network sees where on the whole trajectory the stage lies.
 The network's training target follows from D = x0:  F* = ((1 - c_skip) x0 - c_skip sigma eps) / c_out,
 and ||F - F*||^2 = ||D - x0||^2 / c_out^2.
 """
@@ -23,7 +28,7 @@ from torch import Tensor, nn
 
 from .schedules import NoiseSchedule
 
-PREDICTIONS = ("eps", "x0", "v", "edm")
+PREDICTIONS = ("eps", "x0", "v", "edm", "flow")
 
 
 class DenoiserFn(Protocol):
@@ -59,6 +64,8 @@ def coefficients(prediction: str, sigma: Tensor, sigma_data: float = 0.5) -> tup
     if prediction == "edm":
         sd2 = sigma_data**2
         return sd2 / (s**2 + sd2), s * sigma_data / (s**2 + sd2).sqrt(), 1 / (s**2 + sd2).sqrt()
+    if prediction == "flow":
+        return 1 / (1 + s), -s / (1 + s), 1 / (1 + s)
     alpha = 1 / (1 + s**2).sqrt()
     if prediction == "eps":
         return torch.ones_like(s), -s, alpha
@@ -87,8 +94,9 @@ def network_target(prediction: str, x0: Tensor, eps: Tensor, sigma: Tensor, sigm
 class Denoiser(nn.Module):
     """Wraps a network ``net(x_in, c_noise, **cond)`` into D(x~; sigma~) -> x0_hat (see the module docstring).
 
-    ``clip_x0`` clamps x0_hat to the data range [-1, 1] (pixel space only). The network runs in its own dtype;
-    the sampler's state (float64 in our samplers) is cast for it and the output cast back.
+    ``clip_x0`` clamps x0_hat to the data range [-1, 1] (pixel space only). ``time_window`` (flow only): the
+    network's time is e + (a - e) t (see the module docstring). The network runs in its own dtype; the sampler's
+    state (float64 in our samplers) is cast for it and the output cast back.
     """
 
     def __init__(
@@ -98,17 +106,25 @@ class Denoiser(nn.Module):
         prediction: str = "eps",
         sigma_data: float = 0.5,
         clip_x0: bool = False,
+        time_window: tuple[float, float] | None = None,
     ):
         super().__init__()
         check_pair(check_prediction(prediction), schedule)
+        if time_window is not None and prediction != "flow":
+            raise ValueError(f"a time window applies to flow networks only, not to prediction {prediction!r}")
         self.net, self.schedule = net, schedule
         self.prediction, self.sigma_data, self.clip_x0 = prediction, sigma_data, clip_x0
+        self.time_window = time_window
 
     def c_noise(self, sigma: Tensor, t: Tensor | None = None) -> Tensor:
-        """c_noise: the schedule time t(sigma) for eps/x0/v networks, ln(sigma)/4 for EDM ones (float64)."""
+        """c_noise: the schedule time t(sigma) for eps/x0/v networks, ln(sigma)/4 for EDM ones, the path's time
+        sigma / (1 + sigma) (in its window) for flow ones (float64)."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
         if self.prediction == "edm":
             return sigma.log() / 4
+        if self.prediction == "flow":
+            e, a = self.time_window or (0.0, 1.0)
+            return e + (a - e) * sigma / (1 + sigma)
         if t is not None:
             return torch.as_tensor(t, dtype=torch.float64)
         if sigma.numel() == 1 and sigma.device.type == "cpu":

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .discretization import sampling_sigmas
+from .flow import flow_euler
 from .langevin import ald, ald_nfe
 from .parameterization import DenoiserFn
 from .schedules import NoiseSchedule
@@ -183,6 +184,7 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ald": ald,  # annealed Langevin dynamics (NCSN), :mod:`.langevin`
     "pc": pc,  # predictor-corrector of score SDEs, :mod:`.score_sde`
     "euler_maruyama": euler_maruyama,  # the reverse SDE, :mod:`.score_sde`
+    "flow_euler": flow_euler,  # Euler in flow time (rectified flow, SD3), :mod:`.flow`
 }
 # The grid each sampler uses unless told otherwise: what its authors recommend at low resolution.
 DEFAULT_DISCRETIZATION = {
@@ -195,6 +197,7 @@ DEFAULT_DISCRETIZATION = {
     "ald": "logsnr",  # NCSN's geometric noise levels
     "pc": "logsnr",  # the VE SDE's geometric grid (Song et al. 2021)
     "euler_maruyama": "logsnr",
+    "flow_euler": "flow",  # uniform in t, diffusers' FlowMatchEulerDiscreteScheduler
 }
 # Denoiser calls per sample of a sampler on a ``steps``-interval grid, given its options (per guidance branch).
 _NFE = {"heun": lambda steps, **_: 2 * steps - 1, "ald": ald_nfe, "pc": pc_nfe}

@@ -317,7 +317,7 @@ class ZeroTerminalSNRSchedule(NoiseSchedule):
 SCHEDULES = {"linear": (LinearSchedule, ContinuousLinearSchedule), "cosine": (CosineSchedule, ContinuousCosineSchedule)}
 SCHEDULES["sigmoid"] = (SigmoidSchedule, ContinuousSigmoidSchedule)
 SCHEDULES["edm"] = (None, EDMSchedule)
-SCHEDULE_NAMES = (*SCHEDULES, "ve")  # ve: NCSN's geometric noise levels, :mod:`.ve`
+SCHEDULE_NAMES = (*SCHEDULES, "ve", "flow")  # ve: NCSN's geometric noise levels (:mod:`.ve`); flow: :mod:`.flow`
 
 
 def build_schedule(
@@ -327,17 +327,23 @@ def build_schedule(
     zero_terminal_snr: bool = False,
     log_snr_shift: float = 0.0,
     options: dict | None = None,
+    resolution: int | None = None,
 ) -> NoiseSchedule:
     """``name`` in {linear, cosine, sigmoid, edm, ve}; ``num_steps`` = T for a discrete schedule, ``None`` or 0 for
     continuous time (``edm`` is always continuous). ``zero_terminal_snr`` rescales it so t = 1 is pure noise;
     ``log_snr_shift`` adds a constant to its log-SNR (:func:`resolution_shift`); ``options`` are the schedule's own
-    settings (``ve``: sigma_min, sigma_max)."""
+    settings (``ve``: sigma_min, sigma_max; ``flow``: shift); ``resolution``: the level's grid size (for the flow
+    schedule's resolution-dependent shift)."""
     if name not in SCHEDULE_NAMES:
         raise ValueError(f"unknown noise schedule {name!r}; choose one of {sorted(SCHEDULE_NAMES)}")
     if name == "ve":  # NCSN's levels live in their own file (ve.py), which builds on this one
         from .ve import build_ve
 
         return build_ve(num_steps, zero_terminal_snr, log_snr_shift, options)
+    if name == "flow":  # the straight path of flow matching, :mod:`.flow`
+        from .flow import build_flow
+
+        return build_flow(num_steps, zero_terminal_snr, log_snr_shift, options, resolution)
     discrete_cls, continuous_cls = SCHEDULES[name]
     if options:
         raise ValueError(f"schedule_options {sorted(options)} are given, but the {name} schedule takes none")
@@ -356,16 +362,24 @@ def build_schedule(
     return ShiftedSchedule(schedule, log_snr_shift) if log_snr_shift else schedule
 
 
-TRAINING_NOISE = ("schedule", "lognormal")
+TRAINING_NOISE = ("schedule", "lognormal", "logit_normal", "mode")
 
 
 def training_noise_levels(
     schedule: NoiseSchedule, u: Tensor, kind: str = "schedule", p_mean: float = -1.2, p_std: float = 1.2
 ) -> tuple[Tensor, Tensor]:
     """(t, sigma~) for training from u ~ U[0, 1): ``schedule`` draws t as :meth:`NoiseSchedule.from_uniform` does;
-    ``lognormal`` draws ln sigma~ ~ N(p_mean, p_std^2) (EDM, Karras et al. 2022) and maps it back to t."""
-    if kind == "schedule":
-        t = schedule.from_uniform(u)
+    ``lognormal`` draws ln sigma~ ~ N(p_mean, p_std^2) (EDM, Karras et al. 2022) and maps it back to t;
+    ``logit_normal`` draws t = sigmoid(p_mean + p_std z) and ``mode`` t = SD3's mode density with scale p_mean
+    (:mod:`.flow`), both in the schedule's own time (before any shift, as SD3 shifts its drawn t)."""
+    if kind in ("schedule", "logit_normal", "mode"):
+        from .flow import logit_normal_t, mode_t
+
+        if kind == "schedule":
+            t = schedule.from_uniform(u)
+        else:
+            t = logit_normal_t(u, p_mean, p_std) if kind == "logit_normal" else mode_t(u, p_mean)
+            t = t.to(u.dtype)
         return t, schedule.sigma(t)
     if kind == "lognormal":
         z = torch.special.ndtri(u.double().clamp(1e-7, 1 - 1e-7))

@@ -93,6 +93,7 @@ class DiffusionEngine(nn.Module):
         scale = self.latent_scale
         if torch.isnan(scale).any():  # not fitted yet (validation before the first training step): local estimate
             scale = torch.stack([1 / z.float().std().clamp(min=1e-8) for z in levels])
+            scale = scale[-1].expand(len(levels)) if self.first_stage.shared_scale else scale
         return [z * s.to(z.dtype) for z, s in zip(levels, scale)]
 
     def decode(self, levels: list[Tensor]) -> Tensor:
@@ -103,7 +104,8 @@ class DiffusionEngine(nn.Module):
     def fit_latent_scale(self, images: Tensor, all_reduce_sum: Callable[[Tensor], Tensor] | None = None) -> None:
         """Per-level 1/std of the first stage's output on this batch (of every rank: ``all_reduce_sum`` sums the
         statistics over ranks, so every rank computes the same factors; LDM's ``scale_by_std`` and Frido's per-level
-        factors, which they compute on rank 0 only). Stored in a buffer, so it is saved with the model."""
+        factors, which they compute on rank 0 only; one factor, the finest level's, for a stage whose levels are
+        poolings of one latent). Stored in a buffer, so it is saved with the model."""
         stats = torch.stack(
             [
                 torch.stack([z.double().sum(), z.double().pow(2).sum(), z.new_tensor(z.numel(), dtype=torch.float64)])
@@ -112,6 +114,8 @@ class DiffusionEngine(nn.Module):
         )
         if all_reduce_sum is not None:
             stats = all_reduce_sum(stats)
+        if self.first_stage.shared_scale:  # levels pooled from one latent: the finest level's statistics for all
+            stats = stats[-1:].expand_as(stats)
         mean = stats[:, 0] / stats[:, 2]
         std = (stats[:, 1] / stats[:, 2] - mean**2).clamp(min=1e-16).sqrt()
         self.latent_scale.copy_((1 / std).to(self.latent_scale.dtype))
@@ -135,12 +139,13 @@ class DiffusionEngine(nn.Module):
             self.schedules[level],
             self.prediction,
             self.sigma_data,
-            clip_x0=self.first_stage.pixel_space,
+            **self.layout.denoiser_options(level % self.num_levels, self.num_levels, self.first_stage.pixel_space),
         )
 
     def loss(self, images, labels, u, noise, levels=None, aug=None, net: nn.Module | None = None) -> Tensor:
         """Per-sample loss, summed over ``levels`` (default all, with the level weights): level l is noised at
-        u[:, l] ~ U[0, 1) (a (B,) ``u`` serves every level) with ``noise[l]``; its context is the clean coarser levels
+        u[:, l] ~ U[0, 1) (a (B,) ``u`` serves every level) with ``noise[l]`` (the layout's training pair: a
+        pyramid-flow stage derives its pair from the finest level's noise); its context is the clean coarser levels
         augmented by ``aug`` = (per-sample aug_t, noise per level) (None: no augmentation)."""
         zs = self.encode(images)
         noise = [noise] if isinstance(noise, Tensor) else noise
@@ -148,10 +153,10 @@ class DiffusionEngine(nn.Module):
         weights = self.loss_fn.weights(self.num_levels) if levels is None else torch.ones(self.num_levels)
         total = 0.0
         for level in range(self.num_levels) if levels is None else levels:
-            z = self.geometry.to_grid(zs[level], level)
+            z, eps = self.layout.training_pair(self.geometry, zs, noise, level)
             cond = self.level_conditioning(level, zs[:level], *(aug[0], aug[1][level]) if aug else ())
             den = self.denoiser(level, net)
-            term = self.loss_fn.level_loss(den, z, noise[level], u[:, level], **self.conditioning(labels), **cond)
+            term = self.loss_fn.level_loss(den, z, eps, u[:, level], **self.conditioning(labels), **cond)
             total = total + float(weights[level]) * term
         return total
 
@@ -247,7 +252,7 @@ class DiffusionEngine(nn.Module):
         label_cond = self.conditioning(labels)
         finished: list[Tensor] = []
         for level in range(self.num_levels):
-            x = torch.randn((num_samples, *self.geometry.grid_shape(level)), generator=generator, device=self.device)
+            x = self.layout.initial_noise(self.geometry, level, finished, num_samples, generator, self.device)
             den = denoiser or self.denoiser(level, net)
             if wrap is not None:
                 den = wrap(den, level)

@@ -29,7 +29,7 @@ from ..diffusion.layouts import Layout
 from ..diffusion.parameterization import check_pair, check_prediction
 from ..errors import UserError
 from ..nets import PyramidUNet, UNet
-from ..stages import FirstStage, IdentityStage, ImagePyramid, autoencoder_stage
+from ..stages import FirstStage, IdentityStage, ImagePyramid, LatentPyramid, autoencoder_stage
 from .engine import DiffusionEngine
 from .plan import SamplingPlan, per_level
 
@@ -63,6 +63,9 @@ class DiffusionOptions:
     training_noise: str
     lognormal_mean: float
     lognormal_std: float
+    logit_normal_mean: float
+    logit_normal_std: float
+    mode_scale: float
     loss_weighting: str
     min_snr_gamma: float
     sampler: str
@@ -104,6 +107,7 @@ class PyramidOptions:
     conditioning_augmentation: float
     sample_augmentation: float
     frido_noise_mix: float
+    stage_bounds: list[float] | None
     shared_body: bool
     spade: bool
 
@@ -117,6 +121,8 @@ class PyramidOptions:
         for key in ("conditioning_augmentation", "sample_augmentation", "frido_noise_mix"):
             if not 0 <= getattr(self, key) < 1:
                 raise UserError(f"model.{key} must lie in [0, 1), got {getattr(self, key)}")
+        if self.stage_bounds is not None and self.layout != "pyramid_flow":
+            raise UserError(f"model.stage_bounds {self.stage_bounds} apply to layout pyramid_flow, not {self.layout!r}")
 
 
 class Recipe:
@@ -176,7 +182,7 @@ class LatentRecipe(Recipe):
         return math.nan if self.latent.scale_latents else 1.0
 
 
-PYRAMID_FIRST_STAGES = ("image_pyramid", "autoencoder")
+PYRAMID_FIRST_STAGES = ("image_pyramid", "autoencoder", "latent_pyramid")
 
 
 class PyramidRecipe(Recipe):
@@ -192,6 +198,18 @@ class PyramidRecipe(Recipe):
         o, p = self.o, self.p
         if p.first_stage == "autoencoder":
             return autoencoder_stage(p.autoencoder_ckpt, o.channels, o.image_size, "multi", recorded)
+        if p.first_stage == "latent_pyramid":
+            inner = autoencoder_stage(p.autoencoder_ckpt, o.channels, o.image_size, "single", recorded)
+            size = inner.level_shapes[0][-1]
+            if not p.resolutions:
+                raise UserError(
+                    f"model.resolutions must list the latent pyramid's resolutions, ending at the autoencoder's latent "
+                    f"size {size}, e.g. [{size // 4}, {size // 2}, {size}]"
+                )
+            try:
+                return LatentPyramid(inner, list(p.resolutions))
+            except ValueError as e:
+                raise UserError(f"model.resolutions: {e}") from None
         if not p.resolutions:
             raise UserError(
                 f"model.resolutions must list the image pyramid's resolutions, e.g. [{o.image_size // 4}, "
@@ -218,7 +236,7 @@ class PyramidRecipe(Recipe):
         )
 
     def latent_scale(self) -> float:
-        return math.nan if self.p.first_stage == "autoencoder" and self.p.scale_latents else 1.0
+        return math.nan if self.p.first_stage != "image_pyramid" and self.p.scale_latents else 1.0
 
     def plan(self, num_levels: int) -> SamplingPlan:
         o, p = self.o, self.p
@@ -246,7 +264,10 @@ def build_engine(family: str, h: Mapping[str, Any], first_stage: dict | None = N
     o = recipe.o
     first_stage = recipe.first_stage(first_stage)
     layout = recipe.layout()
-    geometry = layout.geometry(first_stage.level_shapes)
+    try:
+        geometry = layout.geometry(first_stage.level_shapes)
+    except ValueError as e:
+        raise UserError(f"model (layout {layout.name}): {e}") from None
     try:
         schedules = []
         for level in range(geometry.num_levels):
@@ -259,9 +280,11 @@ def build_engine(family: str, h: Mapping[str, Any], first_stage: dict | None = N
                     zero_terminal_snr=o.zero_terminal_snr,
                     log_snr_shift=shift,
                     options=o.schedule_options,
+                    resolution=geometry.grid_sizes[level],
                 )
             )
         check_pair(o.prediction, schedules[0])
+        layout.check(o.prediction, schedules[0])
     except ValueError as e:
         raise UserError(f"model: {e}") from None
     try:
@@ -272,6 +295,8 @@ def build_engine(family: str, h: Mapping[str, Any], first_stage: dict | None = N
             o.loss_weighting,
             o.min_snr_gamma,
             recipe.level_weights(geometry.num_levels),
+            logit_normal=(o.logit_normal_mean, o.logit_normal_std),
+            mode_scale=o.mode_scale,
         )
     except ValueError as e:
         raise UserError(f"model.{e}") from None

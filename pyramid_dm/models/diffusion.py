@@ -47,15 +47,20 @@ class DiffusionModel(L.LightningModule):
         label_dropout: probability of training a sample without its label (the null class), so that the same network
             is also the unconditional model classifier-free guidance needs (Ho & Salimans 2022; 0.1-0.2 typical).
         unet: network layout, :class:`UNetArgs`.
-        schedule: ``linear``, ``cosine``, ``sigmoid``, ``edm`` or ``ve`` (NCSN's geometric noise levels, the VE SDE;
-            ``schedule_options: {sigma_min, sigma_max}``, default 0.01 and 50); ``num_timesteps`` T for a discrete
+        schedule: ``linear``, ``cosine``, ``sigmoid``, ``edm``, ``ve`` (NCSN's geometric noise levels, the VE SDE;
+            ``schedule_options: {sigma_min, sigma_max}``, default 0.01 and 50) or ``flow`` (the straight path of flow
+            matching, continuous: ``num_timesteps: 0``; ``schedule_options: {shift: s}``, s a number or ``flux`` for
+            FLUX's resolution-dependent shift); ``num_timesteps`` T for a discrete
             schedule (for ``ve``: NCSN's L levels), 0 for continuous time. ``zero_terminal_snr`` rescales it so its last
             step is pure noise (needs ``v`` or ``x0``).
             ``shift_reference_resolution`` d_ref shifts its log-SNR by 2 log(d_ref / d) (simple diffusion), d the
             resolution diffused at (the image, the latent, or each pyramid level's own).
-        prediction: the parameterization: the network predicts ``eps``, ``x0`` or ``v``, or is ``edm``-preconditioned
-            (with ``sigma_data``). Any of them samples with every sampler.
-        training_noise: ``schedule`` (t uniform on the schedule) or ``lognormal`` (EDM: ln sigma ~ N(mean, std^2)).
+        prediction: the parameterization: the network predicts ``eps``, ``x0`` or ``v``, is ``edm``-preconditioned
+            (with ``sigma_data``), or predicts the ``flow`` velocity eps - x0 on the straight path (flow matching,
+            with ``schedule: flow``). Any of them samples with every sampler.
+        training_noise: ``schedule`` (t uniform on the schedule), ``lognormal`` (EDM: ln sigma ~ N(mean, std^2)),
+            ``logit_normal`` (SD3: t = sigmoid(logit_normal_mean + logit_normal_std z)) or ``mode`` (SD3's mode
+            density with ``mode_scale``).
         loss_weighting: ``uniform`` (the network's own MSE), ``min_snr`` (with ``min_snr_gamma``) or ``edm``.
         lr, weight_decay, betas, warmup_steps: the default optimizer, AdamW with a linear learning-rate warm-up.
         optimizer, lr_scheduler: replace it from YAML (LightningCLI callables), e.g. ``optimizer: {class_path:
@@ -92,6 +97,9 @@ class DiffusionModel(L.LightningModule):
         training_noise: str = "schedule",
         lognormal_mean: float = -1.2,
         lognormal_std: float = 1.2,
+        logit_normal_mean: float = 0.0,
+        logit_normal_std: float = 1.0,
+        mode_scale: float = 1.29,
         loss_weighting: str = "uniform",
         min_snr_gamma: float = 5.0,
         lr: float = 2e-4,

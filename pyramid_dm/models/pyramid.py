@@ -10,14 +10,18 @@ class PyramidDiffusion(DiffusionModel):
     """Coarse-to-fine diffusion over L >= 2 levels (the recipe: :class:`pyramid_dm.engine.families.PyramidRecipe`).
 
     Args:
-        first_stage: ``image_pyramid`` (pixel space: the image average-pooled to each of ``resolutions``) or
-            ``autoencoder`` (the levels of a multi-scale autoencoder, ``autoencoder_ckpt``).
-        resolutions: the image pyramid's resolutions, coarse first, each dividing the next, the last the image size.
+        first_stage: ``image_pyramid`` (pixel space: the image average-pooled to each of ``resolutions``),
+            ``autoencoder`` (the levels of a multi-scale autoencoder, ``autoencoder_ckpt``) or ``latent_pyramid``
+            (a single-level autoencoder's latent average-pooled to each of ``resolutions``).
+        resolutions: the pyramid's resolutions, coarse first, each dividing the next, the last the image size (the
+            latent size for ``latent_pyramid``).
         scale_latents: per-level 1/std latent scale for an autoencoder's levels (see :class:`LatentDiffusion`).
         layout: ``native`` (each level at its own resolution, its own schedule shift and step budget) or ``frido``
             (Frido's own layout: every level at the finest resolution, one shared t in training, the same full
-            schedule for every level, the context lerped with ``frido_noise_mix`` noise); see
-            :mod:`pyramid_dm.diffusion.layouts`.
+            schedule for every level, the context lerped with ``frido_noise_mix`` noise) or ``pyramid_flow``
+            (Pyramidal Flow Matching: the levels are the stages of one flow trajectory, each at twice the previous
+            resolution, no context; needs ``schedule: flow``, ``prediction: flow``; ``stage_bounds`` are the stages'
+            nominal windows, from 1 down to 0, default equal); see :mod:`pyramid_dm.diffusion.layouts`.
         level_samplers, level_steps: per-level sampler and step budget, coarse first (default: ``sampler`` and
             ``sample_steps`` for every level), e.g. ``[20, 8, 8]``.
         level_training: ``all`` (every level each step, the weighted sum) or ``sample`` (one level per step, drawn
@@ -49,6 +53,7 @@ class PyramidDiffusion(DiffusionModel):
         conditioning_augmentation: float = 0.1,
         sample_augmentation: float = 0.0,
         frido_noise_mix: float = 0.1,
+        stage_bounds: list[float] | None = None,
         shared_body: bool = True,
         spade: bool = False,
         **kwargs,

@@ -3,7 +3,7 @@
 from .autoencoder import AutoencoderStage, autoencoder_stage, load_autoencoder_checkpoint
 from .base import FirstStage
 from .identity import IdentityStage
-from .image_pyramid import ImagePyramid, check_resolutions
+from .image_pyramid import ImagePyramid, LatentPyramid, check_resolutions
 
 __all__ = [
     "AutoencoderStage",
@@ -11,6 +11,7 @@ __all__ = [
     "FirstStage",
     "IdentityStage",
     "ImagePyramid",
+    "LatentPyramid",
     "check_resolutions",
     "load_autoencoder_checkpoint",
 ]

@@ -15,6 +15,7 @@ class FirstStage(nn.Module):
     level_shapes: list[tuple[int, int, int]]
     image_shape: tuple[int, int, int]  # (C, H, W) of the images it encodes
     pixel_space: bool = False  # levels are images in [-1, 1] (identity, image pyramid): denoised levels are clipped
+    shared_scale: bool = False  # the levels are poolings of one latent: one latent scale (the finest's) for all
 
     @property
     def num_levels(self) -> int:

@@ -11,7 +11,7 @@ from ..diffusion.levels import LevelGeometry, check_resolutions
 from ..diffusion.pyramid import upsample_to
 from .base import FirstStage
 
-__all__ = ["ImagePyramid", "check_resolutions"]
+__all__ = ["ImagePyramid", "LatentPyramid", "check_resolutions"]
 
 
 class ImagePyramid(FirstStage):
@@ -30,3 +30,31 @@ class ImagePyramid(FirstStage):
 
     def decode(self, levels: list[Tensor]) -> Tensor:
         return upsample_to(levels[-1], self.image_size)
+
+
+class LatentPyramid(FirstStage):
+    """A pyramid of one frozen single-level stage's latent (an autoencoder's), average-pooled to ``resolutions`` (the
+    last its own latent size): the image pyramid in latent space. Its levels share one latent scale
+    (``shared_scale``), so that a coarse level stays the average of the finer one after scaling, as the pyramid-flow
+    layout's stage jumps need."""
+
+    shared_scale = True
+
+    def __init__(self, inner: FirstStage, resolutions: list[int]):
+        super().__init__()
+        if inner.num_levels != 1:
+            raise ValueError(f"a latent pyramid pools a single-level stage; this one has {inner.num_levels} levels")
+        channels, size, _ = inner.level_shapes[0]
+        self.inner = inner
+        self.geometry = LevelGeometry.of([(channels, r, r) for r in check_resolutions(resolutions, size)])
+        self.image_shape = inner.image_shape
+        self.level_shapes = list(self.geometry.level_shapes)
+
+    def record(self) -> dict | None:
+        return self.inner.record()
+
+    def encode(self, images: Tensor) -> list[Tensor]:
+        return self.geometry.downsample(self.inner.encode(images)[0])
+
+    def decode(self, levels: list[Tensor]) -> Tensor:
+        return self.inner.decode([upsample_to(levels[-1], self.level_shapes[-1][-1])])

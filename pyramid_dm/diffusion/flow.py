@@ -1,0 +1,122 @@
+"""Flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023; Esser et al. 2024, SD3): the straight path
+x_t = (1 - t) x0 + t eps, t in [0, 1] (t = 1 pure noise), and the velocity v = eps - x0 a network predicts.
+
+In the engine's sigma space x~ = x0 + sigma~ eps (:mod:`.schedules`) the straight path is x_t = x~ / (1 + sigma~) with
+sigma~ = t / (1 - t): a variance-preserving path up to the scale (1 - t) instead of alpha_t. So a flow model is one
+more preconditioning (the ``flow`` prediction of :mod:`.parameterization`: D = x_t - t F) and one more schedule (the
+``flow`` schedule below), and every sampler of the engine samples it; conversely :func:`flow_euler` samples any model.
+
+- Timestep shift (SD3, Sec. 5.3.2; diffusers ``FlowMatchEulerDiscreteScheduler``): t' = s t / (1 + (s - 1) t), i.e.
+  sigma~' = s sigma~, a log-SNR shift of -2 ln s. FLUX chooses s = exp(mu) from the sequence length n of the image,
+  mu = base_shift + (max_shift - base_shift) (n - 256) / (4096 - 256) (diffusers ``calculate_shift``); here n is the
+  number of 2x2 patches of a level's grid, as FLUX's latent patchify counts them.
+- Training times (SD3, Sec. 3.1): ``logit_normal`` t = sigmoid(m + s z), z ~ N(0, 1) (SD3's default lognorm(0, 1));
+  ``mode`` t = 1 - u - s (cos^2(pi u / 2) - 1 + u) (SD3, Eq. 20, s = 1.29); ``schedule``: t uniform.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .schedules import LOG_SNR_MAX, LOG_SNR_MIN, NoiseSchedule, ShiftedSchedule
+from .state import check_sigmas, start
+
+FLUX_SHIFT = {"base_shift": 0.5, "max_shift": 1.15, "base_seq_len": 256, "max_seq_len": 4096}
+
+
+class RectifiedFlowSchedule(NoiseSchedule):
+    """The straight path's noise levels: sigma~(t) = t / (1 - t), log-SNR 2 log((1 - t) / t). t = 1 is pure noise
+    (zero terminal SNR: the log-SNR is clamped at -30, sigma~ = 3.3e6, where x_t = x~ / (1 + sigma~) is the noise to
+    3e-7); sampling grids in log-SNR start at sigma~ = 4096 (:meth:`NoiseSchedule.sigma_range`)."""
+
+    name = "flow"
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        t = t.double()
+        return (2 * (torch.log1p(-t.clamp(max=1.0)) - t.log())).clamp(LOG_SNR_MIN, LOG_SNR_MAX)
+
+    def t_of_log_snr(self, lam: Tensor) -> Tensor:
+        return torch.sigmoid(-torch.as_tensor(lam, dtype=torch.float64) / 2)
+
+
+def flux_shift(resolution: int, base_shift=0.5, max_shift=1.15, base_seq_len=256, max_seq_len=4096) -> float:
+    """FLUX's resolution-dependent shift s = exp(mu) for a ``resolution`` x ``resolution`` grid of 2x2 patches."""
+    n = (resolution // 2) ** 2
+    mu = base_shift + (max_shift - base_shift) * (n - base_seq_len) / (max_seq_len - base_seq_len)
+    return math.exp(mu)
+
+
+def shift_time(t: Tensor, shift: float) -> Tensor:
+    """t' = s t / (1 + (s - 1) t) (SD3, Sec. 5.3.2)."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def build_flow(
+    num_steps: int | None, zero_terminal_snr: bool, log_snr_shift: float, options: dict | None, resolution: int | None
+) -> NoiseSchedule:
+    """The ``flow`` schedule of :func:`~.schedules.build_schedule`. ``options``: ``shift`` (a number s >= 1, or
+    ``"flux"`` for FLUX's resolution-dependent s at the level's ``resolution``; FLUX's constants may be overridden by
+    the keys of :data:`FLUX_SHIFT`). Continuous time only; a resolution shift of the pyramid adds to the log-SNR."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - {"shift", *FLUX_SHIFT})
+    if unknown:
+        raise ValueError(
+            f"schedule_options {unknown} are not settings of the flow schedule (shift, {list(FLUX_SHIFT)})"
+        )
+    if num_steps:
+        raise ValueError(
+            f"the flow schedule is continuous (t in [0, 1]); set model.num_timesteps: 0, not {num_steps} "
+            "(samplers choose their own steps)"
+        )
+    del zero_terminal_snr  # the straight path always ends in pure noise
+    shift = options.pop("shift", 1.0)
+    if shift == "flux":
+        if not resolution:
+            raise ValueError("schedule_options.shift 'flux' needs the level's resolution")
+        shift = flux_shift(resolution, **{**FLUX_SHIFT, **options})
+    elif options:
+        raise ValueError(f"schedule_options {sorted(options)} only apply with shift: flux")
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not shift > 0:
+        raise ValueError(f"schedule_options.shift must be a number > 0 or 'flux', got {shift!r}")
+    total = log_snr_shift - 2 * math.log(shift)
+    return ShiftedSchedule(RectifiedFlowSchedule(), total) if total else RectifiedFlowSchedule()
+
+
+def logit_normal_t(u: Tensor, mean: float = 0.0, std: float = 1.0) -> Tensor:
+    """SD3's logit-normal training time t = sigmoid(mean + std z) with z = Phi^-1(u)."""
+    z = torch.special.ndtri(u.double().clamp(1e-7, 1 - 1e-7))
+    return torch.sigmoid(mean + std * z)
+
+
+def mode_t(u: Tensor, scale: float = 1.29) -> Tensor:
+    """SD3's mode sampling with heavy tails (Eq. 20): t = 1 - u - scale (cos^2(pi u / 2) - 1 + u), in (0, 1]."""
+    u = u.double()
+    t = 1 - u - scale * (torch.cos(math.pi / 2 * u) ** 2 - 1 + u)
+    return t.clamp(1e-7, 1.0)
+
+
+def flow_time(sigma) -> Tensor:
+    """t = sigma~ / (1 + sigma~): where x~ lies on the straight path."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    return sigma / (1 + sigma)
+
+
+@torch.no_grad()
+def flow_euler(denoiser, x, sigmas, *, cond=None, generator=None, callback=None):
+    """Euler on the flow ODE dx_t / dt = v, v = (x_t - x0_hat) / t (diffusers ``FlowMatchEulerDiscreteScheduler.step``:
+    x_{t'} = x_t + (t' - t) v), for any denoiser; the state is kept as x~ = x_t / (1 - t). (For every model this is
+    the same step as deterministic DDIM: both move x_t along a straight line toward x0_hat.)"""
+    sigmas, cond = check_sigmas(sigmas), cond or {}
+    x = start(x, sigmas)
+    ts = flow_time(sigmas).tolist()
+    for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
+        x0 = denoiser(x, sigmas[i], **cond)
+        xt = x * (1 - t)
+        v = (xt - x0) / t
+        x = (xt + (t_next - t) * v) / (1 - t_next)
+        if callback:
+            callback(i, x, x0)
+    return x
