@@ -52,9 +52,16 @@ def test_every_parameterization_samples_with_every_sampler(setup):
         OracleNet(setup["prediction"], model.engine.schedules[-1]), model.engine.schedules[-1], setup["prediction"]
     )
     for name in SAMPLERS:
-        steps = {"ddpm": 200, "ddim": 100, "euler": 100, "heun": 50, "euler_maruyama": 200, "pc": 100, "ald": 60}.get(
-            name, 25
-        )  # first-order ones need more, and Langevin dynamics more steps per level
+        steps = {
+            "ddpm": 200,
+            "ddim": 100,
+            "euler": 100,
+            "flow_euler": 100,
+            "heun": 50,
+            "euler_maruyama": 200,
+            "pc": 100,
+            "ald": 60,
+        }.get(name, 25)  # first-order ones need more, and Langevin dynamics more steps per level
         options = {"n_steps_each": 20} if name == "ald" else {}
         g = torch.Generator().manual_seed(1)
         out = model.sample(400, name, steps, generator=g, denoiser=den, **options).double()

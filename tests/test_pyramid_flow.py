@@ -34,7 +34,7 @@ def trained_pyramid_flow(root, session_env) -> Path:
 def test_the_fine_stage_continues_the_coarse_stage(trained_pyramid_flow):
     """The coarse stage ends at x_end = 0.8 Down(x0) + 0.2 eps; the finished 8x8 sample, average-pooled, must be the
     x0 it was heading for: RMS of x_end - 0.8 Down(sample) within 1.5x the 0.2 noise it still holds and below 0.5x
-    the same error against another sample (measured: 0.19 and 0.67)."""
+    the same error against another sample (measured: 0.17 and 0.45)."""
     path = str(trained_pyramid_flow)
     model = build_model(torch.load(path, weights_only=True), path, None, torch.device("cpu"))
     assert model.layout.windows[0] == (pytest.approx(0.2), 1.0)
@@ -43,6 +43,7 @@ def test_the_fine_stage_continues_the_coarse_stage(trained_pyramid_flow):
     pooled = F.avg_pool2d(fine, 2)
     err = (coarse - 0.8 * pooled).pow(2).mean().sqrt()
     other = (coarse - 0.8 * pooled.roll(1, dims=0)).pow(2).mean().sqrt()
+    print(f"coarse-stage agreement: RMS {float(err):.3f}, against another sample {float(other):.3f}")
     assert err < 1.5 * 0.2 and err < 0.5 * other, (float(err), float(other))
     assert float(images.std()) > 0.3  # digits, not a blur: the pixel range is used
 
