@@ -36,14 +36,15 @@ class Layout:
         raise NotImplementedError
 
     def grid_sizes(self, level_shapes) -> list[int]:
-        raise NotImplementedError
+        """Where each level is diffused: its own resolution unless the layout says otherwise."""
+        return [s[-1] for s in level_shapes]
 
     def geometry(self, level_shapes) -> LevelGeometry:
         return LevelGeometry.of(level_shapes, self.grid_sizes(level_shapes))
 
     def training_u(self, n: int, num_levels: int, device=None) -> Tensor:
-        """u ~ U[0, 1) for a training batch: (n,) shared by all levels, or (n, num_levels)."""
-        raise NotImplementedError
+        """u ~ U[0, 1) for a training batch: (n,) shared by all levels, or (n, num_levels) (default: each its own)."""
+        return torch.rand(n, num_levels, device=device)
 
     def training_aug_t(self, n: int, generator: torch.Generator | None) -> Tensor | None:
         """The per-sample augmentation times of a training batch's contexts (None: clean contexts)."""
@@ -140,12 +141,6 @@ class NativeLayout(Layout):
     def from_options(cls, options) -> NativeLayout:
         return cls(options.conditioning_augmentation, options.sample_augmentation)
 
-    def grid_sizes(self, level_shapes) -> list[int]:
-        return [s[-1] for s in level_shapes]
-
-    def training_u(self, n: int, num_levels: int, device=None) -> Tensor:
-        return torch.rand(n, num_levels, device=device)
-
     def training_aug_t(self, n: int, generator: torch.Generator | None) -> Tensor | None:
         if not self.conditioning_augmentation:
             return None
@@ -204,9 +199,6 @@ class PyramidFlowLayout(Layout):
     def from_options(cls, options) -> PyramidFlowLayout:
         return cls(options.stage_bounds)
 
-    def grid_sizes(self, level_shapes) -> list[int]:
-        return [s[-1] for s in level_shapes]
-
     def geometry(self, level_shapes) -> LevelGeometry:
         shapes = [tuple(s) for s in level_shapes]
         sizes = [s[-1] for s in shapes]
@@ -227,9 +219,6 @@ class PyramidFlowLayout(Layout):
                 f"layout pyramid_flow runs stages of one straight-path (flow matching) trajectory: it needs "
                 f"schedule 'flow' and prediction 'flow', got schedule {schedule.name!r} and prediction {prediction!r}"
             )
-
-    def training_u(self, n: int, num_levels: int, device=None) -> Tensor:
-        return torch.rand(n, num_levels, device=device)
 
     def training_pair(self, geometry: LevelGeometry, levels: list[Tensor], noise: list[Tensor], level: int):
         return pf.stage_pair(levels, noise[-1], level, self.windows[level])

@@ -26,6 +26,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from .flow import flow_time
 from .schedules import NoiseSchedule
 
 PREDICTIONS = ("eps", "x0", "v", "edm", "flow")
@@ -124,7 +125,7 @@ class Denoiser(nn.Module):
             return sigma.log() / 4
         if self.prediction == "flow":
             e, a = self.time_window or (0.0, 1.0)
-            return e + (a - e) * sigma / (1 + sigma)
+            return e + (a - e) * flow_time(sigma)
         if t is not None:
             return torch.as_tensor(t, dtype=torch.float64)
         if sigma.numel() == 1 and sigma.device.type == "cpu":
