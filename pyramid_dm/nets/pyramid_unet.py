@@ -5,7 +5,8 @@ grid). Each level has its own input head (a 3x3 conv over those channels) and ou
 channels, zero-initialised); a learned level embedding and an embedding of the context's augmentation noise level
 (cascaded diffusion's conditioning augmentation, Ho et al. 2022) are added to the time embedding. The body is shared
 by all levels or one per level (``shared_body``); with ``spade`` its residual blocks are also modulated by the
-context (SPADE, as Frido's ``use_SPADE_norm``). Like :class:`UNet` it knows nothing about diffusion.
+context (SPADE, as Frido's ``use_SPADE_norm``). Like :class:`UNet` it knows nothing about diffusion, and like it is
+slimmable (``width_multipliers``, ``forward(..., width=w)``): heads keep the levels' and contexts' channels full.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .slimmable import SlimConv2d, SlimEmbedding, SlimLinear
 from .unet import UNet, sinusoidal_embedding
 
 
@@ -53,14 +55,17 @@ class PyramidUNet(nn.Module):
         body = self.bodies[0]
         width, emb_dim = body.width, body.time_mlp[-1].out_features
         self.heads_in = nn.ModuleList(
-            nn.Conv2d(c + k, width, 3, padding=1) for c, k in zip(level_channels, context_channels)
+            SlimConv2d(c + k, width, 3, padding=1, slim_in=False) for c, k in zip(level_channels, context_channels)
         )
-        self.heads_out = nn.ModuleList(nn.Conv2d(width, c, 3, padding=1) for c in level_channels)
+        self.heads_out = nn.ModuleList(SlimConv2d(width, c, 3, padding=1, slim_out=False) for c in level_channels)
         for head in self.heads_out:
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
-        self.level_emb = nn.Embedding(len(level_channels), emb_dim)
-        self.aug_mlp = nn.Sequential(nn.Linear(body.base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.level_emb = SlimEmbedding(len(level_channels), emb_dim)
+        self.aug_mlp = nn.Sequential(
+            SlimLinear(body.time_channels, emb_dim, slim_in=False), nn.SiLU(), SlimLinear(emb_dim, emb_dim)
+        )
+        self.width_multipliers = body.width_multipliers
         self.spade_in = (
             nn.ModuleList(nn.Conv2d(k, spade_ch, 3, padding=1) if k else nn.Identity() for k in self.context_channels)
             if spade
@@ -76,9 +81,14 @@ class PyramidUNet(nn.Module):
         level: int = 0,
         context: Tensor | None = None,
         aug_t: Tensor | None = None,
+        width: float | None = None,
     ) -> Tensor:
         """Level ``level``'s output for its noisy latent ``x`` given ``context`` (B, context_channels[level], H, W),
-        noised at ``aug_t`` (per sample, in [0, 1]; None = clean)."""
+        noised at ``aug_t`` (per sample, in [0, 1]; None = clean), at ``width`` (None: the caller's context)."""
+        with self.bodies[0].at_width(width):
+            return self._forward(x, c_noise, class_labels, level, context, aug_t)
+
+    def _forward(self, x, c_noise, class_labels, level, context, aug_t) -> Tensor:
         want = self.context_channels[level]
         got = 0 if context is None else context.shape[1]
         if got != want:
@@ -89,7 +99,7 @@ class PyramidUNet(nn.Module):
         emb = emb + self.level_emb(torch.full((b,), level, device=x.device, dtype=torch.long))
         if want:
             aug = torch.zeros(b, device=x.device) if aug_t is None else aug_t.to(x.device).float().expand(b)
-            emb = emb + self.aug_mlp(sinusoidal_embedding(aug * body.time_scale, body.base_channels))
+            emb = emb + self.aug_mlp(sinusoidal_embedding(aug * body.time_scale, body.time_channels))
             context = context.to(x.dtype)
             x = torch.cat([x, context], dim=1)
         spatial = self.spade_in[level](context) if self.spade_in is not None and want else None

@@ -2,10 +2,14 @@
 
 A plain network of (x, c_noise, class_labels): it knows nothing about diffusion. ``c_noise`` is any per-sample
 scalar (the engine passes t in [0, 1]); it is embedded sinusoidally after multiplying by ``time_scale``.
+
+Every layer is slimmable (:mod:`.slimmable`): with ``width_multipliers`` the network also runs as its prefix
+sub-networks (``forward(..., width=w)`` or ``use_width``); at width 1 it is exactly the plain network.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -13,8 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .slimmable import Parts, SlimConv2d, SlimEmbedding, SlimLinear, check_widths, use_width
+from .slimmable import group_norm as slim_norm
+
 
 def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    """A plain GroupNorm in gcd(groups, channels) groups (the autoencoder's; the UNet's are slimmable)."""
     return nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-6)
 
 
@@ -31,9 +39,10 @@ class SpatialModulation(nn.Module):
     """SPADE (Park et al. 2019) after a normalisation: h (1 + gamma(c)) + beta(c), with the spatial condition c resized
     (nearest) to h; zero-initialised, so it starts as the identity."""
 
-    def __init__(self, cond_channels: int, channels: int):
+    def __init__(self, cond_channels: int, channels: int, parts: Parts | None = None):
         super().__init__()
-        self.conv = nn.Conv2d(cond_channels, 2 * channels, 3, padding=1)
+        parts = tuple(parts or ((channels, True),))
+        self.conv = SlimConv2d(cond_channels, 2 * channels, 3, padding=1, slim_in=False, out_parts=parts * 2)
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
 
@@ -44,18 +53,27 @@ class SpatialModulation(nn.Module):
 
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-Conv twice, with the embedding added in between and a 1x1 skip when widths differ.
-    With ``spade_channels`` > 0 the first norm is modulated by a spatial condition (``forward(..., spatial=c)``)."""
+    With ``spade_channels`` > 0 the first norm is modulated by a spatial condition (``forward(..., spatial=c)``).
+    ``cin`` is a channel count or the counts of the concatenated sources (a decoder block's [h, skip])."""
 
     def __init__(
-        self, cin: int, cout: int, emb_dim: int, dropout: float = 0.0, groups: int = 32, spade_channels: int = 0
+        self,
+        cin: int | Sequence[int],
+        cout: int,
+        emb_dim: int,
+        dropout: float = 0.0,
+        groups: int = 32,
+        spade_channels: int = 0,
     ):
         super().__init__()
-        self.norm1, self.conv1 = group_norm(cin, groups), nn.Conv2d(cin, cout, 3, padding=1)
-        self.spade = SpatialModulation(spade_channels, cin) if spade_channels else None
-        self.emb = nn.Linear(emb_dim, cout)
-        self.norm2, self.drop = group_norm(cout, groups), nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        parts = tuple((c, True) for c in ([cin] if isinstance(cin, int) else cin))
+        cin = sum(c for c, _ in parts)
+        self.norm1, self.conv1 = slim_norm(cin, groups, parts), SlimConv2d(cin, cout, 3, padding=1, in_parts=parts)
+        self.spade = SpatialModulation(spade_channels, cin, parts) if spade_channels else None
+        self.emb = SlimLinear(emb_dim, cout)
+        self.norm2, self.drop = slim_norm(cout, groups), nn.Dropout(dropout)
+        self.conv2 = SlimConv2d(cout, cout, 3, padding=1)
+        self.skip = SlimConv2d(cin, cout, 1, in_parts=parts) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor, spatial: Tensor | None = None) -> Tensor:
         h = self.norm1(x)
@@ -74,11 +92,14 @@ class SelfAttention(nn.Module):
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"attention: {channels} channels do not split into {num_heads} heads")
-        self.norm, self.heads = group_norm(channels, groups), num_heads
-        self.qkv, self.out = nn.Linear(channels, 3 * channels), nn.Linear(channels, channels)
+        self.norm, self.heads = slim_norm(channels, groups), num_heads
+        self.qkv = SlimLinear(channels, 3 * channels, out_parts=((channels, True),) * 3)
+        self.out = SlimLinear(channels, channels)
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
+        if c % self.heads:
+            raise ValueError(f"attention: {c} channels (at this width) do not split into {self.heads} heads")
         y = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
         q, k, v = self.qkv(y).view(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
@@ -88,9 +109,7 @@ class SelfAttention(nn.Module):
 class Level(nn.Module):
     """One resolution of the encoder or decoder: residual blocks, each optionally followed by attention."""
 
-    def __init__(
-        self, widths: Sequence[tuple[int, int]], emb_dim: int, attn: bool, heads: int, dropout, groups, spade=0
-    ):
+    def __init__(self, widths: Sequence[tuple], emb_dim: int, attn: bool, heads: int, dropout, groups, spade=0):
         super().__init__()
         self.res = nn.ModuleList(ResBlock(i, o, emb_dim, dropout, groups, spade) for i, o in widths)
         self.attn = nn.ModuleList(SelfAttention(o, heads, groups) if attn else nn.Identity() for _, o in widths)
@@ -110,6 +129,10 @@ class UNet(nn.Module):
             :class:`~pyramid_dm.nets.PyramidUNet`, which puts its own heads per level around :meth:`body`.
         spade_channels: > 0 gives every residual block a SPADE modulation from a spatial condition of that many
             channels (see :meth:`body`).
+        width_multipliers: the widths the network is trained and run at (a slimmable supernet, DDSM), each in
+            (0, 1]; None: a plain network (its layers still slice, but ``forward(width=)`` refuses other widths).
+        time_channels: size of the sinusoidal time embedding (default ``base_channels``): never slimmed, so a plain
+            network equal to a sub-width of a supernet keeps the supernet's.
     """
 
     def __init__(
@@ -128,18 +151,23 @@ class UNet(nn.Module):
         time_scale: float = 1000.0,
         headless: bool = False,
         spade_channels: int = 0,
+        width_multipliers: Sequence[float] | None = None,
+        time_channels: int | None = None,
     ):
         super().__init__()
+        self.width_multipliers = None if width_multipliers is None else check_widths(width_multipliers, "widths")
         n_down = len(channel_mult) - 1
         if image_size % (2**n_down):
             raise ValueError(f"image_size {image_size} is not divisible by 2^{n_down} for {len(channel_mult)} stages")
         widths = [base_channels * m for m in channel_mult]
         emb_dim, self.base_channels, self.time_scale = 4 * base_channels, base_channels, time_scale
-        self.num_classes = num_classes
-        self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        self.num_classes, self.time_channels = num_classes, time_channels or base_channels
+        self.time_mlp = nn.Sequential(
+            SlimLinear(self.time_channels, emb_dim, slim_in=False), nn.SiLU(), SlimLinear(emb_dim, emb_dim)
+        )
+        self.class_emb = SlimEmbedding(num_classes + 1, emb_dim) if num_classes else None
         self.width = widths[0]
-        self.conv_in = None if headless else nn.Conv2d(in_channels, widths[0], 3, padding=1)
+        self.conv_in = None if headless else SlimConv2d(in_channels, widths[0], 3, padding=1, slim_in=False)
         args = dict(emb_dim=emb_dim, heads=num_heads, dropout=dropout, groups=norm_groups, spade=spade_channels)
 
         self.down, self.downsample, skips, ch = nn.ModuleList(), nn.ModuleList(), [widths[0]], widths[0]
@@ -149,7 +177,7 @@ class UNet(nn.Module):
             ch = w
             skips += [w] * num_res_blocks
             if i < n_down:
-                self.downsample.append(nn.Conv2d(w, w, 3, stride=2, padding=1))
+                self.downsample.append(SlimConv2d(w, w, 3, stride=2, padding=1))
                 skips.append(w)
         self.mid1 = ResBlock(ch, ch, emb_dim, dropout, norm_groups, spade_channels)
         self.mid_attn = SelfAttention(ch, num_heads, norm_groups)
@@ -159,25 +187,38 @@ class UNet(nn.Module):
         for i, w in reversed(list(enumerate(widths))):
             blocks = []
             for _ in range(num_res_blocks + 1):
-                blocks.append((ch + skips.pop(), w))
+                blocks.append(((ch, skips.pop()), w))  # concatenated [h, skip]: sliced per source
                 ch = w
             self.up.append(Level(blocks, attn=(image_size >> i) in attention_resolutions, **args))
             if i > 0:
-                self.upsample.append(nn.Conv2d(w, w, 3, padding=1))
-        self.norm_out = group_norm(ch, norm_groups)
-        self.conv_out = None if headless else nn.Conv2d(ch, out_channels or in_channels, 3, padding=1)
+                self.upsample.append(SlimConv2d(w, w, 3, padding=1))
+        self.norm_out = slim_norm(ch, norm_groups)
+        out = out_channels or in_channels
+        self.conv_out = None if headless else SlimConv2d(ch, out, 3, padding=1, slim_out=False)
+
+    def at_width(self, width: float | None):
+        """The context running this network at ``width`` (None: the caller's), which must be one it was built for."""
+        if width is None:
+            return contextlib.nullcontext()
+        allowed = self.width_multipliers or [1.0]
+        if float(width) not in allowed:
+            raise ValueError(f"width {width} is not one of this network's widths {allowed}")
+        return use_width(width)
 
     def embed(self, c_noise: Tensor, class_labels: Tensor | None) -> Tensor:
-        emb = self.time_mlp(sinusoidal_embedding(c_noise * self.time_scale, self.base_channels))
+        emb = self.time_mlp(sinusoidal_embedding(c_noise * self.time_scale, self.time_channels))
         if self.class_emb is not None:
             if class_labels is None:
                 class_labels = torch.full((emb.shape[0],), self.num_classes, device=emb.device, dtype=torch.long)
             emb = emb + self.class_emb(class_labels)
         return emb
 
-    def forward(self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        emb = self.embed(c_noise.expand(x.shape[0]), class_labels).to(x.dtype)
-        return self.conv_out(F.silu(self.norm_out(self.body(self.conv_in(x), emb))))
+    def forward(
+        self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None, *, width: float | None = None
+    ) -> Tensor:
+        with self.at_width(width):
+            emb = self.embed(c_noise.expand(x.shape[0]), class_labels).to(x.dtype)
+            return self.conv_out(F.silu(self.norm_out(self.body(self.conv_in(x), emb))))
 
     def body(self, h: Tensor, emb: Tensor, spatial: Tensor | None = None) -> Tensor:
         """Everything between the input and output convolutions: ``h`` has ``width`` channels; ``spatial`` is the
