@@ -16,7 +16,8 @@ idempotent and needs no version number:
 - no ``schedule_options`` hyperparameter (trained before the ``ve`` schedule): None, the schedule takes none;
 - no ``logit_normal_mean``/``logit_normal_std``/``mode_scale`` (trained before flow matching): SD3's defaults,
   which those runs never use (their ``training_noise`` is ``schedule`` or ``lognormal``); a pyramid without
-  ``stage_bounds`` (trained before the pyramid_flow layout): None, which its layout ignores.
+  ``stage_bounds`` (trained before the pyramid_flow layout): None, which its layout ignores;
+- no ``step_aware`` (trained before step-aware supernets): None, a plain network (same weights and names).
 A new format change adds a step here and a fixture checkpoint of the old format in ``tests/fixtures/``.
 """
 
@@ -106,6 +107,7 @@ def migrate(ckpt: dict, family: str | None = None) -> dict:
         hp.setdefault("schedule_options", None)
         for key, value in (("logit_normal_mean", 0.0), ("logit_normal_std", 1.0), ("mode_scale", 1.29)):
             hp.setdefault(key, value)  # flow matching's training densities (issue 17); unused by older runs
+        hp.setdefault("step_aware", None)  # a slimmable supernet (issue 16); older networks are plain
         if (family_of(ckpt) or family) == "pyramid":
             hp.setdefault("stage_bounds", None)  # pyramid_flow's stage windows; older layouts have none
         if "latent_scale" not in state:
@@ -116,3 +118,14 @@ def migrate(ckpt: dict, family: str | None = None) -> dict:
 def weights(ckpt: dict, prefix: str) -> dict:
     """The entries of the checkpoint's state dict under ``prefix`` (e.g. ``ema.module.``), prefix removed."""
     return {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a checkpoint file (what a step policy records of the model it was searched for)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

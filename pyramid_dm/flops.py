@@ -29,6 +29,7 @@ def training_flops(
     input_shape: tuple[int, ...],
     batch_size: int,
     inputs: dict[str, tuple[int, ...]] | None = None,
+    backward: bool = True,
     **static,
 ) -> int:
     """FLOPs of one forward + backward of ``build_net()(x, t, **inputs, **static)`` on a batch, counted on the meta
@@ -38,7 +39,7 @@ def training_flops(
         net = build_net()
         x, t = torch.empty(batch_size, *input_shape), torch.empty(batch_size)
         kw = {k: torch.empty(batch_size, *shape) for k, shape in (inputs or {}).items()}
-    return measure_flops(net, lambda: net(x, t, **kw, **static), loss_fn=lambda y: y.sum())
+    return measure_flops(net, lambda: net(x, t, **kw, **static), loss_fn=(lambda y: y.sum()) if backward else None)
 
 
 def count_flops(fn: Callable[[], object]) -> int:

@@ -9,8 +9,10 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from ..diffusion.step_policy import resolve_policy
 from ..engine import check_sampler as check_sampler_name
 from ..engine import check_steps
+from ..errors import UserError
 from ..images import make_grid, save_png
 
 
@@ -30,7 +32,11 @@ class SampleGrid(L.Callback):
     the model's own (a pyramid's per-level budgets).
 
     For a pyramid, also ``samples/level<l>`` (what the coarse levels alone decode to) and ``samples/coarse_to_fine``:
-    one row per sample (the first ``strip_samples``), one column per level, coarse first."""
+    one row per sample (the first ``strip_samples``), one column per level, coarse first.
+
+    ``step_policy`` (a width policy JSON or one width, for a step-aware supernet) also draws the same noise with that
+    policy, logged as ``samples/step_policy``; it is checked against the model when fitting starts (its checkpoint
+    hash is not: the weights are still training)."""
 
     def __init__(
         self,
@@ -40,11 +46,23 @@ class SampleGrid(L.Callback):
         strip_samples: int = 8,
         every_n_steps: int | None = None,
         seed: int = 0,
+        step_policy: str | None = None,
     ):
         super().__init__()
         check_sampler(f"{type(self).__name__}.sampler", sampler, steps)
+        self.step_policy, self.policy = step_policy, None
         self.num_samples, self.sampler, self.steps = num_samples, sampler, steps
         self.every_n_steps, self.seed, self.strip_samples = every_n_steps, seed, strip_samples
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.step_policy is None:
+            return
+        engine, where = pl_module.engine, f"{type(self).__name__}.step_policy {self.step_policy}"
+        try:
+            self.policy = resolve_policy(self.step_policy, engine.num_levels)
+            self.policy.check_model(engine.widths, engine.level_shapes, None, where)
+        except ValueError as e:
+            raise UserError(str(e) if where in str(e) else f"{where}: {e}") from None
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
@@ -78,6 +96,12 @@ class SampleGrid(L.Callback):
             n = min(self.strip_samples, self.num_samples)
             strip = torch.stack([part[:n] for part in partial], dim=1).flatten(0, 1)  # sample-major
             grids["samples/coarse_to_fine"] = make_grid(strip, nrow=len(levels))
+        if self.policy is not None:
+            g = torch.Generator(device=model.device).manual_seed(self.seed)
+            slim = model.sample(
+                self.num_samples, self.sampler, self.steps, labels=labels, generator=g, step_policy=self.policy
+            )
+            grids["samples/step_policy"] = make_grid(slim)
         pl_module.train(was_training)
         if trainer.default_root_dir:
             out = Path(trainer.default_root_dir) / "samples"

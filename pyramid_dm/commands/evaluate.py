@@ -35,6 +35,7 @@ from ..eval.evaluate import evaluate_grid
 from ..eval.features import build_features
 from ..eval.real_features import real_features
 from ..eval.report import pareto_plot, write_table
+from .policy_args import add_policy_args, load_policy
 
 
 def sampler_option(text: str) -> tuple[str, object]:
@@ -118,6 +119,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--discretization", help=f"one of {list(DISCRETIZATIONS)} (default: each sampler's own)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
     add_classifier_args(p)
+    add_policy_args(p)
     p.add_argument(
         "--option", type=sampler_option, action="append", default=[], help="sampler option KEY=VALUE, e.g. snr=0.1"
     )
@@ -240,6 +242,7 @@ def sweep_name(args, space: str, samplers: list, steps: list) -> str:
     parts = [Path(args.ckpt_path).stem, space, join(samplers), ("nfe" if args.nfe else "") + join(steps)]
     parts += [f"g{args.guidance:g}"] * (args.guidance != 1.0) + [args.discretization] * bool(args.discretization)
     parts += [f"cg{args.classifier_scale:g}"] * bool(args.classifier)
+    parts += [f"policy_{Path(args.step_policy).stem}"] * bool(args.step_policy)
     parts += [f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}" for key, value in args.option]
     parts += [f"n{args.num_samples}", f"seed{args.seed}"]
     parts += [f"real-{args.real_split}{args.num_real or ''}"] * (args.real_split != "train" or bool(args.num_real))
@@ -301,6 +304,12 @@ def main(argv: list[str]) -> int:
         )
     guide = load_guide(args, model, ckpt, device, manifest)
     check_sampler_options(model, samplers, steps, args)
+    policy = load_policy(args, model)
+    if policy is not None and policy.kind == "per_step":  # it serves one budget: exactly that one
+        per = lambda v: v if isinstance(v, list) else [v] * model.num_levels  # noqa: E731
+        if len(samplers) != 1 or len(steps) != 1 or args.nfe:
+            raise UserError(f"--step_policy {args.step_policy} is per_step: evaluate one --sampler and --steps")
+        load_policy(args, model, per(samplers[0]), per(steps[0]))
     extractor = build_features(args.features, manifest.name).to(device)
     space = extractor.name
     out = args.out or Path(args.ckpt_path).resolve().parent.parent / "eval" / sweep_name(args, space, samplers, steps)
@@ -327,6 +336,7 @@ def main(argv: list[str]) -> int:
         discretization=args.discretization,
         classifier=guide,
         sampler_options=dict(args.option),
+        step_policy=policy,
     )
     meta = {
         "ckpt_path": str(args.ckpt_path),
@@ -345,6 +355,7 @@ def main(argv: list[str]) -> int:
         "classifier": args.classifier,
         "classifier_scale": args.classifier_scale if args.classifier else None,
         "sampler_options": dict(args.option),
+        "step_policy": args.step_policy,
         "steps_are_nfe_budgets": bool(args.nfe),
         "device": str(device),
         "torch": torch.__version__,

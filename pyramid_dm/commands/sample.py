@@ -25,6 +25,7 @@ from ..errors import UserError
 from ..eval.sampling import generate
 from ..images import make_grid, save_png, to_uint8
 from .evaluate import add_classifier_args, build_model, load_checkpoint, load_guide, pick_device, sampler_option
+from .policy_args import add_policy_args, load_policy
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -45,6 +46,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--guidance_interval", type=float, nargs=2, metavar=("LO", "HI"), help="guide for sigma in (LO, HI]")
     p.add_argument("--guidance_rescale", type=float, default=0.0, help="CFG rescale phi in [0, 1] (Lin et al.)")
     add_classifier_args(p)
+    add_policy_args(p)
     p.add_argument("--labels", type=int, nargs="+", help="class labels, repeated to --num_samples (default: in turn)")
     p.add_argument(
         "--option", type=sampler_option, action="append", default=[], help="sampler option KEY=VALUE, e.g. eta=1"
@@ -95,6 +97,8 @@ def default_out(ckpt_path: str, sampler: list[str], steps: list[int], args) -> P
     name = f"{ckpt.stem}-{'+'.join(dict.fromkeys(sampler))}-{'.'.join(map(str, steps))}"
     name += f"-g{args.guidance:g}" * (args.guidance != 1.0)
     name += f"-cg{args.classifier_scale:g}" * bool(args.classifier) + f"-seed{args.seed}"
+    if args.step_policy:
+        name += f"-policy_{Path(args.step_policy).stem}"
     return run / "sampled" / name
 
 
@@ -110,6 +114,7 @@ def main(argv: list[str]) -> int:
     guide = load_guide(args, model, ckpt, device)
     labels = sample_labels(model, args, guide)
     sampler, steps = model.plan.resolve(args.sampler, args.steps, ("--sampler", "--steps"))
+    policy = load_policy(args, model, sampler, steps)
     args.out = args.out or default_out(args.ckpt_path, sampler, steps, args)
     if (args.out / "samples.json").exists() and not args.overwrite:
         raise UserError(f"{args.out} already holds samples.json; pass --overwrite to replace it, or choose --out")
@@ -119,6 +124,9 @@ def main(argv: list[str]) -> int:
         guidance["guidance_interval"] = tuple(args.guidance_interval)
 
     batches = list(range(-(-args.num_samples // args.batch_size)))
+    width_calls = []
+    if policy is not None:
+        options["step_policy"] = policy
     try:
         images, nfe, seconds = generate(
             model,
@@ -129,6 +137,7 @@ def main(argv: list[str]) -> int:
             args.seed,
             progress=False,
             labels=labels,
+            width_calls=width_calls,
             discretization=args.discretization,
             **guidance,
             **options,
@@ -153,7 +162,10 @@ def main(argv: list[str]) -> int:
         "sampler": sampler[0] if model.num_levels == 1 else sampler,
         "steps": steps[0] if model.num_levels == 1 else steps,
         "discretization": args.discretization or one_or_list([model.plan.grid(n) for n in sampler]),
-        "sampler_options": options,
+        "sampler_options": {k: v for k, v in options.items() if k != "step_policy"},
+        "step_policy": args.step_policy,
+        # network calls per sample at each width (per level), as the policy ran them
+        "width_calls": [{f"{w:g}": c for w, c in sorted(per.items())} for per in width_calls] or None,
         "nfe": sum(nfe),
         "classifier_calls": guide.calls if guide else 0,
         "level_nfe": nfe,

@@ -90,12 +90,23 @@ class DiffusionLoss:
     def weight(self, denoiser: Denoiser, sigma: Tensor) -> Tensor:
         return loss_weight(denoiser.prediction, sigma, self.weighting, self.min_snr_gamma, denoiser.sigma_data)
 
-    def level_loss(self, denoiser: Denoiser, x0: Tensor, noise: Tensor, u: Tensor, **cond) -> Tensor:
-        """Per-sample loss of one level: x0 noised with ``noise`` at the level u maps to, network form."""
+    def level_loss(
+        self, denoiser: Denoiser, x0: Tensor, noise: Tensor, u: Tensor, teacher: Denoiser | None = None, **cond
+    ) -> Tensor:
+        """Per-sample loss of one level: x0 noised with ``noise`` at the level u maps to, network form. With a
+        ``teacher`` (in-place distillation, Yu & Huang 2019), plus the same weighted MSE to the teacher network's
+        detached output on the same input."""
         t, sigma = self.noise_levels(denoiser.schedule, u)
         p, sd = denoiser.prediction, denoiser.sigma_data
-        out = denoiser.network(network_input(p, x0, noise, sigma, sd), sigma, t, **cond)
-        return diffusion_loss(out, network_target(p, x0, noise, sigma, sd), self.weight(denoiser, sigma))
+        x_in = network_input(p, x0, noise, sigma, sd)
+        out = denoiser.network(x_in, sigma, t, **cond)
+        weight = self.weight(denoiser, sigma)
+        loss = diffusion_loss(out, network_target(p, x0, noise, sigma, sd), weight)
+        if teacher is not None:
+            with torch.no_grad():
+                target = teacher.network(x_in, sigma, t, **cond)
+            loss = loss + diffusion_loss(out, target, weight)
+        return loss
 
     def x0_level_loss(self, denoiser: Denoiser, x0: Tensor, noise: Tensor, u: Tensor, **cond) -> Tensor:
         """:meth:`level_loss` computed through D on the x0 scale (the network sees t(sigma), not the drawn t)."""

@@ -21,10 +21,13 @@ from torch import Tensor, nn
 from ..diffusion import ClassifierFreeGuidance, Denoiser, DenoiserFn, DiffusionLoss, NoiseSchedule
 from ..diffusion import sample as run_sampler
 from ..diffusion.layouts import Layout
+from ..diffusion.step_policy import StepPolicy
 from ..errors import UserError
 from ..flops import count_flops, training_flops
+from ..nets.slimmable import AtWidth, use_width
 from ..stages import FirstStage
 from .plan import SamplingPlan
+from .supernet import SandwichRule
 
 LEVEL_TRAINING = ("all", "sample")
 
@@ -48,6 +51,7 @@ class DiffusionEngine(nn.Module):
         latent_scale: float,
         level_training: str,
         family: str,
+        supernet: SandwichRule | None = None,
     ):
         super().__init__()
         if level_training not in LEVEL_TRAINING:
@@ -60,6 +64,7 @@ class DiffusionEngine(nn.Module):
         self.prediction, self.sigma_data = prediction, sigma_data
         self.num_classes, self.label_dropout = num_classes, label_dropout
         self.level_training, self.family = level_training, family
+        self.supernet = supernet  # slimmable network trained by the sandwich rule (step-aware), or None
         self.register_buffer("latent_scale", torch.full((self.num_levels,), float(latent_scale)))
 
     # ---- levels and first stage ----------------------------------------------------------------------------------
@@ -142,11 +147,19 @@ class DiffusionEngine(nn.Module):
             **self.layout.denoiser_options(level % self.num_levels, self.num_levels, self.first_stage.pixel_space),
         )
 
-    def loss(self, images, labels, u, noise, levels=None, aug=None, net: nn.Module | None = None) -> Tensor:
+    @property
+    def widths(self) -> list[float] | None:
+        """The widths the network runs at (a slimmable supernet), or None for a plain network."""
+        return getattr(self.net, "width_multipliers", None)
+
+    def loss(
+        self, images, labels, u, noise, levels=None, aug=None, net: nn.Module | None = None, teacher_width=None
+    ) -> Tensor:
         """Per-sample loss, summed over ``levels`` (default all, with the level weights): level l is noised at
         u[:, l] ~ U[0, 1) (a (B,) ``u`` serves every level) with ``noise[l]`` (the layout's training pair: a
         pyramid-flow stage derives its pair from the finest level's noise); its context is the clean coarser levels
-        augmented by ``aug`` = (per-sample aug_t, noise per level) (None: no augmentation)."""
+        augmented by ``aug`` = (per-sample aug_t, noise per level) (None: no augmentation); with ``teacher_width``,
+        plus the distillation term toward the same network at that width (:class:`.supernet.SandwichRule`)."""
         zs = self.encode(images)
         noise = [noise] if isinstance(noise, Tensor) else noise
         u = u[:, None].expand(-1, self.num_levels) if u.ndim == 1 else u
@@ -156,11 +169,12 @@ class DiffusionEngine(nn.Module):
             z, eps = self.layout.training_pair(self.geometry, zs, noise, level)
             cond = self.level_conditioning(level, zs[:level], *(aug[0], aug[1][level]) if aug else ())
             den = self.denoiser(level, net)
-            term = self.loss_fn.level_loss(den, z, eps, u[:, level], **self.conditioning(labels), **cond)
+            teacher = None if teacher_width is None else self.denoiser(level, AtWidth(net or self.net, teacher_width))
+            term = self.loss_fn.level_loss(den, z, eps, u[:, level], teacher, **self.conditioning(labels), **cond)
             total = total + float(weights[level]) * term
         return total
 
-    def training_loss(self, images: Tensor, labels: Tensor) -> tuple[Tensor, int | None]:
+    def training_loss(self, images: Tensor, labels: Tensor, teacher_width=None) -> tuple[Tensor, int | None]:
         """The mean loss of a training batch with this step's draws (times, label dropout, the trained level, noise,
         context augmentation), and the level trained alone (``level_training: sample``) or None."""
         n, device = images.shape[0], images.device
@@ -172,10 +186,21 @@ class DiffusionEngine(nn.Module):
             levels = [int(torch.multinomial(self.loss_fn.weights(self.num_levels), 1))]
         noise = [torch.randn((n, *self.geometry.grid_shape(lv)), device=device) for lv in range(self.num_levels)]
         aug = self.layout.training_augmentation(self.geometry, n, device=device)
-        loss = self.loss(images, labels, u, noise, levels, aug).mean()
+        loss = self.loss(images, labels, u, noise, levels, aug, teacher_width=teacher_width).mean()
         if levels is not None:  # the other levels' heads get a zero gradient, so DDP finds every parameter used
             loss = loss + 0.0 * sum(p.view(-1)[0] for p in self.net.parameters())
         return loss, None if levels is None else levels[0]
+
+    def sandwich_losses(self, images: Tensor, labels: Tensor) -> list[tuple[float, Tensor, int | None]]:
+        """(width, mean loss, level trained alone or None) of each width this step trains by the sandwich rule
+        (:class:`.supernet.SandwichRule`), each with its own draws; the caller sums the losses."""
+        rule, out = self.supernet, []
+        for i, width in enumerate(rule.draw()):
+            teacher = rule.widths[0] if rule.distill and i > 0 else None
+            with use_width(width):
+                loss, level = self.training_loss(images, labels, teacher)
+            out.append((width, loss, level))
+        return out
 
     def seeded_loss(self, images: Tensor, labels: Tensor, seeds: Tensor, net: nn.Module | None = None) -> Tensor:
         """Per-sample loss with times, noise and context augmentation drawn from each sample's own seed, so that a
@@ -232,6 +257,7 @@ class DiffusionEngine(nn.Module):
         discretization: str | None = None,
         wrap: Callable[[DenoiserFn, int], DenoiserFn] | None = None,
         classifier=None,
+        step_policy: StepPolicy | None = None,
         return_levels: bool = False,
         **options,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
@@ -242,8 +268,9 @@ class DiffusionEngine(nn.Module):
         :class:`~pyramid_dm.diffusion.CountingDenoiser`); ``guidance`` != 1 applies classifier-free guidance toward
         ``labels``, its two branches as one batch of 2B unless ``guidance_batched`` is False (default: batched
         without a ``guidance_interval``); ``classifier`` (a :class:`~.classifier.ClassifierGuide`) adds classifier
-        guidance toward ``labels`` on top; ``options`` go to the sampler (e.g. ``eta``). ``return_levels`` also
-        returns the generated levels (scaled latents, coarse first)."""
+        guidance toward ``labels`` on top; ``step_policy`` runs each call at its width (a slimmable network,
+        :mod:`~pyramid_dm.diffusion.step_policy`, checked by the caller); ``options`` go to the sampler (e.g.
+        ``eta``). ``return_levels`` also returns the generated levels (scaled latents, coarse first)."""
         if torch.isnan(self.latent_scale).any():
             raise UserError("the latent scale is not fitted yet: train at least one step before sampling")
         if denoiser is not None and self.num_levels > 1:
@@ -254,6 +281,8 @@ class DiffusionEngine(nn.Module):
         for level in range(self.num_levels):
             x = self.layout.initial_noise(self.geometry, level, finished, num_samples, generator, self.device)
             den = denoiser or self.denoiser(level, net)
+            if step_policy is not None:
+                den = step_policy.wrap(den, level)
             if wrap is not None:
                 den = wrap(den, level)
             aug_t, aug_noise = self.layout.sampling_augmentation(self.geometry, level, num_samples, generator, x.device)
@@ -286,8 +315,9 @@ class DiffusionEngine(nn.Module):
 
     # ---- cost -----------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def flops_per_call(self, net: nn.Module | None = None) -> list[float]:
-        """FLOPs of one denoiser call for one sample at each level (context included), by torch's flop counter."""
+    def flops_per_call(self, net: nn.Module | None = None, width: float = 1.0) -> list[float]:
+        """FLOPs of one denoiser call for one sample at each level (context included), by torch's flop counter, at
+        ``width`` (a slimmable network)."""
         sigma = torch.tensor(1.0, dtype=torch.float64)
         labels = self.conditioning(self.sample_labels(0, 1))
         zeros = [torch.zeros((1, *s), device=self.device) for s in self.level_shapes]
@@ -296,7 +326,8 @@ class DiffusionEngine(nn.Module):
             den = self.denoiser(level, net)
             z = torch.zeros((1, *self.geometry.grid_shape(level)), device=self.device)
             cond = {**labels, **self.level_conditioning(level, zeros[:level])}
-            out.append(float(count_flops(lambda den=den, z=z, cond=cond: den(z, sigma, **cond))))
+            with use_width(width):
+                out.append(float(count_flops(lambda den=den, z=z, cond=cond: den(z, sigma, **cond))))
         return out
 
     @torch.no_grad()
@@ -312,13 +343,21 @@ class DiffusionEngine(nn.Module):
 
     def training_flops(self, batch_size: int) -> int:
         """FLOPs of one training step's network forward + backward (the levels trained per step, weighted as in the
-        loss; the frozen first stage is not counted), on a meta-device copy (no memory, no compute)."""
+        loss; the frozen first stage is not counted; a supernet's expected widths per step), on a meta-device copy
+        (no memory, no compute)."""
+        if self.supernet is None:
+            return self.training_flops_at(batch_size, 1.0)
+        forward = lambda w: self.training_flops_at(batch_size, w, backward=False)  # noqa: E731
+        return int(self.supernet.expected_flops(lambda w: self.training_flops_at(batch_size, w), forward))
+
+    def training_flops_at(self, batch_size: int, width: float, backward: bool = True) -> int:
         total = 0.0
         for level, share in self.trained_levels_per_step():
             shape, ctx = self.geometry.grid_shape(level), self.geometry.context_channels(level)
             inputs = {"context": (ctx, *shape[1:]), "aug_t": ()} if ctx else {}
             static = {"level": level} if self.num_levels > 1 else {}
-            total += share * training_flops(self.net_factory, shape, batch_size, inputs, **static)
+            with use_width(width):
+                total += share * training_flops(self.net_factory, shape, batch_size, inputs, backward, **static)
         return int(total)
 
     def num_params(self, net: nn.Module | None = None) -> int:
@@ -342,8 +381,8 @@ class BoundEngine:
     def denoiser(self, level: int = -1) -> Denoiser:
         return self.engine.denoiser(level, self.net)
 
-    def flops_per_call(self) -> list[float]:
-        return self.engine.flops_per_call(self.net)
+    def flops_per_call(self, width: float = 1.0) -> list[float]:
+        return self.engine.flops_per_call(self.net, width)
 
     def num_params(self) -> int:
         return self.engine.num_params(self.net)

@@ -32,6 +32,7 @@ from ..nets import PyramidUNet, UNet
 from ..stages import FirstStage, IdentityStage, ImagePyramid, LatentPyramid, autoencoder_stage
 from .engine import DiffusionEngine
 from .plan import SamplingPlan, per_level
+from .supernet import SandwichRule
 
 
 def options_from(cls, h: Mapping[str, Any], where: str = "model"):
@@ -71,10 +72,15 @@ class DiffusionOptions:
     sampler: str
     sample_steps: int
     discretization: str | None
+    step_aware: dict | None
 
     def __post_init__(self):
         if not 0 <= self.label_dropout < 1:
             raise UserError(f"model.label_dropout must lie in [0, 1), got {self.label_dropout}")
+        try:
+            object.__setattr__(self, "supernet", SandwichRule.from_options(self.step_aware))
+        except ValueError as e:
+            raise UserError(f"model.{e}") from None
         try:
             check_prediction(self.prediction)
         except ValueError as e:
@@ -83,6 +89,11 @@ class DiffusionOptions:
     @property
     def classes(self) -> int:
         return self.num_classes if self.class_conditional else 0
+
+    def net_options(self) -> dict:
+        """The network's layout (``unet``) plus its widths when it is a step-aware supernet."""
+        widths = {"width_multipliers": list(self.supernet.widths)} if self.supernet else {}
+        return {**(self.unet or {}), **widths}
 
 
 @dataclass(frozen=True)
@@ -141,7 +152,7 @@ class Recipe:
         return NativeLayout()
 
     def net_factory(self, geometry: LevelGeometry) -> Callable[[], nn.Module]:
-        (c, size, _), classes, unet = geometry.grid_shape(0), self.o.classes or None, dict(self.o.unet or {})
+        (c, size, _), classes, unet = geometry.grid_shape(0), self.o.classes or None, self.o.net_options()
         return lambda: UNet(in_channels=c, image_size=size, num_classes=classes, **unet)
 
     def latent_scale(self) -> float:
@@ -224,7 +235,7 @@ class PyramidRecipe(Recipe):
         return LAYOUTS[self.p.layout].from_options(self.p)
 
     def net_factory(self, geometry: LevelGeometry) -> Callable[[], nn.Module]:
-        unet, p = dict(self.o.unet or {}), self.p
+        unet, p = self.o.net_options(), self.p
         return lambda: PyramidUNet(
             level_channels=[c for c, _, _ in geometry.level_shapes],
             context_channels=[geometry.context_channels(level) for level in range(geometry.num_levels)],
@@ -316,6 +327,7 @@ def build_engine(family: str, h: Mapping[str, Any], first_stage: dict | None = N
             latent_scale=recipe.latent_scale(),
             level_training=recipe.level_training(),
             family=recipe.family,
+            supernet=o.supernet,
         )
     except ValueError as e:
         if isinstance(e, UserError):

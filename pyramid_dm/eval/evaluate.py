@@ -28,16 +28,20 @@ def evaluate_grid(
     discretization: str | None = None,
     classifier=None,
     sampler_options: dict | None = None,
+    step_policy=None,
 ) -> list[dict]:
     """One row per (sampler, steps): cost (:class:`~pyramid_dm.eval.sampling.SamplingCost`) and quality
     (FID/KID/precision/recall in ``extractor``'s feature space against the ``real`` features). With ``nfe_budgets``
     the ``steps`` are NFE budgets instead, turned into each sampler's step count (Heun: (NFE + 1) // 2; PC with k
     corrector steps: NFE // (1 + k)). ``classifier`` (a :class:`~pyramid_dm.engine.ClassifierGuide`) adds classifier
-    guidance; ``sampler_options`` go to every sampler (e.g. ``snr``, ``corrector_steps``)."""
+    guidance; ``sampler_options`` go to every sampler (e.g. ``snr``, ``corrector_steps``); ``step_policy`` (a
+    :class:`~pyramid_dm.diffusion.step_policy.StepPolicy`) runs each call at its width, costed per width."""
     rows, sampler_options = [], dict(sampler_options or {})
     grid = [(s, steps_for_nfe(s, n, **sampler_options) if nfe_budgets else n) for s in samplers for n in steps]
     for sampler, n in tqdm(grid, desc="evaluate", disable=not progress or len(grid) == 1):
         options = {"guidance": guidance, "discretization": discretization, "classifier": classifier, **sampler_options}
+        if step_policy is not None:
+            options["step_policy"] = step_policy
         images, cost = sample_with_cost(model, sampler, n, num_samples, batch_size, seed, progress, **options)
         fake = extract(extractor.to(model.device), images)
         row = cost.as_dict()

@@ -35,6 +35,8 @@ class SamplingCost:
     levels: list[dict] | None = None  # per level of a pyramid: resolution, sampler steps, NFE, GFLOPs per call
     classifier_calls: int = 0  # classifier-guidance gradients per sample (each a classifier forward + backward)
     classifier_gflops_per_call: float = 0.0  # one gradient, one sample (counted in gflops_per_sample)
+    step_policy: str | None = None  # the width policy's name (a step-aware supernet), None: full width
+    mean_width: float | None = None  # network calls' mean width multiplier under the policy
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -67,11 +69,13 @@ def generate(
     seed: int = 0,
     progress: bool = True,
     labels: Tensor | None = None,
+    width_calls: list[dict[float, float]] | None = None,
     **options,
 ) -> tuple[Tensor, list[int], float]:
     """Samples for the given evaluation batches (quantized like real PNGs, on the CPU), the network calls per sample
     at each level (NFE) and the seconds spent generating. ``labels`` (one per sample) replaces the model's classes in
-    turn; the batch they run out in is drawn short. With ``classifier=`` (a
+    turn; the batch they run out in is drawn short. With ``step_policy=`` among the ``options``, a ``width_calls``
+    list is filled with each level's network calls per sample at each width (of the last batch). With ``classifier=`` (a
     :class:`~pyramid_dm.engine.ClassifierGuide`) among the ``options``, its gradients per sample are counted in
     ``classifier.calls`` (of the last batch), and an unconditional model is guided toward the classifier's classes
     in turn."""
@@ -108,6 +112,8 @@ def generate(
         seconds += time.perf_counter() - start
         out.append(quantize(images).cpu())
         nfe = [counters[level].nfe for level in sorted(counters)]
+        if width_calls is not None and options.get("step_policy") is not None:
+            width_calls[:] = [{w: c / n for w, c in counters[lv].denoiser.calls.items()} for lv in sorted(counters)]
         if guide is not None:
             guide.calls = guide.last.calls
     return torch.cat(out), nfe, seconds
@@ -127,10 +133,21 @@ def sample_with_cost(
     batch_size = min(batch_size, num_samples)
     batches = list(range(-(-num_samples // batch_size)))
     per_call, decoder = per_sample_flops(model)
+    policy, mean_width, calls = options.get("step_policy"), None, []
     with PeakMemory(model.device) as mem, EnergyMeter(model.device) as energy:
-        images, nfe, seconds = generate(model, sampler, steps, batches, batch_size, seed, progress, **options)
+        images, nfe, seconds = generate(
+            model, sampler, steps, batches, batch_size, seed, progress, width_calls=calls if policy else None, **options
+        )
     n, total_nfe = len(images), sum(nfe)
     network = sum(k * f for k, f in zip(nfe, per_call))
+    if policy is not None:  # each call at the width it ran at, counted by flop_counter at that width
+        at = {w: model.flops_per_call(width=w) for w in policy.widths}
+        network = sum(c * at[w][level] for level, per in enumerate(calls) for w, c in per.items())
+        mean_width = sum(c * w for per in calls for w, c in per.items()) / max(
+            sum(c for p in calls for c in p.values()), 1
+        )
+        if len(nfe) > 1:
+            per_call = [sum(c * at[w][lv] for w, c in calls[lv].items()) / max(nfe[lv], 1) for lv in range(len(nfe))]
     guide = options.get("classifier")
     guide_calls = guide.calls if guide is not None else 0
     guide_flops = guide.flops_per_call() if guide is not None else 0.0
@@ -157,5 +174,7 @@ def sample_with_cost(
         levels=levels,
         classifier_calls=guide_calls,
         classifier_gflops_per_call=guide_flops / 1e9,
+        step_policy=None if policy is None else policy.name or "policy",
+        mean_width=mean_width,
     )
     return images[:num_samples], cost

@@ -17,6 +17,7 @@ from ..checkpoints import migrate, stamp
 from ..engine import BoundEngine, build_engine
 from ..engine.load import ENGINE_KEYS
 from ..errors import UserError
+from ..nets.slimmable import use_width
 from .common import check_data_shape, data_batch_size, linear_warmup
 from .ema import make_ema
 
@@ -34,6 +35,19 @@ class UNetArgs(TypedDict, total=False):
     num_heads: int
     dropout: float
     norm_groups: int
+
+
+def width_key(width: float) -> str:
+    """A module-name-safe key of a width (0.5 -> "0_5")."""
+    return f"{width:g}".replace(".", "_")
+
+
+class StepAwareArgs(TypedDict, total=False):
+    """A slimmable supernet trained by the sandwich rule (DDSM; :class:`pyramid_dm.engine.supernet.SandwichRule`)."""
+
+    widths: list[float]  # width multipliers in (0, 1]; default [1, 0.75, 0.5, 0.25]
+    sandwich: int  # widths per step: largest, smallest and sandwich - 2 random middle ones (default 3)
+    distill: bool  # smaller widths also regress the largest width's detached output (default False)
 
 
 class DiffusionModel(L.LightningModule):
@@ -72,6 +86,9 @@ class DiffusionModel(L.LightningModule):
         ema_decay: EMA of the network weights, used for validation and sampling.
         sampler, sample_steps, discretization: the default sampler for ``sample()`` (``discretization`` None: the
             sampler's own default grid).
+        step_aware: train the network as a slimmable supernet (:class:`StepAwareArgs`), so that ``sample``,
+            ``evaluate`` and ``search-steps`` can run a width policy over the noise levels (DDSM). Per-width train
+            and validation losses are logged as ``train/loss_w<w>`` and ``val/loss_w<w>``.
     """
 
     family = "pixel"
@@ -114,6 +131,7 @@ class DiffusionModel(L.LightningModule):
         sampler: str = "dpmpp_2m",
         sample_steps: int = 20,
         discretization: str | None = None,
+        step_aware: StepAwareArgs | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -123,6 +141,9 @@ class DiffusionModel(L.LightningModule):
         self.engine = build_engine(self.family, self.hparams)
         self.ema = make_ema(self.engine.net, ema_decay)
         self.val_loss = MeanMetric()
+        widths = self.engine.supernet.widths[1:] if self.engine.supernet else ()
+        # per-width validation losses of a supernet (metric states are not persistent: not in the checkpoint)
+        self.val_loss_at = torch.nn.ModuleDict({width_key(w): MeanMetric() for w in widths})
 
     @property
     def net(self):
@@ -208,11 +229,27 @@ class DiffusionModel(L.LightningModule):
             self.check_batch(images)
         if torch.isnan(self.engine.latent_scale).any():
             self.fit_latent_scale(images)
+        if self.engine.supernet is not None:
+            return self.sandwich_step(images, labels)
         loss, level = self.engine.training_loss(images, labels)
         self.log("train/loss", loss, prog_bar=True)
         if level is not None:
             self.log(f"train/loss_level{level}", loss)
         return loss
+
+    def sandwich_step(self, images: Tensor, labels: Tensor) -> Tensor:
+        """One supernet step: every drawn width's loss on this batch, summed (one backward); ``train/loss`` is the
+        largest width's, so it reads like a plain run's."""
+        terms = self.engine.sandwich_losses(images, labels)
+        per_width: dict[float, list[Tensor]] = {}
+        for width, loss, _ in terms:
+            per_width.setdefault(width, []).append(loss.detach())
+        for width, losses in per_width.items():
+            self.log(f"train/loss_w{width:g}", torch.stack(losses).mean())
+        self.log("train/loss", terms[0][1], prog_bar=True)
+        total = sum(loss for _, loss, _ in terms)
+        self.log("train/loss_sandwich", total)
+        return total
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.ema.update_parameters(self.engine.net)
@@ -227,11 +264,17 @@ class DiffusionModel(L.LightningModule):
         images, labels, seeds = batch
         self.check_batch(images)
         self.val_loss.update(self.engine.seeded_loss(images, labels, seeds, self.ema.module))
+        for width, metric in self.val_loss_at.items():  # the same seeds at every width of a supernet
+            with use_width(float(width.replace("_", "."))):
+                metric.update(self.engine.seeded_loss(images, labels, seeds, self.ema.module))
 
     def on_validation_epoch_end(self) -> None:
         # Every rank calls compute() (it syncs), so a rank that got no validation shard cannot hang the others.
         self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=False)
         self.val_loss.reset()
+        for width, metric in self.val_loss_at.items():
+            self.log(f"val/loss_w{width.replace('_', '.')}", metric.compute(), sync_dist=False)
+            metric.reset()
 
     def effective_batch_size(self) -> int | None:
         batch = data_batch_size(self)

@@ -159,3 +159,16 @@ def _check_input(layer: nn.Module, got: int, want: int, width: float) -> None:
 def group_norm(channels: int, groups: int = 32, parts: Parts | None = None) -> SlimGroupNorm:
     """GroupNorm of ``channels`` in gcd(groups, channels) groups (eps 1e-6), slimmable."""
     return SlimGroupNorm(math.gcd(groups, channels), channels, eps=1e-6, parts=parts)
+
+
+class AtWidth(nn.Module):
+    """``net`` run at a fixed ``width`` whatever the caller's context (e.g. a supernet's full width as the teacher of
+    its sub-widths)."""
+
+    def __init__(self, net: nn.Module, width: float):
+        super().__init__()
+        self.net, self.width = net, float(width)
+
+    def forward(self, *args, **kwargs):
+        with use_width(self.width):
+            return self.net(*args, **kwargs)
