@@ -294,6 +294,7 @@ LIGHTNING_COMMANDS = {
 COMMANDS = {
     "sample": ("pyramid_dm.commands.sample", "draw images from a checkpoint with any sampler, steps and guidance"),
     "evaluate": ("pyramid_dm.commands.evaluate", "sample quality (FID-proxy, KID, ...) and cost of a checkpoint"),
+    "search-steps": ("pyramid_dm.commands.search_steps", "Pareto front of width policies of a step-aware supernet"),
     "shards": ("pyramid_dm.commands.shards", "write webdataset shards from an image folder, IDX files or digits"),
     "train-classifier": ("pyramid_dm.commands.train_classifier", "train a feature classifier for the FID-proxy"),
     "bench": ("pyramid_dm.bench", "speed benchmarks: unet, ddp, fid-floor, guidance, steps (training time)"),

@@ -1,0 +1,327 @@
+"""Step-aware diffusion (DDSM) beyond the networks: sandwich supernet training, width policies over log-SNR, the
+resumable NSGA-II search, and search-steps -> sample --step_policy through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run_cli, wandb_inspect
+
+from pyramid_dm.diffusion.step_policy import LevelPolicy, StepPolicy, log_snr
+from pyramid_dm.eval.history import run_history
+from pyramid_dm.eval.step_search import SearchSpace, front, open_study, run_search
+from pyramid_dm.models import PixelDiffusion
+from pyramid_dm.nets.slimmable import current_width
+
+ROOT = Path(__file__).resolve().parents[1]
+UNET = dict(base_channels=16, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[4], norm_groups=8)
+WIDTHS = [1.0, 0.75, 0.5, 0.25]
+
+
+def supernet(distill: bool = False) -> PixelDiffusion:
+    torch.manual_seed(0)
+    return PixelDiffusion(8, 1, num_classes=10, unet=UNET, step_aware={"widths": WIDTHS, "distill": distill})
+
+
+def test_one_sandwich_step_gives_every_parameter_a_gradient_from_largest_smallest_and_a_middle_width():
+    model = supernet()
+    seen = []
+    model.engine.net.register_forward_pre_hook(lambda *_: seen.append(current_width()))
+    terms = model.engine.sandwich_losses(torch.randn(6, 1, 8, 8), torch.arange(6))
+    assert [w for w, _, _ in terms][:2] == [1.0, 0.25] and terms[2][0] in (0.75, 0.5)
+    assert seen == [w for w, _, _ in terms]  # each width ran once, with its own draws
+    sum(loss for _, loss, _ in terms).backward()
+    missing = [n for n, p in model.engine.net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+def test_distillation_adds_the_full_widths_detached_output_as_a_target():
+    plain, distilled = supernet(), supernet(distill=True)
+    distilled.engine.load_state_dict(plain.engine.state_dict())
+    images, labels = torch.randn(4, 1, 8, 8), torch.arange(4)
+    torch.manual_seed(1)
+    a = plain.engine.sandwich_losses(images, labels)
+    torch.manual_seed(1)
+    b = distilled.engine.sandwich_losses(images, labels)
+    assert torch.equal(a[0][1], b[0][1])  # the largest width has no teacher
+    assert all(float(y) > float(x) for (_, x, _), (_, y, _) in zip(a[1:], b[1:]))  # + MSE to the teacher
+    # the teacher gets no gradient through its target: the full width's own loss alone reaches it
+    ratio = distilled.engine.training_flops(8) / plain.engine.training_flops(8)
+    assert 1.3 < ratio < 2.0, ratio  # two teacher forwards at full width per step
+
+
+def test_a_log_snr_policy_picks_the_same_width_for_the_same_noise_under_two_samplers_and_grids():
+    model = supernet().engine.eval()
+    model.fit_latent_scale(torch.randn(4, 1, 8, 8))
+    breaks = [-4.0, 0.0, 4.0]
+    policy = StepPolicy([LevelPolicy(breaks, [0.25, 0.5, 0.75, 1.0])])
+    sigmas, widths = [], []
+    model.net.register_forward_pre_hook(lambda *_: widths[-1].append(current_width()))  # inside the policy
+
+    def record(den, level):  # outside the policy: the sigma of each call
+        def run(x, sigma, **cond):
+            sigmas[-1].append(float(torch.as_tensor(sigma).reshape(-1)[0]))
+            return den(x, sigma, **cond)
+
+        return run
+
+    for sampler, grid in (("dpmpp_2m", "karras"), ("ddim", "leading")):
+        sigmas.append([])
+        widths.append([])
+        model.sample(2, sampler, 12, discretization=grid, step_policy=policy, wrap=record)
+    calls = [list(zip(s, w, strict=True)) for s, w in zip(sigmas, widths)]
+    # the segment of each call's log-SNR, written out: widths rise with the log-SNR (less noise, wider)
+    segment = lambda sigma: sum(log_snr(sigma) >= b for b in breaks)  # noqa: E731
+    for run in calls:
+        assert {w for _, w in run} == {0.25, 0.5, 0.75, 1.0}
+        assert all(w == [0.25, 0.5, 0.75, 1.0][segment(s)] for s, w in run)
+    assert not {s for s, _ in calls[0]} & {s for s, _ in calls[1]} - {max(s for s, _ in calls[0])}  # other grids
+
+
+def test_policy_files_round_trip_and_name_what_is_wrong(tmp_path):
+    policy = StepPolicy(
+        [LevelPolicy([0.0], [0.5, 1.0])],
+        model={"checkpoint_sha256": "a" * 64, "widths": WIDTHS, "level_shapes": [[1, 8, 8]]},
+        measured={"fid_proxy": 3.0},
+    )
+    path = policy.save(tmp_path / "p.json")
+    back = StepPolicy.load(path)
+    assert back == policy and json.loads(path.read_text())["version"] == 1
+    back.check_model(WIDTHS, [[1, 8, 8]], "a" * 64, "p.json")
+    with pytest.raises(ValueError, match=r"p.json: widths \[0.5\] are not among the checkpoint's widths \[1.0\]"):
+        back.check_model([1.0], [[1, 8, 8]], "a" * 64, "p.json")
+    with pytest.raises(ValueError, match="not slimmable"):
+        back.check_model(None, [[1, 8, 8]], "a" * 64, "p.json")
+    with pytest.raises(ValueError, match=r"1 level\(s\), the checkpoint's model 2"):
+        back.check_model(WIDTHS, [[1, 4, 4], [1, 8, 8]], "a" * 64, "p.json")
+    with pytest.raises(ValueError, match="--ignore_policy_hash"):
+        back.check_model(WIDTHS, [[1, 8, 8]], "b" * 64, "p.json")
+    back.check_model(WIDTHS, [[1, 8, 8]], "b" * 64, "p.json", ignore_hash=True)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        LevelPolicy([], [1.5])
+    (tmp_path / "bad.json").write_text('{"format": "pyramid_dm.step_policy", "version": 7}')
+    with pytest.raises(ValueError, match="bad.json' has version 7"):
+        StepPolicy.load(tmp_path / "bad.json")
+    step = StepPolicy(
+        [LevelPolicy.per_step([0.5, 1.0], [2.0, 0.5, 0.0])], "per_step", budget={"samplers": ["ddim"], "steps": [2]}
+    )
+    assert step.levels[0].width(2.0) == 0.5 and step.levels[0].width(0.5) == 1.0
+    with pytest.raises(ValueError, match="per_step policy made for samplers"):
+        step.check_budget(["dpmpp_2m"], [2], "s.json")
+
+
+A = [1.0, 2.0, 4.0, 8.0, 16.0]  # the synthetic objective's cost of running step i at half width
+
+
+def synthetic(policy: StepPolicy) -> dict:
+    """Known front: with c of 5 steps at half width, the best quality puts them at the c cheapest steps."""
+    ws = policy.levels[0].step_widths
+    return {"fid": sum(a for a, w in zip(A, ws) if w < 1), "gflops_per_sample": sum(ws)}
+
+
+def synthetic_space() -> SearchSpace:
+    return SearchSpace([1.0, 0.5], [[16.0, 8.0, 4.0, 2.0, 1.0, 0.0]], "per_step")
+
+
+def test_the_search_recovers_the_known_pareto_front_of_a_synthetic_objective(tmp_path):
+    space = synthetic_space()
+    study = open_study(tmp_path / "study", {"objective": "synthetic"}, space, population=8, seed=0)
+    run_search(study, space, synthetic, 80, progress=False)
+    found = sorted(tuple(t.values) for t in front(study))
+    true = sorted((sum(A[:c]), 5 - 0.5 * c) for c in range(6))
+    assert found == true
+    names = {t.user_attrs.get("baseline") for t in study.trials}
+    assert {"uniform 1", "uniform 0.5"} <= names and any(n and n.startswith("pilot") for n in names)
+
+
+def test_a_study_made_for_another_objective_is_refused(tmp_path):
+    space = synthetic_space()
+    open_study(tmp_path / "s", {"checkpoint_sha256": "a", "num_samples": 10}, space, 8, 0)
+    with pytest.raises(ValueError, match="created for another search.*checkpoint_sha256"):
+        open_study(tmp_path / "s", {"checkpoint_sha256": "b", "num_samples": 10}, space, 8, 0)
+
+
+WORKER = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from test_step_aware import synthetic, synthetic_space
+from pyramid_dm.eval.step_search import open_study, run_search
+space = synthetic_space()
+study = open_study(__import__("pathlib").Path({study!r}), {{"objective": "synthetic"}}, space, 8, 0)
+def slow(policy):
+    time.sleep(0.3)
+    return synthetic(policy)
+run_search(study, space, slow, {trials}, progress=False)
+"""
+
+
+def test_a_search_killed_mid_way_resumes_its_study_without_losing_or_repeating_a_finished_trial(tmp_path):
+    from optuna.trial import TrialState
+
+    script = WORKER.format(tests=str(ROOT / "tests"), study=str(tmp_path / "study"), trials=12)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT)
+    load = lambda: open_study(tmp_path / "study", {"objective": "synthetic"}, synthetic_space(), 8, 0)  # noqa: E731
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.1)
+        if (tmp_path / "study" / "journal.log").exists():
+            import optuna
+            from optuna.storages import JournalStorage
+            from optuna.storages.journal import JournalFileBackend
+
+            storage = JournalStorage(JournalFileBackend(str(tmp_path / "study" / "journal.log")))
+            study = optuna.load_study(study_name="search-steps", storage=storage)
+            states = [t.state for t in study.get_trials(deepcopy=False)]
+            if states.count(TrialState.COMPLETE) >= 4 and TrialState.RUNNING in states:
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {t.number: t.values for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    killed = [t for t in study.get_trials(states=(TrialState.RUNNING,))]
+    assert len(killed) == 1 and len(before) >= 4
+    rerun = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, timeout=300)
+    assert rerun.returncode == 0
+    study = load()
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 12
+    assert {t.number: t.values for t in done if t.number in before} == before  # nothing lost
+    assert study.trials[killed[0].number].state == TrialState.FAIL
+    retried = [t for t in done if t.user_attrs.get("retry_of") == killed[0].number]
+    assert len(retried) == 1 and retried[0].params == killed[0].params  # the killed candidate, run once more
+
+
+# ---- through the CLI --------------------------------------------------------------------------------------------
+def fit_supernet(root: Path, env: dict, steps: int, *extra: str) -> Path:
+    args = ["fit", "--config", "configs/quickstart.yaml", "--exp.root", str(root), "--trainer.max_steps", str(steps)]
+    args += ["--trainer.val_check_interval", str(steps), "--trainer.enable_progress_bar", "false"]
+    args += ["--data.init_args.num_workers", "0", "--trainer.log_every_n_steps", "1"]
+    args += ["--model.init_args.step_aware", "{widths: [1.0, 0.5, 0.25]}", *extra]
+    proc = run_cli(args, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "quickstart"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, session_env, digits_shards) -> Path:
+    """A tiny step-aware supernet of the digits."""
+    return fit_supernet(tmp_path_factory.mktemp("runs"), session_env, 30)
+
+
+def test_supernet_training_logs_every_widths_loss_and_its_training_flops(trained):
+    run = next((trained / "wandb").glob("offline-run-*"))
+    rows = run_history(run)
+    keys = set().union(*rows)
+    assert {"train/loss_w1", "train/loss_w0.25", "train/loss_w0.5", "val/loss_w0.5", "val/loss_w0.25"} <= keys
+    summary = wandb_inspect(run)["summary"]
+    assert summary["val/loss_w0.25"] > 0 and summary["val/loss"] > 0
+    ckpt = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["hyper_parameters"]["step_aware"] == {"widths": [1.0, 0.5, 0.25]}
+    model = PixelDiffusion(**{k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")})
+    full = model.engine.training_flops_at(128, 1.0)
+    assert model.engine.training_flops(128) == pytest.approx(
+        full + model.engine.training_flops_at(128, 0.25) * 1 + model.engine.training_flops_at(128, 0.5)
+    )
+
+
+def test_search_steps_end_to_end_then_sample_with_a_front_policy(trained, session_env, tmp_path):
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    study = tmp_path / "study"
+    args = ["search-steps", "--ckpt_path", str(ckpt), "--sampler", "ddim", "--steps", "4", "--trials", "10"]
+    args += ["--population", "4", "--num_samples", "16", "--batch_size", "16", "--num_real", "100", "--no_progress"]
+    proc = run_cli([*args, "--study", str(study)], session_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    points = json.loads((study / "front.json").read_text())["front"]
+    trials = (study / "trials.csv").read_text().splitlines()
+    assert len(trials) == 11 and (study / "pareto.png").stat().st_size > 1000
+    assert "uniform 1" in (study / "trials.csv").read_text()
+    assert [p["gflops_per_sample"] for p in points] == sorted(p["gflops_per_sample"] for p in points)
+    assert all(a["fid"] > b["fid"] for a, b in zip(points, points[1:]))  # a front: cheaper is worse
+    cheapest = StepPolicy.load(points[0]["policy_file"])
+    assert cheapest.model["widths"] == [1.0, 0.5, 0.25] and cheapest.measured["gflops_per_sample"] > 0
+    rec = wandb_inspect(next((study / "wandb").glob("offline-run-*")))
+    assert rec["summary"]["trial/number"] >= 0
+
+    # the same command again: the study is complete, nothing more runs
+    again = run_cli([*args, "--study", str(study)], session_env)
+    assert again.returncode == 0 and "0 trial(s) by this worker" in again.stderr
+
+    out = tmp_path / "samples"
+    sample = ["sample", "--ckpt_path", str(ckpt), "--sampler", "ddim", "--steps", "4", "--num_samples", "4"]
+    proc = run_cli([*sample, "--step_policy", points[0]["policy_file"], "--out", str(out)], session_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out / "samples.json").read_text())
+    used = {float(w): c for w, c in record["width_calls"][0].items()}
+    assert sum(used.values()) == 4 and set(used) <= {1.0, 0.5, 0.25}
+    assert used == {w: c for w, c in used.items() if c}  # per call, as the policy says
+    widths = [cheapest.levels[0].width(s) for s in _ddim_sigmas(ckpt, 4)]
+    assert used == {w: widths.count(w) for w in set(widths)}
+
+    # evaluate names the policy and counts each call at its width
+    ev = ["evaluate", "--ckpt_path", str(ckpt), "--sampler", "ddim", "--steps", "4", "--num_samples", "16"]
+    ev += ["--num_real", "100", "--kid_subset_size", "4", "--no_wandb", "--no_progress"]
+    proc = run_cli([*ev, "--step_policy", "0.25", "--out", str(tmp_path / "e1")], session_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli([*ev, "--out", str(tmp_path / "e2")], session_env)
+    slim, full = (json.loads((tmp_path / e / "results.json").read_text())["rows"][0] for e in ("e1", "e2"))
+    assert slim["step_policy"] == "uniform 0.25" and slim["mean_width"] == 0.25 and full["step_policy"] is None
+    assert 0.03 < slim["gflops_per_sample"] / full["gflops_per_sample"] < 0.15
+
+
+def _ddim_sigmas(ckpt: Path, steps: int) -> list[float]:
+    from pyramid_dm.diffusion import sampling_sigmas
+    from pyramid_dm.engine import load_engine
+
+    engine = load_engine(str(ckpt))
+    return sampling_sigmas(engine.schedules[0], steps, engine.plan.grid("ddim")).tolist()[:steps]
+
+
+def test_bad_step_aware_input_is_named_and_writes_nothing(trained, session_env, tmp_path, digits_shards):
+    ckpt = str(trained / "checkpoints" / "last.ckpt")
+    base = ["search-steps", "--ckpt_path", ckpt, "--steps", "2", "--trials", "2", "--num_samples", "4"]
+    proc = run_cli([*base, "--num_real", "100000", "--study", str(tmp_path / "s1"), "--no_wandb"], session_env)
+    assert proc.returncode == 2 and "--num_real 100000: the train split of" in proc.stderr
+    assert not (tmp_path / "s1").exists()
+    # a study directory made for another objective (here: another sample count)
+    ok = run_cli([*base, "--num_real", "50", "--study", str(tmp_path / "s2"), "--no_wandb"], session_env)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    other = [*base[:-1], "8", "--num_real", "50", "--study", str(tmp_path / "s2"), "--no_wandb"]
+    proc = run_cli(other, session_env)
+    assert proc.returncode == 2 and "created for another search (num_samples: 4 there, 8 here)" in proc.stderr
+    # a policy with a width the checkpoint was not trained at; a policy for a non-slimmable checkpoint
+    sample = ["sample", "--ckpt_path", ckpt, "--num_samples", "2", "--out", str(tmp_path / "x")]
+    proc = run_cli([*sample, "--step_policy", "0.75"], session_env)
+    assert (
+        proc.returncode == 2 and "widths [0.75] are not among the checkpoint's widths [1.0, 0.5, 0.25]" in proc.stderr
+    )
+    proc = run_cli([*sample, "--step_policy", "1.5"], session_env)
+    assert proc.returncode == 2 and "(0, 1]" in proc.stderr
+    policy = json.loads((tmp_path / "s2" / "front.json").read_text())["front"][0]["policy_file"]
+    legacy = ROOT / "tests" / "fixtures" / "legacy" / "pixel.ckpt"  # a plain network of an older release
+    proc = run_cli(
+        ["sample", "--ckpt_path", str(legacy), "--step_policy", policy, "--out", str(tmp_path / "y")], session_env
+    )
+    assert proc.returncode == 2 and "not slimmable" in proc.stderr, proc.stderr[-2000:]
+    # a policy searched for other weights of the same model: refused, unless told to ignore the hash
+    other_ckpt = tmp_path / "other.ckpt"
+    state = torch.load(ckpt, weights_only=False)
+    state["global_step"] += 1
+    torch.save(state, other_ckpt)
+    sample_other = ["sample", "--ckpt_path", str(other_ckpt), "--num_samples", "2", "--steps", "2"]
+    proc = run_cli([*sample_other, "--step_policy", policy, "--out", str(tmp_path / "z")], session_env)
+    assert proc.returncode == 2 and "pass --ignore_policy_hash" in proc.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
+    proc = run_cli(
+        [*sample_other, "--step_policy", policy, "--ignore_policy_hash", "--out", str(tmp_path / "z")], session_env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert math.isfinite(json.loads(Path(policy).read_text())["measured"]["fid_proxy"])
