@@ -90,6 +90,22 @@ def test_two_process_ddp_fit_through_the_cli(session_env, tmp_path):
     assert config["effective_lr"] == config["lr"]  # no silent learning-rate scaling with more GPUs
 
 
+def test_two_rank_ddp_trains_a_step_aware_supernet(session_env, tmp_path):
+    """The sandwich rule under DDP (gloo): every width's sliced parameters get gradients on every rank (no unused
+    parameters), per-width losses reach W&B, the supernet checkpoint is written."""
+    args = ["fit", "--config", "configs/quickstart.yaml", "--exp.root", str(tmp_path), "--trainer.max_steps", "3"]
+    args += ["--trainer.val_check_interval", "3", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
+    args += ["--trainer.strategy", "ddp", "--data.init_args.num_workers", "0", "--trainer.enable_progress_bar", "false"]
+    args += ["--trainer.log_every_n_steps", "1", "--model.init_args.step_aware", "{widths: [1.0, 0.5, 0.25]}"]
+    proc = run_cli(args, session_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "quickstart"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 3 and ckpt["hyper_parameters"]["step_aware"]["widths"] == [1.0, 0.5, 0.25]
+    summary = wandb_inspect(next((run / "wandb").glob("offline-run-*")))["summary"]
+    assert summary["train/loss_w0.25"] > 0 and summary["val/loss_w0.5"] > 0 and summary["val/loss_w0.25"] > 0
+
+
 def test_ddp_scaling_benchmark_times_one_and_two_ranks(session_env):
     """``bench ddp`` (benchmarks/SCALING.md) on a tiny UNet: a row per world size, the gradient bytes of that UNet,
     and the efficiency line."""

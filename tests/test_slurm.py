@@ -260,3 +260,63 @@ def _wandb_group(run_dir: Path) -> str | None:
     assert out.returncode == 0, out.stderr
     runs = [r["run"] for r in map(json.loads, out.stdout.splitlines()) if r.get("type") == "run"]
     return runs[0].get("run_group") if runs else None
+
+
+def _study_trials(study: Path) -> list:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if not (study / "journal.log").is_file():
+        return []
+    storage = JournalStorage(JournalFileBackend(str(study / "journal.log")))
+    try:
+        return optuna.load_study(study_name="search-steps", storage=storage).get_trials(deepcopy=False)
+    except KeyError:  # the study is not created yet
+        return []
+
+
+def test_a_search_array_shares_one_study_and_a_requeued_task_loses_or_repeats_no_trial(
+    cluster, session_env, digits_shards, tmp_path
+):
+    """slurm/search.sbatch as a 2-task array: both tasks work on one study; task 0 is requeued mid-search (killed,
+    as preemption would), comes back as the same worker, fails its unfinished trial, runs that candidate again and
+    the study ends with the requested trials, the finished ones untouched."""
+    from optuna.trial import TrialState
+    from test_step_aware import fit_supernet
+
+    ckpt = fit_supernet(tmp_path / "runs", session_env, 10) / "checkpoints" / "last.ckpt"
+    study, trials = tmp_path / "study", 30
+    search = ["--study", str(study), "--sampler", "ddim", "--steps", "10", "--trials", str(trials), "--population", "4"]
+    search += ["--num_samples", "64", "--batch_size", "64", "--num_real", "100"]
+    out = ["--output", str(tmp_path / "%x-%A_%a.out")]
+    env = {**os.environ, **session_env, "PYRAMID_DM_ACCELERATOR": "cpu"}
+    args = ["sbatch", "--parsable", "--array=0-1", "--time", "10", *out, "slurm/search.sbatch", str(ckpt), *search]
+    job = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60).stdout.strip()
+    task0, task1 = f"{job}_0", f"{job}_1"
+    complete = lambda: [t for t in _study_trials(study) if t.state == TrialState.COMPLETE]  # noqa: E731
+    try:
+        wait_for(lambda: len(complete()) >= 4, 240, "four finished trials")
+        before = {t.number: t.values for t in complete()}
+        subprocess.run(["scontrol", "requeue", task0], check=True)
+        wait_for(lambda: job_field(task0, "Restarts") == "1", 120, "the requeue")
+        subprocess.run(["scontrol", "update", f"JobId={task0}", "StartTime=now"], check=True)
+        ended = lambda t: job_field(t, "JobState") not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED")  # noqa: E731
+        wait_for(lambda: ended(task0) and ended(task1), 300, "both tasks' end")
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)
+    logs = "\n".join(p.read_text() for p in tmp_path.glob("pyramid_dm-search-*.out"))
+    assert job_field(task0, "JobState") == job_field(task1, "JobState") == "COMPLETED", logs[-3000:]
+    assert "restart 1" in logs
+    final = _study_trials(study)
+    done = [t for t in final if t.state == TrialState.COMPLETE]
+    assert trials <= len(done) <= trials + 1  # the two workers may each start one while the last one finishes
+    assert {t.number: t.values for t in done if t.number in before} == before  # no finished trial lost
+    workers = {t.user_attrs["worker"] for t in done}
+    assert workers == {f"slurm:{job}_0", f"slurm:{job}_1"}  # both tasks worked on the one study
+    for failed in (t for t in final if t.state == TrialState.FAIL):  # the trial the requeue killed
+        retries = [t for t in final if t.user_attrs.get("retry_of") == failed.number]
+        assert len(retries) == 1 and retries[0].params == failed.params
+    retried = {t.user_attrs.get("retry_of") for t in final} - {None}
+    assert not retried & {t.number for t in done}  # no finished trial was run again
+    assert (study / "front.json").is_file() and list((study / "policies").glob("front-*.json"))

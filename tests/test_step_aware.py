@@ -325,3 +325,61 @@ def test_bad_step_aware_input_is_named_and_writes_nothing(trained, session_env, 
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert math.isfinite(json.loads(Path(policy).read_text())["measured"]["fid_proxy"])
+
+
+def test_a_two_model_policy_runs_a_separately_trained_small_model_at_high_noise(trained, session_env, tmp_path):
+    """T-Stitch in the policy interface: a small plain network for the noisy calls, the full network after; each
+    call costed on the model that ran it. A model with another schedule is refused."""
+    small = ["--model.init_args.unet.base_channels", "8", "--model.init_args.unet.norm_groups", "8"]
+    args = ["fit", "--config", "configs/quickstart.yaml", "--trainer.max_steps", "4", "--trainer.val_check_interval"]
+    args += ["4", "--trainer.enable_progress_bar", "false", "--data.init_args.num_workers", "0", *small]
+    for name, extra in (("small", []), ("other", ["--model.init_args.num_timesteps", "500"])):
+        proc = run_cli([*args, "--exp.root", str(tmp_path / name), *extra], session_env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    policy = tmp_path / "stitch.json"
+    stitch = StepPolicy(
+        [LevelPolicy([0.0], ["small", 1.0])],
+        name="t-stitch",
+        models={"small": str(tmp_path / "small" / "quickstart" / "checkpoints" / "last.ckpt")},
+    )
+    stitch.save(policy)
+    ckpt = str(trained / "checkpoints" / "last.ckpt")
+    ev = ["evaluate", "--ckpt_path", ckpt, "--sampler", "ddim", "--steps", "6", "--num_samples", "16", "--num_real"]
+    ev += ["100", "--kid_subset_size", "4", "--no_wandb", "--no_progress"]
+    proc = run_cli([*ev, "--step_policy", str(policy), "--out", str(tmp_path / "e")], session_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads((tmp_path / "e" / "results.json").read_text())["rows"][0]
+    sigmas = _ddim_sigmas(Path(ckpt), 6)
+    noisy = sum(log_snr(s) < 0 for s in sigmas)
+    assert 0 < noisy < 6
+    from pyramid_dm.engine import load_engine
+
+    full = load_engine(ckpt).flops_per_call()[0]
+    tiny = load_engine(stitch.models["small"]).flops_per_call()[0]
+    assert row["gflops_per_sample"] * 1e9 == pytest.approx(noisy * tiny + (6 - noisy) * full, rel=1e-6)
+    assert row["step_policy"] == "t-stitch" and row["mean_width"] == 1.0
+    stitch.models["small"] = str(tmp_path / "other" / "quickstart" / "checkpoints" / "last.ckpt")
+    stitch.save(policy)
+    proc = run_cli([*ev, "--step_policy", str(policy), "--out", str(tmp_path / "bad")], session_env)
+    assert proc.returncode == 2 and "does not share data and schedule" in proc.stderr and "num_timesteps" in proc.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_pyramid_runs_one_policy_per_level_and_costs_each_level_at_its_widths():
+    from pyramid_dm.eval.sampling import sample_with_cost
+    from pyramid_dm.models import PyramidDiffusion
+
+    torch.manual_seed(0)
+    model = PyramidDiffusion(8, 1, resolutions=[4, 8], unet=UNET, step_aware={"widths": WIDTHS}, sample_steps=3)
+    engine = model.engine.eval()
+    seen = []
+    engine.net.register_forward_pre_hook(lambda m, a, kw: seen.append((kw["level"], current_width())), with_kwargs=True)
+    policy = StepPolicy([LevelPolicy([], [0.25]), LevelPolicy([0.0], [0.5, 1.0])])
+    _, cost = sample_with_cost(engine, "ddim", 3, 2, 2, progress=False, step_policy=policy)
+    calls = seen[2:8]  # the sampling calls: before them the full-width FLOP count of each level, after them the widths'
+    assert {w for lv, w in calls if lv == 0} == {0.25} and {w for lv, w in calls if lv == 1} == {0.5, 1.0}
+    at = {w: engine.flops_per_call(width=w) for w in WIDTHS}
+    fine = [w for lv, w in calls if lv == 1]
+    want = 3 * at[0.25][0] + sum(at[w][1] for w in fine)
+    assert cost.gflops_per_sample * 1e9 == pytest.approx(want + cost.decoder_gflops * 1e9)
+    assert [lv["nfe"] for lv in cost.levels] == [3, 3] and cost.step_policy == "policy"

@@ -286,13 +286,19 @@ def log_to_wandb(rows: list[dict], meta: dict, png: Path, out: Path, config: dic
     return run.id
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
+def load_for_command(args, command: str = "evaluate"):
+    """(config path, config, checkpoint, device, model) of a command's ``--ckpt_path`` / ``--config`` / ``--device``
+    (the run's saved config when no ``--config`` is given)."""
     config_path = args.config or default_config(args.ckpt_path)
     config = load_config(config_path, compose=args.config is not None) if config_path else None
     ckpt = load_checkpoint(args.ckpt_path)
     device = pick_device(args.device)
-    model = build_model(ckpt, args.ckpt_path, config, device)
+    return config_path, config, ckpt, device, build_model(ckpt, args.ckpt_path, config, device, command=command)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    config_path, config, ckpt, device, model = load_for_command(args)
     if args.level_steps:
         per_level("--level_steps", args.level_steps, model.num_levels)
     samplers, steps = sweep(model, args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..checkpoints import file_sha256
+from ..checkpoints import file_sha256, read_checkpoint
 from ..diffusion.step_policy import StepPolicy, resolve_policy
 from ..errors import UserError
 
@@ -36,6 +36,31 @@ def load_policy(args, model, samplers: list | None = None, steps: list | None = 
             policy.check_budget(level_samplers, list(steps), where)
     except ValueError as e:
         raise UserError(str(e)) from None
+    for name, path in policy.models.items():  # T-Stitch: other models that run some of the calls
+        policy.engines[name] = load_other(args, model, name, path)
     if not policy.name:
         policy.name = str(args.step_policy)
     return policy
+
+
+SHARED = ("image_size", "channels", "num_classes", "class_conditional", "schedule", "num_timesteps")
+SHARED += ("zero_terminal_snr", "schedule_options", "shift_reference_resolution")
+
+
+def load_other(args, model, name: str, path: str):
+    """Another model a policy names (its EMA weights, on the model's device): it must share the data and the noise
+    schedule with the ``--ckpt_path`` model, or its calls would denoise another process."""
+    from .evaluate import build_model
+
+    where = f"--step_policy {args.step_policy}: model {name!r} ({path})"
+    mine = read_checkpoint(args.ckpt_path, "--ckpt_path")
+    other = read_checkpoint(path, where)
+    differ = [k for k in SHARED if mine["hyper_parameters"].get(k) != other["hyper_parameters"].get(k)]
+    data = lambda c: (c.get("datamodule_hyper_parameters") or {}).get("shards")  # noqa: E731
+    if data(mine) != data(other):
+        differ.append(f"data shards ({data(mine)} vs {data(other)})")
+    if mine["pyramid_dm"].get("level_shapes") != other["pyramid_dm"].get("level_shapes"):
+        differ.append("level_shapes")
+    if differ:
+        raise UserError(f"{where} does not share data and schedule with {args.ckpt_path}: {differ} differ")
+    return build_model(other, path, None, model.device, command="sample")

@@ -165,7 +165,8 @@ def main(argv: list[str]) -> int:
         "sampler_options": {k: v for k, v in options.items() if k != "step_policy"},
         "step_policy": args.step_policy,
         # network calls per sample at each width (per level), as the policy ran them
-        "width_calls": [{f"{w:g}": c for w, c in sorted(per.items())} for per in width_calls] or None,
+        "width_calls": [{w if isinstance(w, str) else f"{w:g}": c for w, c in per.items()} for per in width_calls]
+        or None,
         "nfe": sum(nfe),
         "classifier_calls": guide.calls if guide else 0,
         "level_nfe": nfe,

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 from ..checkpoints import file_sha256
-from ..config import load_config
 from ..data.manifest import atomic_write_bytes
 from ..diffusion import SAMPLERS, sampling_sigmas
 from ..engine import check_sampler, check_steps
@@ -34,7 +33,7 @@ from ..eval.quality import fid
 from ..eval.real_features import real_features
 from ..eval.sampling import sample_with_cost
 from ..eval.step_search import SearchSpace, front, open_study, run_search, worker_identity
-from .evaluate import build_model, default_config, load_checkpoint, pick_device, resolve_data
+from .evaluate import load_for_command, resolve_data
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -170,11 +169,7 @@ def start_wandb(args, meta: dict, config: dict | None):
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    config_path = args.config or default_config(args.ckpt_path)
-    config = load_config(config_path, compose=args.config is not None) if config_path else None
-    ckpt = load_checkpoint(args.ckpt_path)
-    device = pick_device(args.device)
-    model = build_model(ckpt, args.ckpt_path, config, device, command="search-steps")
+    config_path, config, ckpt, device, model = load_for_command(args, "search-steps")
     if model.widths is None:
         raise UserError(
             f"{args.ckpt_path} is not a step-aware supernet (trained without model.init_args.step_aware): it runs at "

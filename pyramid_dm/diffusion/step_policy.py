@@ -9,7 +9,11 @@ and step count) is the ``per_step`` kind: its breakpoints lie halfway (in log-SN
 and it refuses another budget. A pyramid has one policy per level.
 
 A policy is applied by wrapping the denoiser (:class:`PolicyDenoiser`), so every sampler, guidance and the pyramid's
-levels use it unchanged. On disk it is a small versioned JSON file (:meth:`StepPolicy.save`) that records the model it
+levels use it unchanged. A width may also be the name of another model (``models``: name -> checkpoint), which then
+runs those calls: a separately trained small model for the noisy steps and the full one after, as T-Stitch does
+(Pan et al. 2024), in the same interface; the models must share data and schedule (checked where they are loaded).
+
+On disk a policy is a small versioned JSON file (:meth:`StepPolicy.save`) that records the model it
 was searched for (checkpoint SHA-256, widths, level shapes), the sampler budget and what was measured for it.
 """
 
@@ -42,20 +46,21 @@ class LevelPolicy:
     """One level's widths over log-SNR: ``widths[k]`` on [breakpoints[k-1], breakpoints[k])."""
 
     breakpoints: list[float]
-    widths: list[float]
+    widths: list[float | str]  # a width multiplier, or the name of another model (StepPolicy.models)
     step_widths: list[float] | None = None  # per_step: one width per step of the budget (DDSM's genome)
 
     def __post_init__(self):
-        self.breakpoints, self.widths = [float(b) for b in self.breakpoints], [float(w) for w in self.widths]
+        self.breakpoints = [float(b) for b in self.breakpoints]
+        self.widths = [w if isinstance(w, str) else float(w) for w in self.widths]
         if len(self.widths) != len(self.breakpoints) + 1:
             raise ValueError(f"{len(self.breakpoints)} breakpoints need {len(self.breakpoints) + 1} widths")
         if sorted(self.breakpoints) != self.breakpoints:
             raise ValueError(f"breakpoints must increase (log-SNR), got {self.breakpoints}")
-        bad = [w for w in self.widths if not 0 < w <= 1]
+        bad = [w for w in self.widths if not isinstance(w, str) and not 0 < w <= 1]
         if bad:
             raise ValueError(f"widths must lie in (0, 1], got {bad}")
 
-    def width(self, sigma: float) -> float:
+    def width(self, sigma: float) -> float | str:
         return self.widths[bisect.bisect_right(self.breakpoints, log_snr(sigma))]
 
     @classmethod
@@ -77,10 +82,15 @@ class StepPolicy:
     model: dict = field(default_factory=dict)  # checkpoint_sha256, widths, level_shapes
     budget: dict | None = None  # samplers, steps (per level): required for per_step, informative otherwise
     measured: dict = field(default_factory=dict)  # fid_proxy, gflops_per_sample, ms_per_sample, ...
+    models: dict = field(default_factory=dict)  # name -> checkpoint of another model named among the widths
+    engines: dict = field(default_factory=dict, repr=False, compare=False)  # name -> its loaded model (not saved)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind {self.kind!r} is not one of {list(KINDS)}")
+        unknown = sorted({w for lv in self.levels for w in lv.widths if isinstance(w, str)} - set(self.models))
+        if unknown:
+            raise ValueError(f"widths {unknown} name no model of the policy's models {sorted(self.models)}")
         if self.kind == "per_step" and not self.budget:
             raise ValueError("a per_step policy needs the budget (samplers, steps) it was made for")
 
@@ -90,13 +100,16 @@ class StepPolicy:
 
     @property
     def widths(self) -> list[float]:
-        return sorted({w for lv in self.levels for w in lv.widths}, reverse=True)
-
-    def mean_width(self) -> float:
-        return sum(w for lv in self.levels for w in lv.widths) / sum(len(lv.widths) for lv in self.levels)
+        """The supernet widths the policy uses (not the other models)."""
+        return sorted({w for lv in self.levels for w in lv.widths if not isinstance(w, str)}, reverse=True)
 
     def wrap(self, denoiser: DenoiserFn, level: int) -> PolicyDenoiser:
-        return PolicyDenoiser(denoiser, self.levels[level])
+        """``denoiser`` run at this policy's widths; calls named for another model run its ``engines[name]``."""
+        missing = sorted(set(self.models) - set(self.engines))
+        if missing:
+            raise ValueError(f"the policy's models {missing} are not loaded (StepPolicy.engines)")
+        others = {name: engine.denoiser(level) for name, engine in self.engines.items()}
+        return PolicyDenoiser(denoiser, self.levels[level], others)
 
     # ---- checks against a model and a budget --------------------------------------------------------------------
     def check_model(
@@ -104,11 +117,12 @@ class StepPolicy:
     ) -> None:
         """ValueError naming ``where`` (the policy file) unless the policy fits a model with these ``widths`` (None:
         not slimmable), level shapes and checkpoint hash (``ignore_hash``: not checked)."""
-        if widths is None:
+        if widths is None and self.widths not in ([], [1.0]):
             raise ValueError(
                 f"{where}: the checkpoint's network is not slimmable (trained without model.init_args.step_aware), "
                 "so it has no widths for a step policy"
             )
+        widths = widths or [1.0]
         unknown = [w for w in self.widths if w not in widths]
         if unknown:
             raise ValueError(f"{where}: widths {unknown} are not among the checkpoint's widths {widths}")
@@ -140,6 +154,7 @@ class StepPolicy:
     # ---- files ----------------------------------------------------------------------------------------------------
     def as_dict(self) -> dict:
         d = asdict(self)
+        d.pop("engines")
         return {"format": "pyramid_dm.step_policy", "version": POLICY_VERSION, **d}
 
     def save(self, path: str | Path) -> Path:
@@ -165,7 +180,15 @@ class StepPolicy:
             raise ValueError(f"step policy {str(path)!r} has version {d.get('version')}; this reads {POLICY_VERSION}")
         try:
             levels = [LevelPolicy(**lv) for lv in d["levels"]]
-            return cls(levels, d["kind"], d.get("name", ""), d.get("model", {}), d.get("budget"), d.get("measured", {}))
+            return cls(
+                levels,
+                d["kind"],
+                d.get("name", ""),
+                d.get("model", {}),
+                d.get("budget"),
+                d.get("measured", {}),
+                d.get("models", {}),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"step policy {str(path)!r}: {e}") from None
 
@@ -188,9 +211,15 @@ class PolicyDenoiser:
     of B is B; classifier-free guidance's batched 2B is 2B), from which cost accounting weighs FLOPs per width.
     Calls whose samples have different sigmas run one sub-batch per width."""
 
-    def __init__(self, denoiser: DenoiserFn, policy: LevelPolicy):
-        self.denoiser, self.policy = denoiser, policy
-        self.calls: Counter[float] = Counter()
+    def __init__(self, denoiser: DenoiserFn, policy: LevelPolicy, others: dict[str, DenoiserFn] | None = None):
+        self.denoiser, self.policy, self.others = denoiser, policy, others or {}
+        self.calls: Counter[float | str] = Counter()
+
+    def _run(self, width, x: Tensor, sigma, **cond) -> Tensor:
+        if isinstance(width, str):  # another model's calls (T-Stitch)
+            return self.others[width](x, sigma, **cond)
+        with use_width(width):
+            return self.denoiser(x, sigma, **cond)
 
     def __call__(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         sigma_t = torch.as_tensor(sigma)
@@ -198,17 +227,14 @@ class PolicyDenoiser:
         widths = [self.policy.width(s) for s in values]
         if len(set(widths)) == 1:
             self.calls[widths[0]] += x.shape[0]
-            with use_width(widths[0]):
-                return self.denoiser(x, sigma, **cond)
+            return self._run(widths[0], x, sigma, **cond)
         out = torch.empty_like(x)
-        per = torch.tensor(widths)
-        for w in sorted(set(widths)):
-            idx = (per == w).nonzero().squeeze(1).to(x.device)
+        for w in sorted(set(widths), key=str):
+            idx = torch.tensor([i for i, v in enumerate(widths) if v == w], device=x.device)
             sub = {
                 k: v[idx] if isinstance(v, Tensor) and v.ndim and v.shape[0] == x.shape[0] else v
                 for k, v in cond.items()
             }
             self.calls[w] += len(idx)
-            with use_width(w):
-                out[idx] = self.denoiser(x[idx], sigma_t.reshape(-1)[idx.cpu()], **sub)
+            out[idx] = self._run(w, x[idx], sigma_t.reshape(-1)[idx.cpu()], **sub)
         return out

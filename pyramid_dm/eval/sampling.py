@@ -142,10 +142,10 @@ def sample_with_cost(
     network = sum(k * f for k, f in zip(nfe, per_call))
     if policy is not None:  # each call at the width it ran at, counted by flop_counter at that width
         at = {w: model.flops_per_call(width=w) for w in policy.widths}
+        at.update({name: other.flops_per_call() for name, other in policy.engines.items()})  # T-Stitch's models
         network = sum(c * at[w][level] for level, per in enumerate(calls) for w, c in per.items())
-        mean_width = sum(c * w for per in calls for w, c in per.items()) / max(
-            sum(c for p in calls for c in p.values()), 1
-        )
+        own = [(w, c) for per in calls for w, c in per.items() if not isinstance(w, str)]
+        mean_width = sum(c * w for w, c in own) / max(sum(c for _, c in own), 1) if own else None
         if len(nfe) > 1:
             per_call = [sum(c * at[w][lv] for w, c in calls[lv].items()) / max(nfe[lv], 1) for lv in range(len(nfe))]
     guide = options.get("classifier")

@@ -96,10 +96,7 @@ class SlimConv2d(nn.Conv2d):
         w = current_width()
         if w >= 1:
             return super().forward(x)
-        outs = spans(self.out_parts, w)
-        weight = take(take(self.weight, 0, outs), 1, spans(self.in_parts, w))
-        _check_input(self, x.shape[1], weight.shape[1], w)
-        return self._conv_forward(x, weight, None if self.bias is None else take(self.bias, 0, outs))
+        return self._conv_forward(x, *_sliced(self, x.shape[1], w))
 
 
 class SlimLinear(nn.Linear):
@@ -113,10 +110,7 @@ class SlimLinear(nn.Linear):
         w = current_width()
         if w >= 1:
             return super().forward(x)
-        outs = spans(self.out_parts, w)
-        weight = take(take(self.weight, 0, outs), 1, spans(self.in_parts, w))
-        _check_input(self, x.shape[-1], weight.shape[1], w)
-        return F.linear(x, weight, None if self.bias is None else take(self.bias, 0, outs))
+        return F.linear(x, *_sliced(self, x.shape[-1], w))
 
 
 class SlimGroupNorm(nn.GroupNorm):
@@ -149,6 +143,14 @@ class SlimEmbedding(nn.Embedding):
         if w >= 1:
             return super().forward(x)
         return F.embedding(x, self.weight[:, : slim_channels(self.embedding_dim, w)])
+
+
+def _sliced(layer: SlimConv2d | SlimLinear, channels_in: int, width: float) -> tuple[Tensor, Tensor | None]:
+    """(weight, bias) of a conv or linear layer at ``width``, for an input of ``channels_in`` channels."""
+    outs = spans(layer.out_parts, width)
+    weight = take(take(layer.weight, 0, outs), 1, spans(layer.in_parts, width))
+    _check_input(layer, channels_in, weight.shape[1], width)
+    return weight, None if layer.bias is None else take(layer.bias, 0, outs)
 
 
 def _check_input(layer: nn.Module, got: int, want: int, width: float) -> None:
