@@ -202,9 +202,25 @@ def test_a_search_killed_mid_way_resumes_its_study_without_losing_or_repeating_a
 
 # ---- through the CLI --------------------------------------------------------------------------------------------
 def fit_supernet(root: Path, env: dict, steps: int, *extra: str) -> Path:
-    args = ["fit", "--config", "configs/quickstart.yaml", "--exp.root", str(root), "--trainer.max_steps", str(steps)]
+    """A tiny digits supernet; its sample grids are also drawn with the uniform width-0.5 policy."""
+    import yaml
+
+    callbacks = yaml.safe_load((ROOT / "configs" / "trainer" / "default.yaml").read_text())["trainer"]["callbacks"]
+    grid = next(c for c in callbacks if c["class_path"].endswith("SampleGrid"))
+    grid["init_args"].update(step_policy="0.5", num_samples=8)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "grid.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
+    args = ["fit", "--config", "configs/quickstart.yaml", "--config", str(root / "grid.yaml")]
+    args += ["--exp.root", str(root), "--trainer.max_steps", str(steps)]
     args += ["--trainer.val_check_interval", str(steps), "--trainer.enable_progress_bar", "false"]
-    args += ["--data.init_args.num_workers", "0", "--trainer.log_every_n_steps", "1"]
+    args += [
+        "--data.init_args.num_workers",
+        "0",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--data.init_args.batch_size",
+        "32",
+    ]
     args += ["--model.init_args.step_aware", "{widths: [1.0, 0.5, 0.25]}", *extra]
     proc = run_cli(args, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -214,7 +230,7 @@ def fit_supernet(root: Path, env: dict, steps: int, *extra: str) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, session_env, digits_shards) -> Path:
     """A tiny step-aware supernet of the digits."""
-    return fit_supernet(tmp_path_factory.mktemp("runs"), session_env, 30)
+    return fit_supernet(tmp_path_factory.mktemp("runs"), session_env, 8)
 
 
 def test_supernet_training_logs_every_widths_loss_and_its_training_flops(trained):
@@ -224,6 +240,7 @@ def test_supernet_training_logs_every_widths_loss_and_its_training_flops(trained
     assert {"train/loss_w1", "train/loss_w0.25", "train/loss_w0.5", "val/loss_w0.5", "val/loss_w0.25"} <= keys
     summary = wandb_inspect(run)["summary"]
     assert summary["val/loss_w0.25"] > 0 and summary["val/loss"] > 0
+    assert "samples/step_policy" in summary and list((trained / "samples").glob("step*-step_policy.png"))
     ckpt = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["hyper_parameters"]["step_aware"] == {"widths": [1.0, 0.5, 0.25]}
     model = PixelDiffusion(**{k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")})
@@ -328,20 +345,15 @@ def test_bad_step_aware_input_is_named_and_writes_nothing(trained, session_env, 
 
 
 def test_a_two_model_policy_runs_a_separately_trained_small_model_at_high_noise(trained, session_env, tmp_path):
-    """T-Stitch in the policy interface: a small plain network for the noisy calls, the full network after; each
-    call costed on the model that ran it. A model with another schedule is refused."""
-    small = ["--model.init_args.unet.base_channels", "8", "--model.init_args.unet.norm_groups", "8"]
-    args = ["fit", "--config", "configs/quickstart.yaml", "--trainer.max_steps", "4", "--trainer.val_check_interval"]
-    args += ["4", "--trainer.enable_progress_bar", "false", "--data.init_args.num_workers", "0", *small]
-    for name, extra in (("small", []), ("other", ["--model.init_args.num_timesteps", "500"])):
-        proc = run_cli([*args, "--exp.root", str(tmp_path / name), *extra], session_env)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+    """T-Stitch in the policy interface: a small plain network (the legacy fixture: base 8, trained on the same
+    digits with the same schedule) for the noisy calls, the full network after; each call costed on the model that
+    ran it. A model with another schedule is refused."""
+    small = ROOT / "tests" / "fixtures" / "legacy" / "pixel.ckpt"
+    other = torch.load(small, weights_only=False)
+    other["hyper_parameters"]["num_timesteps"] = 500
+    torch.save(other, tmp_path / "other.ckpt")
     policy = tmp_path / "stitch.json"
-    stitch = StepPolicy(
-        [LevelPolicy([0.0], ["small", 1.0])],
-        name="t-stitch",
-        models={"small": str(tmp_path / "small" / "quickstart" / "checkpoints" / "last.ckpt")},
-    )
+    stitch = StepPolicy([LevelPolicy([0.0], ["small", 1.0])], name="t-stitch", models={"small": str(small)})
     stitch.save(policy)
     ckpt = str(trained / "checkpoints" / "last.ckpt")
     ev = ["evaluate", "--ckpt_path", ckpt, "--sampler", "ddim", "--steps", "6", "--num_samples", "16", "--num_real"]
@@ -355,10 +367,11 @@ def test_a_two_model_policy_runs_a_separately_trained_small_model_at_high_noise(
     from pyramid_dm.engine import load_engine
 
     full = load_engine(ckpt).flops_per_call()[0]
-    tiny = load_engine(stitch.models["small"]).flops_per_call()[0]
+    tiny = load_engine(str(small)).flops_per_call()[0]
+    assert tiny < full / 4
     assert row["gflops_per_sample"] * 1e9 == pytest.approx(noisy * tiny + (6 - noisy) * full, rel=1e-6)
     assert row["step_policy"] == "t-stitch" and row["mean_width"] == 1.0
-    stitch.models["small"] = str(tmp_path / "other" / "quickstart" / "checkpoints" / "last.ckpt")
+    stitch.models["small"] = str(tmp_path / "other.ckpt")
     stitch.save(policy)
     proc = run_cli([*ev, "--step_policy", str(policy), "--out", str(tmp_path / "bad")], session_env)
     assert proc.returncode == 2 and "does not share data and schedule" in proc.stderr and "num_timesteps" in proc.stderr
@@ -383,3 +396,19 @@ def test_a_pyramid_runs_one_policy_per_level_and_costs_each_level_at_its_widths(
     want = 3 * at[0.25][0] + sum(at[w][1] for w in fine)
     assert cost.gflops_per_sample * 1e9 == pytest.approx(want + cost.decoder_gflops * 1e9)
     assert [lv["nfe"] for lv in cost.levels] == [3, 3] and cost.step_policy == "policy"
+
+
+def test_bf16_autocast_sandwich_step_and_bad_widths():
+    model = supernet()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms = model.engine.sandwich_losses(torch.randn(4, 1, 8, 8), torch.arange(4))
+    sum(loss for _, loss, _ in terms).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.engine.net.parameters())
+    from pyramid_dm.errors import UserError
+
+    with pytest.raises(
+        UserError, match=r"model.step_aware.widths must be width multipliers in \(0, 1\], got \[1.0, 1.5\]"
+    ):
+        PixelDiffusion(8, 1, unet=UNET, step_aware={"widths": [1.0, 1.5]})
+    with pytest.raises(UserError, match="unknown keys"):
+        PixelDiffusion(8, 1, unet=UNET, step_aware={"widht": [1.0]})

@@ -1,55 +1,72 @@
 #!/usr/bin/env bash
 # Step-aware diffusion on Fashion-MNIST 16x16 (issue 16): width-policy searches of the supernets trained by
-# train.sh, then every claimed policy and its strongest simple alternatives re-evaluated with two sampling seeds.
-#   bash benchmarks/step_aware/run.sh [search|eval|pyramid|all]
-# Outputs: benchmarks/step_aware/<study>/ (front, trials, policies, pareto.png), benchmarks/step_aware/eval/<row>/
-# (evaluate tables); summary.py turns them into the tables and plots of benchmarks/STEP_AWARE.md.
+# train.sh, then the policies on the front and their strongest simple alternatives re-evaluated with two sampling
+# seeds, the log-SNR policies carried over to DDPM 250 steps, and wall-clock at batch 256.
+#   bash benchmarks/step_aware/run.sh [search|pyramid-search|eval|ddpm|wallclock|pyramid-eval]
+# Outputs: benchmarks/step_aware/study-*/ (front, trials, policies, pareto.png), benchmarks/step_aware/eval/<row>/;
+# summary.py turns them into the tables and the policy plot of benchmarks/STEP_AWARE.md.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=${PYRAMID_DM_RUNS:-runs}/bench-step-aware
 OUT=benchmarks/step_aware
-WHAT=${1:-all}
+WHAT=${1:?what to run}
 SUPER=$ROOT/supernet/checkpoints/last.ckpt
 PLAIN=$ROOT/plain/checkpoints/last.ckpt
 PYR=$ROOT/pyramid-supernet/checkpoints/last.ckpt
-SEARCH=(--num_real 2000 --features fmnist_clf --no_wandb --batch_size 250)
-EVAL=(--num_samples 1000 --batch_size 250 --features fmnist_clf --no_wandb --no_progress --overwrite)
+SEARCH=(--num_real 2000 --features fmnist_clf --no_wandb --batch_size 300 --no_progress)
+EVAL=(--batch_size 250 --features fmnist_clf --no_wandb --no_progress --overwrite --num_real 2000)
 timed() {  # NAME command...: wall time of a search into search_times.txt
   /usr/bin/time -f "$1 %e s" "${@:2}" 2>&1 | grep -E "front:|trial\(s\)| s$|rror" | tee -a "$OUT/search_times.txt"
 }
 evaluate() {  # CKPT OUT_NAME [evaluate options]
   python -m pyramid_dm evaluate --ckpt_path "$1" --out "$OUT/eval/$2" "${EVAL[@]}" "${@:3}" 2>&1 | grep -E "GFLOPs|rror"
 }
-if [ "$WHAT" = search ] || [ "$WHAT" = all ]; then
-  timed dpm20 python -m pyramid_dm search-steps --ckpt_path "$SUPER" --sampler dpmpp_2m --steps 20 --trials 48 \
-    --population 12 --num_samples 500 --study "$OUT/study-dpm20" --no_progress "${SEARCH[@]}"
-  timed ddpm250 python -m pyramid_dm search-steps --ckpt_path "$SUPER" --sampler ddpm --steps 250 --trials 16 \
-    --population 8 --num_samples 250 --study "$OUT/study-ddpm250" --no_progress "${SEARCH[@]}"
-fi
-if [ "$WHAT" = eval ] || [ "$WHAT" = all ]; then
+front() {  # STUDY: the front's policy files, most expensive first (the points nearest full quality)
+  python -c "import csv,sys; rows=list(csv.DictReader(open('$OUT/$1/front.csv')));
+[print(r['policy_file']) for r in sorted(rows, key=lambda r: -float(r['gflops_per_sample']))[:${2:-5}]]"
+}
+case $WHAT in
+search)
+  timed dpm20 python -m pyramid_dm search-steps --ckpt_path "$SUPER" --sampler dpmpp_2m --steps 20 --trials 32 \
+    --population 8 --num_samples 300 --study "$OUT/study-dpm20" "${SEARCH[@]}" ;;
+pyramid-search)
+  timed pyramid python -m pyramid_dm search-steps --ckpt_path "$PYR" --sampler dpmpp_2m --steps 20 8 8 \
+    --trials 20 --population 8 --num_samples 300 --study "$OUT/study-pyramid" "${SEARCH[@]}" ;;
+eval)
   for seed in 0 1; do
-    # the full width of the supernet and the plainly trained network, at 20 steps and at fewer (equal-FLOPs peers)
-    evaluate "$SUPER" "supernet-full-seed$seed" --sampler dpmpp_2m --steps 20 14 10 8 6 --seed $seed
-    evaluate "$PLAIN" "plain-seed$seed" --sampler dpmpp_2m --steps 20 14 10 --seed $seed
-    evaluate "$SUPER" "supernet-ddpm250-full-seed$seed" --sampler ddpm --steps 250 125 --seed $seed --num_samples 500
-    for k in $(ls "$OUT/study-dpm20/policies" | sed 's/.json//'); do
-      evaluate "$SUPER" "dpm20-$k-seed$seed" --sampler dpmpp_2m --steps 20 --seed $seed \
-        --step_policy "$OUT/study-dpm20/policies/$k.json"
+    # full width of the supernet and the plainly trained network at 20 steps, and the supernet with fewer steps
+    # (the same model at equal FLOPs: the strongest simple alternative)
+    evaluate "$SUPER" "supernet-full-seed$seed" --sampler dpmpp_2m --steps 20 12 10 8 6 --seed $seed --num_samples 1000
+    evaluate "$PLAIN" "plain-seed$seed" --sampler dpmpp_2m --steps 20 --seed $seed --num_samples 1000
+    for p in $(front study-dpm20 5); do
+      evaluate "$SUPER" "dpm20-$(basename "$p" .json)-seed$seed" --sampler dpmpp_2m --steps 20 --seed $seed \
+        --num_samples 1000 --step_policy "$p"
     done
-    for k in $(ls "$OUT/study-ddpm250/policies" | sed 's/.json//'); do
-      evaluate "$SUPER" "ddpm250-$k-seed$seed" --sampler ddpm --steps 250 --seed $seed --num_samples 500 \
-        --step_policy "$OUT/study-ddpm250/policies/$k.json"
-    done
-  done
-fi
-if [ "$WHAT" = pyramid ] || [ "$WHAT" = all ]; then
-  timed pyramid python -m pyramid_dm search-steps --ckpt_path "$PYR" --sampler dpmpp_2m --steps 20 8 8 --trials 32 \
-    --population 8 --num_samples 500 --study "$OUT/study-pyramid" --no_progress "${SEARCH[@]}"
+  done ;;
+ddpm)  # the log-SNR policy CHOSEN (a front file) carried over to DDPM 250 steps, against the full width at 250 and
+  # at 125 steps (its equal-FLOPs peer)
   for seed in 0 1; do
-    evaluate "$PYR" "pyramid-full-seed$seed" --sampler dpmpp_2m --level_steps 20 8 8 --seed $seed
-    for k in $(ls "$OUT/study-pyramid/policies" | sed 's/.json//'); do
-      evaluate "$PYR" "pyramid-$k-seed$seed" --sampler dpmpp_2m --level_steps 20 8 8 --seed $seed \
-        --step_policy "$OUT/study-pyramid/policies/$k.json"
+    evaluate "$SUPER" "ddpm250-full-seed$seed" --sampler ddpm --steps 250 125 --seed $seed --num_samples 200
+    evaluate "$SUPER" "ddpm250-chosen-seed$seed" --sampler ddpm --steps 250 --seed $seed --num_samples 200 \
+      --step_policy "$CHOSEN"
+  done ;;
+wallclock)  # CHOSEN vs full width at batch 256 on an otherwise idle machine, alternated, three times each
+  for rep in 1 2 3; do
+    evaluate "$SUPER" "wall-full-$rep" --sampler dpmpp_2m --steps 20 --num_samples 512 --batch_size 256
+    evaluate "$SUPER" "wall-chosen-$rep" --sampler dpmpp_2m --steps 20 --num_samples 512 --batch_size 256 \
+      --step_policy "$CHOSEN"
+  done ;;
+steps)  # the CHOSEN log-SNR policy at other step counts of DPM-Solver++ (one policy serves every budget)
+  for seed in 0 1; do
+    evaluate "$SUPER" "dpm-chosen-steps-seed$seed" --sampler dpmpp_2m --steps 12 10 8 --seed $seed --num_samples 1000 \
+      --step_policy "$CHOSEN"
+  done ;;
+pyramid-eval)
+  for seed in 0 1; do
+    evaluate "$PYR" "pyramid-full-seed$seed" --sampler dpmpp_2m --level_steps 20 8 8 --seed $seed --num_samples 1000
+    for p in $(front study-pyramid 3); do
+      evaluate "$PYR" "pyramid-$(basename "$p" .json)-seed$seed" --sampler dpmpp_2m --level_steps 20 8 8 \
+        --seed $seed --num_samples 1000 --step_policy "$p"
     done
-  done
-fi
+  done ;;
+esac

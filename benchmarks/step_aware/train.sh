@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Step-aware supernets for benchmarks/STEP_AWARE.md (issue 16), Fashion-MNIST 16x16, batch 32: the small pixel UNet
-# trained plainly and as a supernet (sandwich rule) for the same 3000 steps, and a step-aware 4/8/16 pyramid for 1500
+# trained plainly and as a supernet (sandwich rule) for the same 3000 steps, and a step-aware 4/8/16 pyramid for 700
 # (the CPU time this session had). In-place distillation is compared on the embedded digits (distill.sh).
 # Training times go to train_times.txt.   bash benchmarks/step_aware/train.sh [plain|supernet|pyramid|all]
 set -uo pipefail
@@ -17,4 +17,4 @@ fit() {  # NAME STEPS CONFIG [overrides]
 }
 case $WHAT in plain|all) fit plain 3000 configs/pixel/fashion_mnist_16.yaml ;; esac
 case $WHAT in supernet|all) fit supernet 3000 configs/pixel/fashion_mnist_16_step_aware.yaml ;; esac
-case $WHAT in pyramid|all) fit pyramid-supernet 1500 configs/pyramid/fashion_mnist_16_step_aware.yaml ;; esac
+case $WHAT in pyramid|all) fit pyramid-supernet 700 configs/pyramid/fashion_mnist_16_step_aware.yaml ;; esac

@@ -242,7 +242,8 @@ def sweep_name(args, space: str, samplers: list, steps: list) -> str:
     parts = [Path(args.ckpt_path).stem, space, join(samplers), ("nfe" if args.nfe else "") + join(steps)]
     parts += [f"g{args.guidance:g}"] * (args.guidance != 1.0) + [args.discretization] * bool(args.discretization)
     parts += [f"cg{args.classifier_scale:g}"] * bool(args.classifier)
-    parts += [f"policy_{Path(args.step_policy).stem}"] * bool(args.step_policy)
+    if args.step_policy:
+        parts.append(f"policy_{Path(args.step_policy).stem}")
     parts += [f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}" for key, value in args.option]
     parts += [f"n{args.num_samples}", f"seed{args.seed}"]
     parts += [f"real-{args.real_split}{args.num_real or ''}"] * (args.real_split != "train" or bool(args.num_real))
