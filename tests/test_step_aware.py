@@ -197,7 +197,8 @@ def test_a_search_killed_mid_way_resumes_its_study_without_losing_or_repeating_a
     assert {t.number: t.values for t in done if t.number in before} == before  # nothing lost
     assert study.trials[killed[0].number].state == TrialState.FAIL
     retried = [t for t in done if t.user_attrs.get("retry_of") == killed[0].number]
-    assert len(retried) == 1 and retried[0].params == killed[0].params  # the killed candidate, run once more
+    # the killed candidate, run once more (its genes drawn before the kill are kept; a kill mid-draw leaves fewer)
+    assert len(retried) == 1 and killed[0].params.items() <= retried[0].params.items()
 
 
 # ---- through the CLI --------------------------------------------------------------------------------------------
