@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 HANG_GUARD_S = 1800  # a test's time limit only catches a hang; a loaded 2-core machine may take 3x the usual time
+
+
+@contextlib.contextmanager
+def default_dtype(dtype):
+    """Tensors made without a dtype (a sampler's starting noise) in ``dtype`` for the block: with a float64 model, a
+    whole sampling run in float64, so that comparing two code paths does not compare float32 rounding (which a guided
+    or multistep sampler over a random model can amplify by orders of magnitude)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
 
 
 def run_cli(args: list[str], env: dict, timeout: int = HANG_GUARD_S, cwd: Path = ROOT) -> subprocess.CompletedProcess:

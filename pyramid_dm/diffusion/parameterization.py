@@ -138,8 +138,9 @@ class Denoiser(nn.Module):
 
     def network(self, x_in: Tensor, sigma: Tensor, t: Tensor | None = None, **cond) -> Tensor:
         """F(x_in; c_noise) on a batch, ``x_in`` already scaled by c_in."""
-        c_noise = self.c_noise(sigma, t).to(device=x_in.device, dtype=torch.float32).expand(x_in.shape[0])
-        return self.net(x_in.to(self._net_dtype(x_in)), c_noise, **cond)
+        dtype = self._net_dtype(x_in)  # c_noise in float32, or float64 for a float64 network
+        c_noise = self.c_noise(sigma, t).to(device=x_in.device, dtype=torch.promote_types(dtype, torch.float32))
+        return self.net(x_in.to(dtype), c_noise.expand(x_in.shape[0]), **cond)
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float64)

@@ -98,7 +98,8 @@ class PyramidUNet(nn.Module):
         emb = body.embed(c_noise.expand(b), class_labels)
         emb = emb + self.level_emb(torch.full((b,), level, device=x.device, dtype=torch.long))
         if want:
-            aug = torch.zeros(b, device=x.device) if aug_t is None else aug_t.to(x.device).float().expand(b)
+            dtype = torch.promote_types(c_noise.dtype, torch.float32)
+            aug = torch.zeros(b, device=x.device, dtype=dtype) if aug_t is None else aug_t.to(x.device, dtype).expand(b)
             emb = emb + self.aug_mlp(sinusoidal_embedding(aug * body.time_scale, body.time_channels))
             context = context.to(x.dtype)
             x = torch.cat([x, context], dim=1)

@@ -29,8 +29,9 @@ def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
 def sinusoidal_embedding(x: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Transformer sinusoidal features [cos, sin] of a (B,) tensor (Vaswani et al. 2017)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    args = x.float()[:, None] * freqs[None]
+    dtype = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for a float64 network
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=dtype) / half)
+    args = x.to(dtype)[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 

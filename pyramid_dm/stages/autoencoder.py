@@ -76,4 +76,5 @@ class AutoencoderStage(FirstStage):
         return latents
 
     def decode(self, levels: list[Tensor]) -> Tensor:
-        return self.net.decode(self.net.quantize(levels))
+        dtype = next(self.net.parameters()).dtype  # the levels in the autoencoder's own dtype (float64 in checks)
+        return self.net.decode(self.net.quantize([z.to(dtype) for z in levels]))
