@@ -27,16 +27,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.make_legacy import SETTINGS as FIRST_SETTINGS
+from fixtures.make_legacy_1d0ced0 import sample_kwargs
 
 from pyramid_dm.engine import load_engine
 from pyramid_dm.images import to_uint8
 
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy"
 INDEX = json.loads((FIXTURES / "index.json").read_text())
-MODELS = [name for name in INDEX["runs"] if not name.startswith("ae_")]
-SETTINGS = dict(__import__("fixtures.make_legacy", fromlist=["SETTINGS"]).SETTINGS)
+# every run that samples itself (the classifier samples the pixel model it guides: GUIDES)
+MODELS = [n for n, run in INDEX["runs"].items() if not n.startswith("ae_") and not run.get("samples_with")]
+GUIDES = [n for n, run in INDEX["runs"].items() if run.get("samples_with")]
 TOL64 = 1e-6
 ROBUST32 = 0.25 * 2 / 255
+
+
+def settings(name: str) -> dict:
+    """The fixture's sampling settings: the first generation's (``make_legacy.SETTINGS``) or its own (index)."""
+    return INDEX["runs"][name].get("settings") or dict(FIRST_SETTINGS)
 
 
 def _copy(name: str, tmp_path: Path) -> Path:
@@ -51,33 +59,40 @@ def _copy(name: str, tmp_path: Path) -> Path:
     return path
 
 
-def _draw(model_sample, labels, key: str, default_dtype=torch.float32) -> torch.Tensor:
+def _draw(model, labels, name: str, key: str, default_dtype=torch.float32, float64_model=False) -> torch.Tensor:
+    """``model.sample`` of fixture ``name``'s setting ``key`` at the fixture seed (a float64 model also guided by a
+    float64 classifier), with tensors made in ``default_dtype``."""
     old = torch.get_default_dtype()
     torch.set_default_dtype(default_dtype)
     try:
+        classifier = str(FIXTURES / f"{name}.ckpt") if INDEX["runs"][name].get("samples_with") else None
+        levels = model.engine.num_levels if hasattr(model, "engine") else model.num_levels
+        kwargs = sample_kwargs(settings(name)[key], levels, classifier)
+        if float64_model and "classifier" in kwargs:
+            kwargs["classifier"].net.double()
         g = torch.Generator().manual_seed(INDEX["seed"])
-        return model_sample(INDEX["num_samples"], labels=labels, generator=g, **SETTINGS[key]).double()
+        return model.sample(INDEX["num_samples"], labels=labels, generator=g, **kwargs).double()
     finally:
         torch.set_default_dtype(old)
 
 
-def _check64(sample64, labels, name: str) -> None:
-    """Every setting, run in float64, within TOL64 of the pre-split code's float64 samples."""
+def _check64(model64, labels, name: str) -> None:
+    """Every setting, run in float64, within TOL64 of the older code's float64 samples."""
     reference = torch.load(FIXTURES / f"{name}.samples64.pt", weights_only=True)
     assert reference, name
     for key, images in reference.items():
-        diff = (_draw(sample64, labels, key, torch.float64) - images).abs().max().item()
-        assert diff <= TOL64, f"{name} {key}: float64 samples differ by {diff:.2e} from the pre-split code's"
+        diff = (_draw(model64, labels, name, key, torch.float64, True) - images).abs().max().item()
+        assert diff <= TOL64, f"{name} {key}: float64 samples differ by {diff:.2e} from the older code's"
 
 
-def _check32(sample32, sample64, labels, name: str) -> list[str]:
-    """The settings that float32 rounding cannot move, as uint8 images, within one grey level of the pre-split
-    code's float32 samples; returns the settings left to the float64 check."""
+def _check32(model32, model64, labels, name: str) -> list[str]:
+    """The settings that float32 rounding cannot move, as uint8 images, within one grey level of the older code's
+    float32 samples; returns the settings left to the float64 check."""
     reference = torch.load(FIXTURES / f"{name}.samples.pt", weights_only=True)
     chaotic = []
     for key, images in reference.items():
-        got = _draw(sample32, labels, key)
-        gap = (got - _draw(sample64, labels, key)).abs().max().item()
+        got = _draw(model32, labels, name, key)
+        gap = (got - _draw(model64, labels, name, key, float64_model=True)).abs().max().item()
         if gap >= ROBUST32:
             chaotic.append(f"{name} {key} (float32 vs float64 gap {gap:.2f})")
             continue
@@ -86,18 +101,18 @@ def _check32(sample32, sample64, labels, name: str) -> list[str]:
     return chaotic
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS + GUIDES)
 def test_old_checkpoints_sample_the_same_images_through_the_engine(name, tmp_path):
-    engine = load_engine(_copy(name, tmp_path))
+    engine = load_engine(_copy(INDEX["runs"][name].get("samples_with") or name, tmp_path))
     engine64 = copy.deepcopy(engine).double()
     labels = engine.sample_labels(0, INDEX["num_samples"])
-    _check64(engine64.sample, labels, name)
-    chaotic = _check32(engine.sample, engine64.sample, labels, name)
+    _check64(engine64, labels, name)
+    chaotic = _check32(engine, engine64, labels, name)
     print(f"{name}: held in float64 only: {chaotic or 'none'}")
-    assert len(chaotic) < len(SETTINGS) / 2, f"most settings of {name} are chaotic in float32: {chaotic}"
+    assert len(chaotic) < len(settings(name)) / 2, f"most settings of {name} are chaotic in float32: {chaotic}"
 
 
-@pytest.mark.parametrize("name", ["pixel", "pyramid_frido", "pyramid_msvq"])
+@pytest.mark.parametrize("name", ["pixel", "pyramid_frido", "pyramid_msvq", "step_aware"])
 def test_old_checkpoints_sample_the_same_images_through_the_lightning_module(name, tmp_path):
     import importlib
 
@@ -105,18 +120,25 @@ def test_old_checkpoints_sample_the_same_images_through_the_lightning_module(nam
     class_path = torch.load(path, weights_only=True)["pyramid_dm"]["class_path"]
     module, _, cls = class_path.rpartition(".")
     model = getattr(importlib.import_module(module), cls).load_from_checkpoint(path, map_location="cpu")
-    _check64(model.eval().double().sample, model.engine.sample_labels(0, INDEX["num_samples"]), name)
+    _check64(model.eval().double(), model.engine.sample_labels(0, INDEX["num_samples"]), name)
 
 
 def test_the_comparison_notices_a_changed_sampler(tmp_path):
     """The checks above are not vacuous: the same checkpoint sampled with another grid fails both."""
     engine = load_engine(_copy("pixel", tmp_path))
     engine64 = copy.deepcopy(engine).double()
-    trailing = lambda e: lambda *a, **k: e.sample(*a, **{**k, "discretization": "trailing"})  # noqa: E731
+
+    class Trailing:  # the model sampled on another grid
+        def __init__(self, engine):
+            self.engine, self.num_levels = engine, engine.num_levels
+
+        def sample(self, *a, **k):
+            return self.engine.sample(*a, **{**k, "discretization": "trailing"})
+
     with pytest.raises(AssertionError, match="float64 samples differ"):
-        _check64(trailing(engine64), engine.sample_labels(0, 6), "pixel")
+        _check64(Trailing(engine64), engine.sample_labels(0, 6), "pixel")
     with pytest.raises(AssertionError, match="grey levels"):
-        _check32(trailing(engine), trailing(engine64), engine.sample_labels(0, 6), "pixel")
+        _check32(Trailing(engine), Trailing(engine64), engine.sample_labels(0, 6), "pixel")
 
 
 @pytest.mark.parametrize(
@@ -147,4 +169,4 @@ def test_the_comparison_notices_a_changed_pyramid_sampling(name, change, tmp_pat
     engine = load_engine(_copy(name, tmp_path))
     engine64 = copy.deepcopy(engine).double()
     with pytest.raises(AssertionError, match=f"{name} .*float64 samples differ"):
-        _check64(engine64.sample, engine.sample_labels(0, INDEX["num_samples"]), name)
+        _check64(engine64, engine.sample_labels(0, INDEX["num_samples"]), name)

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from pyramid_dm.diffusion import (
-    DEFAULT_DISCRETIZATION,
     SAMPLERS,
     CountingDenoiser,
     Denoiser,
@@ -47,9 +46,7 @@ def noise(n=2000, d=2, seed=0):
 
 def run(name, denoiser, n_or_steps, z, by="nfe", grid=None, **opts):
     steps = steps_for_nfe(name, n_or_steps) if by == "nfe" else n_or_steps
-    return get_sampler(name)(
-        denoiser, z, sampling_sigmas(SCHEDULE, steps, grid or DEFAULT_DISCRETIZATION[name]), **opts
-    )
+    return get_sampler(name)(denoiser, z, sampling_sigmas(SCHEDULE, steps, grid or SAMPLERS[name].grid), **opts)
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)
@@ -59,7 +56,7 @@ def test_deterministic_samplers_converge_to_the_exact_gaussian_flow(name):
     z = noise(500, 4)
     errors = []
     for steps in (10, 40, 160):
-        sigmas = sampling_sigmas(SCHEDULE, steps, DEFAULT_DISCRETIZATION[name])
+        sigmas = sampling_sigmas(SCHEDULE, steps, SAMPLERS[name].grid)
         s0, s_min = float(sigmas[0]), float(sigmas[-2])
         x_start = z.double() * math.sqrt(1 + s0**2)
         exact = gaussian(MU + (x_start - MU) * math.sqrt((STD**2 + s_min**2) / (STD**2 + s0**2)), s_min)

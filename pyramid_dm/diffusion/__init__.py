@@ -9,9 +9,9 @@ from .losses import WEIGHTINGS, DiffusionLoss, diffusion_loss, loss_weight
 from .parameterization import PREDICTIONS, Denoiser, DenoiserFn, coefficients, network_input, network_target
 from .pyramid import augment_context, context_of, mix_context, snap_to, upsample_to
 from .samplers import (
-    DEFAULT_DISCRETIZATION,
     SAMPLERS,
     CountingDenoiser,
+    SamplerSpec,
     ddim,
     ddpm,
     dpmpp_2m,
@@ -34,10 +34,10 @@ from .schedules import (
 )
 
 __all__ = [
-    "DEFAULT_DISCRETIZATION",
     "DISCRETIZATIONS",
     "PREDICTIONS",
     "SAMPLERS",
+    "SamplerSpec",
     "SCHEDULES",
     "TRAINING_NOISE",
     "WEIGHTINGS",

@@ -29,12 +29,13 @@ SIGMA_FLOOR, SIGMA_CEIL = 1e-3, 1e4  # the clean image (sigma = 0) is read as si
 LogProbFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x~, sigma, labels) -> log p(labels | x~, sigma), (B,)
 
 
-def classifier_inputs(x_tilde: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-    """(network input, c_noise) of a noise-conditional classifier at x~ = x0 + sigma eps (see the module docstring)."""
+def classifier_inputs(x_tilde: Tensor, sigma: Tensor, dtype=torch.float32) -> tuple[Tensor, Tensor]:
+    """(network input, c_noise) of a noise-conditional classifier at x~ = x0 + sigma eps (see the module docstring);
+    c_noise in ``dtype`` (float32, or float64 for a float64 network)."""
     sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x_tilde.device)
     c_in = expand(1 / (1 + sigma**2).sqrt(), x_tilde).to(x_tilde.dtype)
     c_noise = sigma.clamp(SIGMA_FLOOR, SIGMA_CEIL).log() / 4
-    return c_in * x_tilde, c_noise.float().expand(x_tilde.shape[0])
+    return c_in * x_tilde, c_noise.to(dtype).expand(x_tilde.shape[0])
 
 
 class NoisyClassifierFn:
@@ -45,8 +46,8 @@ class NoisyClassifierFn:
         self.net = net
 
     def logits(self, x_tilde: Tensor, sigma: Tensor) -> Tensor:
-        x_in, c_noise = classifier_inputs(x_tilde, sigma)
         p = next(self.net.parameters())
+        x_in, c_noise = classifier_inputs(x_tilde, sigma, torch.promote_types(p.dtype, torch.float32))
         return self.net(x_in.to(p.dtype), c_noise.to(p.device))
 
     def __call__(self, x_tilde: Tensor, sigma: Tensor, labels: Tensor) -> Tensor:

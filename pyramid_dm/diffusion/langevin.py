@@ -82,5 +82,6 @@ def ald(
     return denoiser(x, levels[-1], **cond) if final_denoise else x
 
 
-def ald_nfe(steps: int, n_steps_each: int = 5, final_denoise: bool = True, **_) -> int:
+def ald_nfe(steps: int, *, n_steps_each: int, final_denoise: bool, **_) -> int:
+    """ALD's denoiser calls (its options with :func:`ald`'s defaults filled in by the sampler record)."""
     return steps * int(n_steps_each) + bool(final_denoise)

@@ -9,12 +9,15 @@ after every step. :func:`nfe` gives the number of denoiser calls a sampler makes
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ..registry import Registry
 from .discretization import sampling_sigmas
 from .flow import flow_euler
 from .langevin import ald, ald_nfe
@@ -174,53 +177,68 @@ def dpmpp_3m(denoiser: DenoiserFn, x, sigmas, *, cond=None, generator=None, call
     return _dpmpp_multistep(denoiser, x, sigmas, cond, callback, order=3, lower_order_final=True)
 
 
-SAMPLERS: dict[str, Callable[..., Tensor]] = {
-    "ddpm": ddpm,
-    "ddim": ddim,
-    "euler": euler,
-    "heun": heun,
-    "dpmpp_2m": dpmpp_2m,
-    "dpmpp_3m": dpmpp_3m,
-    "ald": ald,  # annealed Langevin dynamics (NCSN), :mod:`.langevin`
-    "pc": pc,  # predictor-corrector of score SDEs, :mod:`.score_sde`
-    "euler_maruyama": euler_maruyama,  # the reverse SDE, :mod:`.score_sde`
-    "flow_euler": flow_euler,  # Euler in flow time (rectified flow, SD3), :mod:`.flow`
-}
-# The grid each sampler uses unless told otherwise: what its authors recommend at low resolution.
-DEFAULT_DISCRETIZATION = {
-    "ddpm": "leading",
-    "ddim": "leading",
-    "euler": "karras",
-    "heun": "karras",
-    "dpmpp_2m": "logsnr",
-    "dpmpp_3m": "logsnr",
-    "ald": "logsnr",  # NCSN's geometric noise levels
-    "pc": "logsnr",  # the VE SDE's geometric grid (Song et al. 2021)
-    "euler_maruyama": "logsnr",
-    "flow_euler": "flow",  # uniform in t, diffusers' FlowMatchEulerDiscreteScheduler
-}
-# Denoiser calls per sample of a sampler on a ``steps``-interval grid, given its options (per guidance branch).
-_NFE = {"heun": lambda steps, **_: 2 * steps - 1, "ald": ald_nfe, "pc": pc_nfe}
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One registered sampler: its function, the grid it uses unless told otherwise (what its authors recommend at
+    low resolution) and its NFE rule ``nfe(steps, **options)``: denoiser calls per sample on a ``steps``-interval
+    grid (per guidance branch), given every option of the function, its own defaults filled in (None: one call per
+    step). Calling the record calls the function."""
+
+    fn: Callable[..., Tensor]
+    grid: str
+    nfe_rule: Callable[..., int] | None = None
+
+    def __call__(self, *args, **kwargs) -> Tensor:
+        return self.fn(*args, **kwargs)
+
+    @property
+    def options(self) -> dict:
+        """The sampler's own options (keyword-only, past ``cond``, ``generator`` and ``callback``) and defaults."""
+        shared = {"cond", "generator", "callback"}
+        params = inspect.signature(self.fn).parameters.values()
+        return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in shared}
+
+    def check_options(self, name: str, options: dict) -> None:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ValueError(
+                f"sampler {name!r} does not take these options: {unknown} (its options: {sorted(self.options)})"
+            )
+
+    def nfe(self, steps: int, **options) -> int:
+        if self.nfe_rule is None:
+            return steps
+        return int(self.nfe_rule(steps, **{**self.options, **options}))
 
 
-def get_sampler(name: str) -> Callable[..., Tensor]:
-    try:
-        return SAMPLERS[name]
-    except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}") from None
+SAMPLERS: Registry[SamplerSpec] = Registry("sampler")
+SAMPLERS.register("ddpm", SamplerSpec(ddpm, "leading"))
+SAMPLERS.register("ddim", SamplerSpec(ddim, "leading"))
+SAMPLERS.register("euler", SamplerSpec(euler, "karras"))
+SAMPLERS.register("heun", SamplerSpec(heun, "karras", lambda steps, **_: 2 * steps - 1))
+SAMPLERS.register("dpmpp_2m", SamplerSpec(dpmpp_2m, "logsnr"))
+SAMPLERS.register("dpmpp_3m", SamplerSpec(dpmpp_3m, "logsnr"))
+SAMPLERS.register("ald", SamplerSpec(ald, "logsnr", ald_nfe))  # NCSN's ALD on its geometric levels, :mod:`.langevin`
+SAMPLERS.register("pc", SamplerSpec(pc, "logsnr", pc_nfe))  # predictor-corrector (Song et al. 2021), :mod:`.score_sde`
+SAMPLERS.register("euler_maruyama", SamplerSpec(euler_maruyama, "logsnr"))  # the reverse SDE, :mod:`.score_sde`
+SAMPLERS.register("flow_euler", SamplerSpec(flow_euler, "flow"))  # diffusers' FlowMatchEulerDiscreteScheduler grid
+
+
+def get_sampler(name: str) -> SamplerSpec:
+    """The registered sampler ``name`` (a ValueError listing the known ones)."""
+    return SAMPLERS.lookup(name)
 
 
 def nfe(sampler: str, steps: int, **options) -> int:
     """Denoiser calls of ``sampler`` on a ``steps``-interval grid with these ``options`` (per guidance branch)."""
-    get_sampler(sampler)
-    return _NFE.get(sampler, lambda steps, **_: steps)(steps, **options)
+    return get_sampler(sampler).nfe(steps, **options)
 
 
 def steps_for_nfe(sampler: str, budget: int, **options) -> int:
     """The most steps whose NFE (with these sampler ``options``) fits ``budget`` (at least 1)."""
-    get_sampler(sampler)
+    spec = get_sampler(sampler)
     steps = 1
-    while nfe(sampler, steps + 1, **options) <= budget:
+    while spec.nfe(steps + 1, **options) <= budget:
         steps += 1
     return steps
 
@@ -239,15 +257,12 @@ def sample(
     **options,
 ) -> Tensor:
     """Run ``sampler`` for ``steps`` intervals of the schedule's grid (``discretization`` defaults to the sampler's
-    :data:`DEFAULT_DISCRETIZATION`); returns x0 in the dtype of ``noise``."""
-    fn = get_sampler(sampler)
-    sigmas = sampling_sigmas(schedule, steps, discretization or DEFAULT_DISCRETIZATION[sampler])
-    try:
-        out = fn(denoiser, noise, sigmas, cond=cond, generator=generator, callback=callback, **options)
-    except TypeError as e:
-        if "unexpected keyword" in str(e):
-            raise ValueError(f"sampler {sampler!r} does not take these options: {sorted(options)} ({e})") from None
-        raise
+    own, :attr:`SamplerSpec.grid`); returns x0 in the dtype of ``noise``. Options the sampler does not take are a
+    ValueError before it runs; an error raised inside it (or inside the network) surfaces as itself."""
+    spec = get_sampler(sampler)
+    spec.check_options(sampler, options)
+    sigmas = sampling_sigmas(schedule, steps, discretization or spec.grid)
+    out = spec(denoiser, noise, sigmas, cond=cond, generator=generator, callback=callback, **options)
     return out.to(noise.dtype)
 
 

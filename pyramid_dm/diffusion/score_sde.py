@@ -123,5 +123,6 @@ def euler_maruyama(denoiser: DenoiserFn, x, sigmas, *, cond=None, generator=None
     return _pc(denoiser, x, sigmas, cond, generator, callback, "euler_maruyama", 0.16, 0)
 
 
-def pc_nfe(steps: int, corrector_steps: int = 1, **_) -> int:
+def pc_nfe(steps: int, *, corrector_steps: int, **_) -> int:
+    """PC's denoiser calls (its options with :func:`pc`'s defaults filled in by the sampler record)."""
     return steps * (1 + int(corrector_steps))

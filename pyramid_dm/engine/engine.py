@@ -315,9 +315,10 @@ class DiffusionEngine(nn.Module):
 
     # ---- cost -----------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def flops_per_call(self, net: nn.Module | None = None, width: float = 1.0) -> list[float]:
+    def flops_per_call(self, width: float = 1.0, net: nn.Module | None = None) -> list[float]:
         """FLOPs of one denoiser call for one sample at each level (context included), by torch's flop counter, at
-        ``width`` (a slimmable network)."""
+        ``width`` (a slimmable network), of ``net`` (default: the engine's network); the signature of
+        :class:`~pyramid_dm.engine.GenerativeModel`'s."""
         sigma = torch.tensor(1.0, dtype=torch.float64)
         labels = self.conditioning(self.sample_labels(0, 1))
         zeros = [torch.zeros((1, *s), device=self.device) for s in self.level_shapes]
@@ -372,7 +373,12 @@ class BoundEngine:
     def __init__(self, engine: DiffusionEngine, net: nn.Module):
         self.engine, self.net = engine, net
 
+    # what trains the engine's own network, which a bound view must not run on the wrong weights
+    TRAINING_ONLY = ("training_loss", "sandwich_losses", "training_flops", "training_flops_at", "fit_latent_scale")
+
     def __getattr__(self, name: str):
+        if name in BoundEngine.TRAINING_ONLY:
+            raise AttributeError(f"{name} trains the engine's own network; call it on the engine, not on a bound view")
         return getattr(self.engine, name)
 
     def sample(self, *args, **kwargs):
@@ -381,8 +387,14 @@ class BoundEngine:
     def denoiser(self, level: int = -1) -> Denoiser:
         return self.engine.denoiser(level, self.net)
 
+    def loss(self, *args, **kwargs) -> Tensor:
+        return self.engine.loss(*args, net=self.net, **kwargs)
+
+    def seeded_loss(self, images: Tensor, labels: Tensor, seeds: Tensor) -> Tensor:
+        return self.engine.seeded_loss(images, labels, seeds, net=self.net)
+
     def flops_per_call(self, width: float = 1.0) -> list[float]:
-        return self.engine.flops_per_call(self.net, width)
+        return self.engine.flops_per_call(width, self.net)
 
     def num_params(self) -> int:
         return self.engine.num_params(self.net)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..diffusion import DEFAULT_DISCRETIZATION, DISCRETIZATIONS, SAMPLERS
+from ..diffusion import DISCRETIZATIONS, SAMPLERS
 from ..errors import UserError
 
 
@@ -78,7 +78,7 @@ class SamplingPlan:
 
     def grid(self, sampler: str, discretization: str | None = None) -> str:
         """The discretization a call uses: the one given, the model's, else the sampler's own default."""
-        return discretization or self.discretization or DEFAULT_DISCRETIZATION[sampler]
+        return discretization or self.discretization or SAMPLERS[sampler].grid
 
     def describe(self, samplers: Sequence[str] | None = None, steps: Sequence[int] | None = None) -> str:
         """'dpmpp_2m 20 steps' for one level, 'dpmpp_2m/dpmpp_2m 20/8 steps' for a pyramid."""
