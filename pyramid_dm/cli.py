@@ -28,6 +28,7 @@ from .checkpoints import read_checkpoint
 from .config import config_chain
 from .errors import UserError, one_line
 from .loggers import LogsBeforeCheckpoints, RunLogger
+from .registry import load_plugins
 from .resume import (
     HPC_PATTERN,
     InterruptAtStepBoundary,
@@ -315,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0 if argv else 2
     try:
+        load_plugins()  # the user's own parts (PYRAMID_DM_PLUGINS), registered before any name is read
         if argv[0] in COMMANDS:
             return importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
         if argv[0] not in LIGHTNING_COMMANDS and not argv[0].startswith("-"):

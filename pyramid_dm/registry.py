@@ -21,6 +21,8 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, TypeVar
 
+from .errors import UserError
+
 T = TypeVar("T")
 PLUGINS_ENV = "PYRAMID_DM_PLUGINS"
 
@@ -82,7 +84,7 @@ class Registry(Mapping[str, T], Generic[T]):
 def load_plugins(modules: str | None = None, importer: Callable[[str], object] = importlib.import_module) -> list[str]:
     """Import the plug-in modules named in ``modules`` (default: the ``PYRAMID_DM_PLUGINS`` variable; comma-separated),
     so that they register their parts; the working directory is importable, as for ``python -m``. Returns the names
-    imported. A module that cannot be imported is a ValueError naming it and the variable."""
+    imported. A module that cannot be imported is a UserError naming it and the variable."""
     spec = os.environ.get(PLUGINS_ENV, "") if modules is None else modules
     names = [m.strip() for m in spec.split(",") if m.strip()]
     if names and "" not in sys.path and os.getcwd() not in sys.path:
@@ -91,5 +93,5 @@ def load_plugins(modules: str | None = None, importer: Callable[[str], object] =
         try:
             importer(name)
         except ImportError as exc:
-            raise ValueError(f"{PLUGINS_ENV}: cannot import plug-in module {name!r} ({exc})") from exc
+            raise UserError(f"{PLUGINS_ENV}: cannot import plug-in module {name!r} ({exc})") from exc
     return names

@@ -46,7 +46,7 @@ def test_the_loss_through_d_on_the_x0_scale_equals_the_network_target_form(predi
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1))
     schedule = build_schedule("edm" if prediction == "edm" else "cosine", None)
     den = Denoiser(lambda x, c_noise: net(x) * (1 + c_noise.view(-1, 1, 1, 1)), schedule, prediction)
-    loss = DiffusionLoss("schedule", -1.2, 1.2, weighting, 5.0)
+    loss = DiffusionLoss.build("schedule", weighting)
     x0, noise, u = torch.randn(16, 1, 8, 8), torch.randn(16, 1, 8, 8), torch.rand(16) * 0.9 + 0.05
     network_form = loss.level_loss(den, x0, noise, u)
     x0_form = loss.x0_level_loss(den, x0, noise, u)
@@ -55,9 +55,11 @@ def test_the_loss_through_d_on_the_x0_scale_equals_the_network_target_form(predi
 
 
 def test_level_weights_are_normalised_and_checked():
-    assert torch.allclose(DiffusionLoss("schedule", 0, 1, "uniform", 5, [1, 3]).weights(2), torch.tensor([0.25, 0.75]))
+    assert torch.allclose(
+        DiffusionLoss.build("schedule", "uniform", level_weights=[1, 3]).weights(2), torch.tensor([0.25, 0.75])
+    )
     with pytest.raises(ValueError, match="level_weights must be >= 0"):
-        DiffusionLoss("schedule", 0, 1, "uniform", 5, [0, 0])
+        DiffusionLoss.build("schedule", "uniform", level_weights=[0, 0])
 
 
 # ---- Denoiser against the textbook parameterizations, written out -------------------------------------------------

@@ -80,7 +80,7 @@ def test_training_time_densities_are_logit_normal_and_sd3_mode():
     expected = 1 - u.double() - s * (torch.cos(math.pi / 2 * u.double()) ** 2 - 1 + u.double())
     assert torch.allclose(mode_t(u, s), expected.clamp(1e-7, 1))
     # the loss passes each density its own parameters
-    loss = DiffusionLoss("logit_normal", -1.2, 1.2, "uniform", 5.0, logit_normal=(0.5, 0.8))
+    loss = DiffusionLoss.build("logit_normal", "uniform", {"logit_normal_mean": 0.5, "logit_normal_std": 0.8})
     t2, sigma = loss.noise_levels(build_schedule("flow", 0), u[:1000])
     assert torch.allclose(t2.double(), logit_normal_t(u[:1000], 0.5, 0.8), atol=1e-6)
     assert torch.allclose(flow_time(sigma), t2.double(), atol=1e-6)
@@ -206,12 +206,15 @@ def test_pyramid_flow_engine_trains_each_stage_on_its_pair_and_samples_coarse_to
     noise = [torch.randn(4, 1, r, r) for r in (4, 8, 16)]
     per_stage = [engine.loss(x, None, u, noise, levels=[k]) for k in range(3)]
     for k, got in enumerate(per_stage):  # the same loss written out from the pair: v-MSE at the stage's time
-        end, start = pf.stage_pair(engine.encode(x), noise[-1], k, engine.layout.windows[k])
+        end, start = pf.stage_pair(engine.encode(x), noise[-1], k, engine.layout.stage_windows(engine.num_levels)[k])
         den = engine.denoiser(k)
         t, sigma = engine.loss_fn.noise_levels(den.schedule, u[:, k])
         out = den.network(network_input("flow", end, start, sigma), sigma, t, level=k)
         assert torch.allclose(got, (out - (start - end)).pow(2).flatten(1).mean(1), atol=1e-5)
-    assert engine.denoiser(0).time_window == engine.layout.windows[0] and not engine.denoiser(0).clip_x0
+    assert (
+        engine.denoiser(0).time_window == engine.layout.stage_windows(engine.num_levels)[0]
+        and not engine.denoiser(0).clip_x0
+    )
     images, levels = engine.sample(3, sampler="flow_euler", steps=[2, 2, 2], return_levels=True)
     assert [tuple(z.shape) for z in levels] == [(3, 1, r, r) for r in (4, 8, 16)] and images.shape == (3, 1, 16, 16)
 

@@ -37,7 +37,7 @@ def test_the_fine_stage_continues_the_coarse_stage(trained_pyramid_flow):
     the same error against another sample (measured: 0.17 and 0.45)."""
     path = str(trained_pyramid_flow)
     model = build_model(torch.load(path, weights_only=True), path, None, torch.device("cpu"))
-    assert model.layout.windows[0] == (pytest.approx(0.2), 1.0)
+    assert model.layout.stage_windows(model.num_levels)[0] == (pytest.approx(0.2), 1.0)
     g = torch.Generator().manual_seed(0)
     images, (coarse, fine) = model.sample(200, generator=g, return_levels=True)
     pooled = F.avg_pool2d(fine, 2)

@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
-from pyramid_dm.diffusion import build_schedule, q_sample, resolution_shift, training_noise_levels
+from pyramid_dm.diffusion import TRAINING_TIMES, build_schedule, q_sample, resolution_shift
 from pyramid_dm.diffusion.schedules import ContinuousLinearSchedule, LinearSchedule, rescale_zero_terminal_snr
+from pyramid_dm.diffusion.training_times import LogNormalSigma
 
 ALL = [(name, steps) for name in ("linear", "cosine", "sigmoid") for steps in (1000, None)]
 
@@ -97,7 +98,7 @@ def test_discrete_training_times_lie_on_the_grid():
 def test_edm_lognormal_training_noise_has_the_stated_moments():
     s = build_schedule("edm", None)
     u = torch.rand(200_000, generator=torch.Generator().manual_seed(0))
-    t, sigma = training_noise_levels(s, u, "lognormal", -1.2, 1.2)
+    t, sigma = LogNormalSigma(-1.2, 1.2).draw(s, u)
     assert sigma.log().mean().item() == pytest.approx(-1.2, abs=0.01)
     assert sigma.log().std().item() == pytest.approx(1.2, abs=0.01)
     assert (t >= 0).all() and (t <= 1).all()
@@ -109,4 +110,4 @@ def test_unknown_schedule_or_noise_is_a_clear_error():
     with pytest.raises(ValueError, match="zero_terminal_snr does not apply"):
         build_schedule("edm", None, zero_terminal_snr=True)
     with pytest.raises(ValueError, match="unknown training noise 'uniform'"):
-        training_noise_levels(build_schedule("cosine"), torch.rand(4), "uniform")
+        TRAINING_TIMES.lookup("uniform")

@@ -16,7 +16,7 @@ import pytest
 import torch
 from helpers import run_cli, wandb_inspect
 
-from pyramid_dm.diffusion.step_policy import LevelPolicy, StepPolicy, log_snr
+from pyramid_dm.engine.step_policy import LevelPolicy, StepPolicy, log_snr
 from pyramid_dm.eval.history import run_history
 from pyramid_dm.eval.step_search import SearchSpace, front, open_study, run_search
 from pyramid_dm.models import PixelDiffusion

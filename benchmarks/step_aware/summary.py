@@ -188,8 +188,8 @@ def search_cost() -> None:
 def calls_log_snr() -> dict[str, list[float]]:
     """The log-SNR of every call of DPM-Solver++ 20 steps and DDPM 250 steps on the supernet's schedule."""
     from pyramid_dm.diffusion import sampling_sigmas
-    from pyramid_dm.diffusion.step_policy import log_snr
     from pyramid_dm.engine import load_engine
+    from pyramid_dm.engine.step_policy import log_snr
 
     engine = load_engine(str(HERE.parents[1] / "runs" / "bench-step-aware" / "supernet" / "checkpoints" / "last.ckpt"))
     out = {}

@@ -43,7 +43,7 @@ def engine_for(args, device) -> DiffusionEngine:
         NativeLayout(),
         net,
         [schedule],
-        DiffusionLoss("schedule", -1.2, 1.2, "uniform", 5.0),
+        DiffusionLoss.build("schedule", "uniform"),
         plan,
         prediction="eps",
         sigma_data=0.5,

@@ -9,9 +9,9 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from ..diffusion.step_policy import resolve_policy
 from ..engine import check_sampler as check_sampler_name
 from ..engine import check_steps
+from ..engine.step_policy import resolve_policy
 from ..errors import UserError
 from ..images import make_grid, save_png
 

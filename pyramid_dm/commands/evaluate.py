@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
 import re
 import sys
 import time
@@ -22,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import DIFFUSION_FAMILIES, family_of, migrate, read_checkpoint
 from ..config import load_config
 from ..data.builtin import PREFIX as BUILTIN_PREFIX
 from ..data.builtin import shard_location
 from ..data.manifest import Manifest, ShardError
 from ..diffusion import DISCRETIZATIONS, SAMPLERS, steps_for_nfe
 from ..diffusion import sample as run_sampler
-from ..engine import ClassifierGuide, check_discretization, check_sampler, engine_from_checkpoint, per_level
+from ..engine import ClassifierGuide, check_discretization, check_sampler, per_level
+from ..engine.load import build_model, load_checkpoint
 from ..errors import UserError
 from ..eval.evaluate import evaluate_grid
 from ..eval.features import build_features
@@ -152,44 +151,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.num_samples < 2:
         raise UserError(f"--num_samples must be >= 2, got {args.num_samples}")
     return args
-
-
-def _family_of_class(class_path: str) -> str | None:
-    """The family of a config's model class (imported: configs are as trusted as code)."""
-    module, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise UserError(f"cannot import {class_path!r} ({exc})") from exc
-    return getattr(cls, "family", None)
-
-
-def build_model(
-    ckpt: dict, ckpt_path: str, config: dict | None, device: torch.device, ema: bool = True, command: str = "evaluate"
-):
-    """The engine of a read checkpoint (its EMA weights, or the raw ones), on ``device``; its family must be a
-    diffusion family and match the config's model (a latent config cannot evaluate a pixel checkpoint)."""
-    migrate(ckpt)
-    family = family_of(ckpt)
-    if family not in DIFFUSION_FAMILIES:
-        found = f"{family} model ({ckpt['pyramid_dm'].get('class_path')})" if family else "no model pyramid_dm knows"
-        raise UserError(
-            f"{ckpt_path} holds {'an' if found[0] in 'aeiou' else 'a'} {found}, not a diffusion model; `{command}` "
-            f"needs the checkpoint of a pixel, latent or pyramid diffusion run"
-        )
-    want_path = ((config or {}).get("model") or {}).get("class_path")
-    if want_path:
-        want_family = _family_of_class(want_path)
-        if want_family != family:
-            raise UserError(
-                f"{ckpt_path} is a {family} diffusion checkpoint ({ckpt['pyramid_dm'].get('class_path')}) but the "
-                f"config's model is {want_path} ({want_family}); pass the config the checkpoint was trained with"
-            )
-    return engine_from_checkpoint(ckpt, ckpt_path, ema).to(device).eval()
-
-
-def load_checkpoint(path: str) -> dict:
-    return read_checkpoint(path, "--ckpt_path")
 
 
 def resolve_data(config: dict | None, ckpt: dict, ckpt_path: str, config_path=None) -> tuple[Manifest, int]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 
 from ..checkpoints import file_sha256, read_checkpoint
-from ..diffusion.step_policy import StepPolicy, resolve_policy
+from ..engine.load import build_model
+from ..engine.step_policy import StepPolicy, resolve_policy
 from ..errors import UserError
 
 
@@ -50,8 +51,6 @@ SHARED += ("zero_terminal_snr", "schedule_options", "shift_reference_resolution"
 def load_other(args, model, name: str, path: str):
     """Another model a policy names (its EMA weights, on the model's device): it must share the data and the noise
     schedule with the ``--ckpt_path`` model, or its calls would denoise another process."""
-    from .evaluate import build_model
-
     where = f"--step_policy {args.step_policy}: model {name!r} ({path})"
     mine = read_checkpoint(args.ckpt_path, "--ckpt_path")
     other = read_checkpoint(path, where)

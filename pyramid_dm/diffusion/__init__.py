@@ -23,15 +23,9 @@ from .samplers import (
     sample,
     steps_for_nfe,
 )
-from .schedules import (
-    SCHEDULES,
-    TRAINING_NOISE,
-    NoiseSchedule,
-    build_schedule,
-    q_sample,
-    resolution_shift,
-    training_noise_levels,
-)
+from .schedules import SCHEDULES, NoiseSchedule, build_schedule, q_sample, resolution_shift
+from .training_times import TRAINING_NOISE, TRAINING_TIMES
+from .ve import VESchedule
 
 __all__ = [
     "DISCRETIZATIONS",
@@ -77,6 +71,7 @@ __all__ = [
     "sampling_times",
     "snap_to",
     "steps_for_nfe",
-    "training_noise_levels",
+    "TRAINING_TIMES",
+    "VESchedule",
     "upsample_to",
 ]

@@ -12,15 +12,16 @@ sigma_min and sigma_max are the schedule's (:meth:`NoiseSchedule.sigma_range`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from ..registry import Registry
 from .karras import karras_sigma
 from .schedules import NoiseSchedule
 
 SPACINGS = ("leading", "trailing", "linspace")
-DISCRETIZATIONS = (*SPACINGS, "karras", "logsnr", "flow")
 
 
 def check_steps(steps) -> int:
@@ -64,17 +65,32 @@ def logsnr_sigmas(sigma_min: float, sigma_max: float, steps: int) -> Tensor:
     return torch.cat([log_sigma.exp(), torch.zeros(1, dtype=torch.float64)])
 
 
-def sampling_sigmas(schedule: NoiseSchedule, steps: int, discretization: str = "leading", rho: float = 7.0) -> Tensor:
+def flow_sigmas(schedule: NoiseSchedule, steps: int) -> Tensor:
+    """Uniform in the schedule's time from t = 1 to its smallest time (1 / T when discrete), then 0."""
+    t_min = 1.0 / schedule.num_steps if schedule.num_steps else schedule.t_min or NoiseSchedule.t_min
+    t = torch.linspace(1.0, t_min, check_steps(steps), dtype=torch.float64)
+    return torch.cat([schedule.sigma(t), torch.zeros(1, dtype=torch.float64)])
+
+
+class Spaced:
+    """A timestep spacing of :func:`sampling_times` as a grid."""
+
+    def __init__(self, spacing: str):
+        self.spacing = spacing
+
+    def __call__(self, schedule: NoiseSchedule, steps: int) -> Tensor:
+        return schedule.sigma(sampling_times(schedule, steps, self.spacing))
+
+
+# a grid is ``grid(schedule, steps) -> the steps + 1 noise levels``; a new one is one function registered here
+DISCRETIZATIONS: Registry[Callable[[NoiseSchedule, int], Tensor]] = Registry("discretization")
+for _spacing in SPACINGS:
+    DISCRETIZATIONS.register(_spacing, Spaced(_spacing))
+DISCRETIZATIONS.register("karras", lambda schedule, steps: karras_sigmas(*schedule.sigma_range(), steps))
+DISCRETIZATIONS.register("logsnr", lambda schedule, steps: logsnr_sigmas(*schedule.sigma_range(), steps))
+DISCRETIZATIONS.register("flow", flow_sigmas)
+
+
+def sampling_sigmas(schedule: NoiseSchedule, steps: int, discretization: str = "leading") -> Tensor:
     """The ``steps + 1`` noise levels (float64, on the CPU, last one 0) of a ``steps``-interval sampling grid."""
-    if discretization in SPACINGS:
-        return schedule.sigma(sampling_times(schedule, steps, discretization))
-    if discretization not in DISCRETIZATIONS:
-        raise ValueError(f"unknown discretization {discretization!r}; choose one of {list(DISCRETIZATIONS)}")
-    if discretization == "flow":
-        t_min = 1.0 / schedule.num_steps if schedule.num_steps else schedule.t_min or NoiseSchedule.t_min
-        t = torch.linspace(1.0, t_min, check_steps(steps), dtype=torch.float64)
-        return torch.cat([schedule.sigma(t), torch.zeros(1, dtype=torch.float64)])
-    sigma_min, sigma_max = schedule.sigma_range()
-    if discretization == "karras":
-        return karras_sigmas(sigma_min, sigma_max, steps, rho)
-    return logsnr_sigmas(sigma_min, sigma_max, steps)
+    return DISCRETIZATIONS.lookup(discretization)(schedule, steps)

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-from .schedules import LOG_SNR_MAX, LOG_SNR_MIN, NoiseSchedule, ShiftedSchedule
+from .schedules import LOG_SNR_MAX, LOG_SNR_MIN, SCHEDULES, NoiseSchedule, ScheduleBuilder, ShiftedSchedule
 from .state import check_sigmas, start
 
 FLUX_SHIFT = {"base_shift": 0.5, "max_shift": 1.15, "base_seq_len": 256, "max_seq_len": 4096}
@@ -33,6 +33,7 @@ class RectifiedFlowSchedule(NoiseSchedule):
     3e-7); sampling grids in log-SNR start at sigma~ = 4096 (:meth:`NoiseSchedule.sigma_range`)."""
 
     name = "flow"
+    straight_path = True
 
     def log_snr(self, t: Tensor) -> Tensor:
         t = t.double()
@@ -52,6 +53,13 @@ def flux_shift(resolution: int, base_shift=0.5, max_shift=1.15, base_seq_len=256
 def shift_time(t: Tensor, shift: float) -> Tensor:
     """t' = s t / (1 + (s - 1) t) (SD3, Sec. 5.3.2)."""
     return shift * t / (1 + (shift - 1) * t)
+
+
+class FlowBuilder(ScheduleBuilder):
+    """The ``flow`` schedule (:func:`build_flow`)."""
+
+    def build(self, num_steps, zero_terminal_snr, log_snr_shift, options, resolution) -> NoiseSchedule:
+        return build_flow(num_steps, zero_terminal_snr, log_snr_shift, options, resolution)
 
 
 def build_flow(
@@ -83,6 +91,9 @@ def build_flow(
         raise ValueError(f"schedule_options.shift must be a number > 0 or 'flux', got {shift!r}")
     total = log_snr_shift - 2 * math.log(shift)
     return ShiftedSchedule(RectifiedFlowSchedule(), total) if total else RectifiedFlowSchedule()
+
+
+SCHEDULES.register("flow", FlowBuilder())
 
 
 def logit_normal_t(u: Tensor, mean: float = 0.0, std: float = 1.0) -> Tensor:

@@ -21,14 +21,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..registry import Registry
 from . import pyramid_flow as pf
 from .levels import LevelGeometry
+from .parameterization import PREDICTIONS
 from .pyramid import augment_context, mix_context
 from .schedules import NoiseSchedule
 
 
 class Layout:
     name = "layout"
+    options: tuple[str, ...] = ()  # the model options (besides the layout's name) this layout reads
 
     @classmethod
     def from_options(cls, options) -> Layout:
@@ -127,6 +130,7 @@ class NativeLayout(Layout):
     aug_t ~ U[0, this]; ``sample_augmentation``: the aug_t used when sampling."""
 
     name = "native"
+    options = ("conditioning_augmentation", "sample_augmentation")
 
     def __init__(self, conditioning_augmentation: float = 0.0, sample_augmentation: float = 0.0):
         for key, value in [
@@ -161,6 +165,7 @@ class FridoLayout(Layout):
     in training (at sampling time the context is clean)."""
 
     name = "frido"
+    options = ("frido_noise_mix",)
 
     def __init__(self, noise_mix: float = 0.1):
         if not 0 <= noise_mix < 1:
@@ -190,14 +195,19 @@ class PyramidFlowLayout(Layout):
     are the nominal windows 1 = b_0 > ... > b_S = 0 (default: equal thirds for three stages)."""
 
     name = "pyramid_flow"
+    options = ("stage_bounds",)
 
     def __init__(self, stage_bounds: list[float] | None = None):
         self.stage_bounds = None if stage_bounds is None else [float(b) for b in stage_bounds]
-        self.windows: list[tuple[float, float]] = []
 
     @classmethod
     def from_options(cls, options) -> PyramidFlowLayout:
         return cls(options.stage_bounds)
+
+    def stage_windows(self, num_stages: int) -> list[tuple[float, float]]:
+        """(end, start) of each stage on the whole trajectory, from ``stage_bounds`` (default: equal windows)."""
+        bounds = pf.uniform_bounds(num_stages) if self.stage_bounds is None else self.stage_bounds
+        return pf.stage_windows(pf.check_bounds(bounds, num_stages))
 
     def geometry(self, level_shapes) -> LevelGeometry:
         shapes = [tuple(s) for s in level_shapes]
@@ -209,28 +219,30 @@ class PyramidFlowLayout(Layout):
                 f"the pyramid_flow layout needs each stage at twice the resolution of the one before, with the same "
                 f"channels (its jumps upsample by 2), got level shapes {shapes}"
             )
-        bounds = pf.uniform_bounds(len(shapes)) if self.stage_bounds is None else self.stage_bounds
-        self.windows = pf.stage_windows(pf.check_bounds(bounds, len(shapes)))
+        self.stage_windows(len(shapes))  # the bounds fit the stages
         return LevelGeometry.of(shapes, sizes, contexts=False)
 
     def check(self, prediction: str, schedule: NoiseSchedule) -> None:
-        if prediction != "flow" or not schedule.name.startswith("flow"):
+        if not (PREDICTIONS.lookup(prediction).time_window and schedule.straight_path):
             raise ValueError(
                 f"layout pyramid_flow runs stages of one straight-path (flow matching) trajectory: it needs "
                 f"schedule 'flow' and prediction 'flow', got schedule {schedule.name!r} and prediction {prediction!r}"
             )
 
     def training_pair(self, geometry: LevelGeometry, levels: list[Tensor], noise: list[Tensor], level: int):
-        return pf.stage_pair(levels, noise[-1], level, self.windows[level])
+        return pf.stage_pair(levels, noise[-1], level, self.stage_windows(geometry.num_levels)[level])
 
     def initial_noise(self, geometry: LevelGeometry, level: int, finished: list[Tensor], n: int, generator, device):
         if not level:
             return super().initial_noise(geometry, level, finished, n, generator, device)
-        return pf.renoise(finished[level - 1], self.windows[level - 1][0], generator)
+        return pf.renoise(finished[level - 1], self.stage_windows(geometry.num_levels)[level - 1][0], generator)
 
     def denoiser_options(self, level: int, num_levels: int, pixel_space: bool) -> dict:
         # only the last stage ends at clean data; the others end at a noisy point, which must not be clipped
-        return {"clip_x0": pixel_space and level == num_levels - 1, "time_window": self.windows[level]}
+        window = self.stage_windows(num_levels)[level]
+        return {"clip_x0": pixel_space and level == num_levels - 1, "time_window": window}
 
 
-LAYOUTS: dict[str, type[Layout]] = {"native": NativeLayout, "frido": FridoLayout, "pyramid_flow": PyramidFlowLayout}
+LAYOUTS: Registry[type[Layout]] = Registry("layout")
+for _cls in (NativeLayout, FridoLayout, PyramidFlowLayout):
+    LAYOUTS.register(_cls.name, _cls)

@@ -10,15 +10,63 @@ Weightings are stated on the x0-MSE ||D - x0||^2 and applied to the network's ow
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from ..registry import Registry
 from .parameterization import Denoiser, coefficients, expand, network_input, network_target
-from .schedules import TRAINING_NOISE, NoiseSchedule, training_noise_levels
+from .schedules import NoiseSchedule
+from .training_times import TRAINING_TIMES, TrainingTimes
 
-WEIGHTINGS = ("uniform", "min_snr", "edm")
+
+class LossWeighting:
+    """A weighting: the per-sample weight on the network's own MSE at noise level ``sigma`` given its ``c_out``
+    (float64). A new weighting is one subclass registered in :data:`WEIGHTINGS`; it reads its settings from the
+    model's options by name (:meth:`from_options`)."""
+
+    name = "weighting"
+
+    @classmethod
+    def from_options(cls, options: Mapping) -> LossWeighting:
+        return cls()
+
+    def weight(self, sigma: Tensor, c_out: Tensor, sigma_data: float) -> Tensor:
+        raise NotImplementedError
+
+
+class Uniform(LossWeighting):
+    name = "uniform"
+
+    def weight(self, sigma, c_out, sigma_data):
+        return torch.ones_like(sigma)
+
+
+class MinSNR(LossWeighting):
+    name = "min_snr"
+
+    def __init__(self, gamma: float = 5.0):
+        self.gamma = float(gamma)
+
+    @classmethod
+    def from_options(cls, options):
+        return cls(options.get("min_snr_gamma", 5.0))
+
+    def weight(self, sigma, c_out, sigma_data):
+        return (sigma**-2).clamp(max=self.gamma) * c_out**2
+
+
+class EDMWeighting(LossWeighting):
+    name = "edm"
+
+    def weight(self, sigma, c_out, sigma_data):
+        return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2 * c_out**2
+
+
+WEIGHTINGS: Registry[type[LossWeighting]] = Registry("loss weighting")
+for _cls in (Uniform, MinSNR, EDMWeighting):
+    WEIGHTINGS.register(_cls.name, _cls)
 
 
 def loss_weight(
@@ -27,13 +75,7 @@ def loss_weight(
     """Per-sample weight on the MSE of the network output of ``prediction`` at noise level ``sigma`` (float64)."""
     sigma = torch.as_tensor(sigma, dtype=torch.float64)
     _, c_out, _ = coefficients(prediction, sigma, sigma_data)
-    if weighting == "uniform":
-        return torch.ones_like(sigma)
-    if weighting == "min_snr":
-        return (sigma**-2).clamp(max=gamma) * c_out**2
-    if weighting == "edm":
-        return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2 * c_out**2
-    raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {list(WEIGHTINGS)}")
+    return WEIGHTINGS.lookup(weighting).from_options({"min_snr_gamma": gamma}).weight(sigma, c_out, sigma_data)
 
 
 def diffusion_loss(out: Tensor, tgt: Tensor, weight: Tensor) -> Tensor:
@@ -43,39 +85,35 @@ def diffusion_loss(out: Tensor, tgt: Tensor, weight: Tensor) -> Tensor:
 
 
 class DiffusionLoss:
-    """The training objective as one object: the training-noise draw (:func:`~.schedules.training_noise_levels`), the
+    """The training objective as one object: the training-time distribution (:mod:`.training_times`), the
     parameterization's target, the weighting, and the weights of a pyramid's levels.
-
     It runs the network through the same :class:`~.parameterization.Denoiser` the samplers call
     (``denoiser.network``: F(c_in x~; c_noise)), so training and sampling share one path; :meth:`x0_level_loss`
     is the same loss written on the x0 scale through D itself, w / c_out^2 ||D(x0 + sigma eps; sigma) - x0||^2.
     """
 
-    def __init__(
-        self,
-        training_noise: str,
-        lognormal_mean: float,
-        lognormal_std: float,
-        weighting: str,
-        min_snr_gamma: float,
-        level_weights: Sequence[float] | None = None,
-        logit_normal: tuple[float, float] = (0.0, 1.0),
-        mode_scale: float = 1.29,
-    ):
-        if training_noise not in TRAINING_NOISE:
-            raise ValueError(f"training_noise {training_noise!r} is not one of {list(TRAINING_NOISE)}")
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"loss_weighting {weighting!r} is not one of {list(WEIGHTINGS)}")
+    def __init__(self, times: TrainingTimes, weighting: LossWeighting, level_weights: Sequence[float] | None = None):
         if level_weights is not None and (min(level_weights) < 0 or sum(level_weights) <= 0):
             raise ValueError(f"level_weights must be >= 0 with a positive sum, got {list(level_weights)}")
-        self.training_noise, self.lognormal_mean, self.lognormal_std = training_noise, lognormal_mean, lognormal_std
-        self.noise_params = {  # the (p_mean, p_std) of each training-noise density (training_noise_levels)
-            "lognormal": (lognormal_mean, lognormal_std),
-            "logit_normal": tuple(logit_normal),
-            "mode": (mode_scale, 0.0),
-        }
-        self.weighting, self.min_snr_gamma = weighting, min_snr_gamma
+        self.times, self.weighting = times, weighting
         self.level_weights = None if level_weights is None else [float(w) for w in level_weights]
+
+    @classmethod
+    def build(
+        cls, training_noise: str, loss_weighting: str, options: Mapping | None = None, level_weights=None
+    ) -> DiffusionLoss:
+        """From the registered names (``training_noise``, ``loss_weighting``), each reading its settings from the
+        model's ``options`` (e.g. ``lognormal_mean``, ``min_snr_gamma``)."""
+        options = options or {}
+        try:
+            times = TRAINING_TIMES.lookup(training_noise)
+        except ValueError:
+            raise ValueError(f"training_noise {training_noise!r} is not one of {sorted(TRAINING_TIMES)}") from None
+        try:
+            weighting = WEIGHTINGS.lookup(loss_weighting)
+        except ValueError:
+            raise ValueError(f"loss_weighting {loss_weighting!r} is not one of {sorted(WEIGHTINGS)}") from None
+        return cls(times.from_options(options), weighting.from_options(options), level_weights)
 
     def weights(self, num_levels: int) -> Tensor:
         """The levels' loss weights, normalised to sum 1 (equal by default)."""
@@ -84,11 +122,12 @@ class DiffusionLoss:
 
     def noise_levels(self, schedule: NoiseSchedule, u: Tensor) -> tuple[Tensor, Tensor]:
         """(t, sigma~) of a training batch from u ~ U[0, 1)."""
-        params = self.noise_params.get(self.training_noise, ())
-        return training_noise_levels(schedule, u, self.training_noise, *params)
+        return self.times.draw(schedule, u)
 
     def weight(self, denoiser: Denoiser, sigma: Tensor) -> Tensor:
-        return loss_weight(denoiser.prediction, sigma, self.weighting, self.min_snr_gamma, denoiser.sigma_data)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        _, c_out, _ = denoiser.parameterization.coefficients(sigma, denoiser.sigma_data)
+        return self.weighting.weight(sigma, c_out, denoiser.sigma_data)
 
     def level_loss(
         self, denoiser: Denoiser, x0: Tensor, noise: Tensor, u: Tensor, teacher: Denoiser | None = None, **cond

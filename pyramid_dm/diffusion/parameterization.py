@@ -26,10 +26,91 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from ..registry import Registry
 from .flow import flow_time
 from .schedules import NoiseSchedule
 
-PREDICTIONS = ("eps", "x0", "v", "edm", "flow")
+
+class Parameterization:
+    """One row of the table above: (c_skip, c_out, c_in) and c_noise at a noise level. A new parameterization is one
+    subclass registered in :data:`PREDICTIONS`; the denoiser, the loss and the weightings read only these methods.
+    ``time_window``: whether a stage's time window (Pyramidal Flow) applies to it."""
+
+    name = "parameterization"
+    time_window = False
+
+    def coefficients(self, s: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def c_noise(self, sigma: Tensor, schedule: NoiseSchedule, t=None, window=None) -> Tensor:
+        """The network's noise input at ``sigma`` (float64): by default the schedule time t(sigma) (the drawn ``t``
+        in training), as a DDPM network sees it."""
+        if t is not None:
+            return torch.as_tensor(t, dtype=torch.float64)
+        if sigma.numel() == 1 and sigma.device.type == "cpu":
+            return torch.tensor(schedule.t_of_sigma_value(float(sigma)), dtype=torch.float64)
+        return schedule.t_of_sigma(sigma)
+
+    def check(self, schedule: NoiseSchedule) -> None:
+        """A ValueError unless this parameterization can be used with ``schedule``."""
+
+
+class EpsPrediction(Parameterization):
+    name = "eps"
+
+    def coefficients(self, s, sigma_data):
+        return torch.ones_like(s), -s, 1 / (1 + s**2).sqrt()
+
+    def check(self, schedule: NoiseSchedule) -> None:
+        """eps-prediction cannot give x0 where alpha = 0: x0 = (x_t - sigma_t eps) / alpha_t (Lin et al. 2024)."""
+        if schedule.zero_terminal_snr:
+            raise ValueError(
+                f"prediction 'eps' cannot be used with the zero-terminal-SNR schedule {schedule.name!r}: at t = 1 "
+                "alpha = 0 and x0 = (x_t - sigma eps) / alpha is undefined; use prediction 'v' (or 'x0')"
+            )
+
+
+class X0Prediction(Parameterization):
+    name = "x0"
+
+    def coefficients(self, s, sigma_data):
+        return torch.zeros_like(s), torch.ones_like(s), 1 / (1 + s**2).sqrt()
+
+
+class VPrediction(Parameterization):
+    name = "v"
+
+    def coefficients(self, s, sigma_data):
+        alpha = 1 / (1 + s**2).sqrt()
+        return alpha**2, -s * alpha, alpha
+
+
+class EDMPreconditioning(Parameterization):
+    name = "edm"
+
+    def coefficients(self, s, sigma_data):
+        sd2 = sigma_data**2
+        return sd2 / (s**2 + sd2), s * sigma_data / (s**2 + sd2).sqrt(), 1 / (s**2 + sd2).sqrt()
+
+    def c_noise(self, sigma, schedule, t=None, window=None):
+        return sigma.log() / 4
+
+
+class FlowPrediction(Parameterization):
+    name = "flow"
+    time_window = True
+
+    def coefficients(self, s, sigma_data):
+        return 1 / (1 + s), -s / (1 + s), 1 / (1 + s)
+
+    def c_noise(self, sigma, schedule, t=None, window=None):
+        e, a = window or (0.0, 1.0)
+        return e + (a - e) * flow_time(sigma)
+
+
+PREDICTIONS: Registry[Parameterization] = Registry("prediction type")
+for _row in (EpsPrediction, X0Prediction, VPrediction, EDMPreconditioning, FlowPrediction):
+    PREDICTIONS.register(_row.name, _row())
 
 
 class DenoiserFn(Protocol):
@@ -39,18 +120,13 @@ class DenoiserFn(Protocol):
 
 
 def check_prediction(prediction: str) -> str:
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction type {prediction!r}; choose one of {list(PREDICTIONS)}")
+    PREDICTIONS.lookup(prediction)
     return prediction
 
 
 def check_pair(prediction: str, schedule: NoiseSchedule) -> None:
-    """eps-prediction cannot give x0 where alpha = 0: x0 = (x_t - sigma_t eps) / alpha_t (Lin et al. 2024, Sec. 3.2)."""
-    if prediction == "eps" and schedule.zero_terminal_snr:
-        raise ValueError(
-            f"prediction 'eps' cannot be used with the zero-terminal-SNR schedule {schedule.name!r}: at t = 1 "
-            "alpha = 0 and x0 = (x_t - sigma eps) / alpha is undefined; use prediction 'v' (or 'x0')"
-        )
+    """A ValueError unless ``prediction`` can be used with ``schedule``."""
+    PREDICTIONS.lookup(prediction).check(schedule)
 
 
 def expand(a: Tensor, like: Tensor) -> Tensor:
@@ -61,20 +137,7 @@ def expand(a: Tensor, like: Tensor) -> Tensor:
 
 def coefficients(prediction: str, sigma: Tensor, sigma_data: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
     """(c_skip, c_out, c_in) of ``prediction`` at noise level ``sigma`` (float64)."""
-    s = torch.as_tensor(sigma, dtype=torch.float64)
-    if prediction == "edm":
-        sd2 = sigma_data**2
-        return sd2 / (s**2 + sd2), s * sigma_data / (s**2 + sd2).sqrt(), 1 / (s**2 + sd2).sqrt()
-    if prediction == "flow":
-        return 1 / (1 + s), -s / (1 + s), 1 / (1 + s)
-    alpha = 1 / (1 + s**2).sqrt()
-    if prediction == "eps":
-        return torch.ones_like(s), -s, alpha
-    if prediction == "x0":
-        return torch.zeros_like(s), torch.ones_like(s), alpha
-    if prediction == "v":
-        return alpha**2, -s * alpha, alpha
-    raise ValueError(f"unknown prediction type {prediction!r}; choose one of {list(PREDICTIONS)}")
+    return PREDICTIONS.lookup(prediction).coefficients(torch.as_tensor(sigma, dtype=torch.float64), sigma_data)
 
 
 def network_input(prediction: str, x0: Tensor, eps: Tensor, sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
@@ -110,27 +173,19 @@ class Denoiser(nn.Module):
         time_window: tuple[float, float] | None = None,
     ):
         super().__init__()
-        check_pair(check_prediction(prediction), schedule)
-        if time_window is not None and prediction != "flow":
+        self.parameterization = PREDICTIONS.lookup(prediction)
+        self.parameterization.check(schedule)
+        if time_window is not None and not self.parameterization.time_window:
             raise ValueError(f"a time window applies to flow networks only, not to prediction {prediction!r}")
         self.net, self.schedule = net, schedule
         self.prediction, self.sigma_data, self.clip_x0 = prediction, sigma_data, clip_x0
         self.time_window = time_window
 
     def c_noise(self, sigma: Tensor, t: Tensor | None = None) -> Tensor:
-        """c_noise: the schedule time t(sigma) for eps/x0/v networks, ln(sigma)/4 for EDM ones, the path's time
-        sigma / (1 + sigma) (in its window) for flow ones (float64)."""
+        """c_noise of the parameterization (float64): the schedule time t(sigma) for eps/x0/v networks, ln(sigma)/4
+        for EDM ones, the path's time sigma / (1 + sigma) (in its window) for flow ones."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
-        if self.prediction == "edm":
-            return sigma.log() / 4
-        if self.prediction == "flow":
-            e, a = self.time_window or (0.0, 1.0)
-            return e + (a - e) * flow_time(sigma)
-        if t is not None:
-            return torch.as_tensor(t, dtype=torch.float64)
-        if sigma.numel() == 1 and sigma.device.type == "cpu":
-            return torch.tensor(self.schedule.t_of_sigma_value(float(sigma)), dtype=torch.float64)
-        return self.schedule.t_of_sigma(sigma)
+        return self.parameterization.c_noise(sigma, self.schedule, t, self.time_window)
 
     def _net_dtype(self, x: Tensor) -> torch.dtype:
         p = next(self.net.parameters(), None) if isinstance(self.net, nn.Module) else None

@@ -20,6 +20,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from ..registry import Registry
 from .karras import karras_ramp, karras_sigma
 
 LOG_SNR_MIN, LOG_SNR_MAX = -30.0, 30.0  # sigma~ in [3e-7, 3.3e6]: zero terminal SNR stays finite in float64
@@ -32,6 +33,7 @@ class NoiseSchedule:
     num_steps: int | None = None
     name: str = "schedule"
     t_min: float = 1e-3  # smallest time a sampler visits before t = 0 (continuous schedules)
+    straight_path: bool = False  # x~ / (1 + sigma~) is flow matching's straight path (:mod:`.flow`)
 
     def log_snr(self, t: Tensor) -> Tensor:
         raise NotImplementedError
@@ -282,7 +284,7 @@ class ShiftedSchedule(NoiseSchedule):
 
     def __init__(self, base: NoiseSchedule, shift: float):
         self.base, self.shift = base, float(shift)
-        self.num_steps, self.t_min = base.num_steps, base.t_min
+        self.num_steps, self.t_min, self.straight_path = base.num_steps, base.t_min, base.straight_path
         self.name = f"{base.name}+shift{self.shift:+.3g}"
 
     def log_snr(self, t: Tensor) -> Tensor:
@@ -314,10 +316,54 @@ class ZeroTerminalSNRSchedule(NoiseSchedule):
         return _log_snr_of_alpha_bar(a.clamp(min=0) ** 2)
 
 
-SCHEDULES = {"linear": (LinearSchedule, ContinuousLinearSchedule), "cosine": (CosineSchedule, ContinuousCosineSchedule)}
-SCHEDULES["sigmoid"] = (SigmoidSchedule, ContinuousSigmoidSchedule)
-SCHEDULES["edm"] = (None, EDMSchedule)
-SCHEDULE_NAMES = (*SCHEDULES, "ve", "flow")  # ve: NCSN's geometric noise levels (:mod:`.ve`); flow: :mod:`.flow`
+class ScheduleBuilder:
+    """What a schedule name stands for: ``build(num_steps, zero_terminal_snr, log_snr_shift, options, resolution)``
+    -> a :class:`NoiseSchedule`. ``num_steps`` = T for a discrete schedule, ``None`` or 0 for continuous time;
+    ``zero_terminal_snr`` rescales it so t = 1 is pure noise; ``log_snr_shift`` adds a constant to its log-SNR
+    (:func:`resolution_shift`); ``options`` are the schedule's own settings (``schedule_options``); ``resolution`` is
+    the level's grid size. A new schedule is one builder (or a subclass) registered in :data:`SCHEDULES`."""
+
+    def build(self, num_steps, zero_terminal_snr, log_snr_shift, options, resolution) -> NoiseSchedule:
+        raise NotImplementedError
+
+
+class VPBuilder(ScheduleBuilder):
+    """A variance-preserving schedule, discrete (T steps) or continuous, optionally at zero terminal SNR."""
+
+    def __init__(self, name: str, discrete_cls, continuous_cls):
+        self.name, self.discrete_cls, self.continuous_cls = name, discrete_cls, continuous_cls
+
+    def build(self, num_steps, zero_terminal_snr, log_snr_shift, options, resolution) -> NoiseSchedule:
+        if options:
+            raise ValueError(f"schedule_options {sorted(options)} are given, but the {self.name} schedule takes none")
+        if num_steps:
+            schedule = self.discrete_cls(num_steps)
+            if zero_terminal_snr:
+                schedule = DiscreteSchedule(rescale_zero_terminal_snr(schedule.alphas_cumprod), f"{self.name}+ztsnr")
+        else:
+            schedule = self.continuous_cls()
+            if zero_terminal_snr:
+                schedule = ZeroTerminalSNRSchedule(schedule)
+        return ShiftedSchedule(schedule, log_snr_shift) if log_snr_shift else schedule
+
+
+class EDMBuilder(ScheduleBuilder):
+    """The EDM noise range, always continuous."""
+
+    def build(self, num_steps, zero_terminal_snr, log_snr_shift, options, resolution) -> NoiseSchedule:
+        if options:
+            raise ValueError(f"schedule_options {sorted(options)} are given, but the edm schedule takes none")
+        if zero_terminal_snr:
+            raise ValueError("the edm schedule ends at sigma_max; zero_terminal_snr does not apply to it")
+        return ShiftedSchedule(EDMSchedule(), log_snr_shift) if log_snr_shift else EDMSchedule()
+
+
+# ve (NCSN's geometric levels) registers itself in :mod:`.ve`, flow (the straight path) in :mod:`.flow`
+SCHEDULES: Registry[ScheduleBuilder] = Registry("noise schedule")
+SCHEDULES.register("linear", VPBuilder("linear", LinearSchedule, ContinuousLinearSchedule))
+SCHEDULES.register("cosine", VPBuilder("cosine", CosineSchedule, ContinuousCosineSchedule))
+SCHEDULES.register("sigmoid", VPBuilder("sigmoid", SigmoidSchedule, ContinuousSigmoidSchedule))
+SCHEDULES.register("edm", EDMBuilder())
 
 
 def build_schedule(
@@ -329,63 +375,8 @@ def build_schedule(
     options: dict | None = None,
     resolution: int | None = None,
 ) -> NoiseSchedule:
-    """``name`` in {linear, cosine, sigmoid, edm, ve}; ``num_steps`` = T for a discrete schedule, ``None`` or 0 for
-    continuous time (``edm`` is always continuous). ``zero_terminal_snr`` rescales it so t = 1 is pure noise;
-    ``log_snr_shift`` adds a constant to its log-SNR (:func:`resolution_shift`); ``options`` are the schedule's own
-    settings (``ve``: sigma_min, sigma_max; ``flow``: shift); ``resolution``: the level's grid size (for the flow
-    schedule's resolution-dependent shift)."""
-    if name not in SCHEDULE_NAMES:
-        raise ValueError(f"unknown noise schedule {name!r}; choose one of {sorted(SCHEDULE_NAMES)}")
-    if name == "ve":  # NCSN's levels live in their own file (ve.py), which builds on this one
-        from .ve import build_ve
-
-        return build_ve(num_steps, zero_terminal_snr, log_snr_shift, options)
-    if name == "flow":  # the straight path of flow matching, :mod:`.flow`
-        from .flow import build_flow
-
-        return build_flow(num_steps, zero_terminal_snr, log_snr_shift, options, resolution)
-    discrete_cls, continuous_cls = SCHEDULES[name]
-    if options:
-        raise ValueError(f"schedule_options {sorted(options)} are given, but the {name} schedule takes none")
-    if name == "edm":
-        if zero_terminal_snr:
-            raise ValueError("the edm schedule ends at sigma_max; zero_terminal_snr does not apply to it")
-        schedule = EDMSchedule()
-    elif num_steps:
-        schedule = discrete_cls(num_steps)
-        if zero_terminal_snr:
-            schedule = DiscreteSchedule(rescale_zero_terminal_snr(schedule.alphas_cumprod), f"{name}+ztsnr")
-    else:
-        schedule = continuous_cls()
-        if zero_terminal_snr:
-            schedule = ZeroTerminalSNRSchedule(schedule)
-    return ShiftedSchedule(schedule, log_snr_shift) if log_snr_shift else schedule
-
-
-TRAINING_NOISE = ("schedule", "lognormal", "logit_normal", "mode")
-
-
-def training_noise_levels(
-    schedule: NoiseSchedule, u: Tensor, kind: str = "schedule", p_mean: float = -1.2, p_std: float = 1.2
-) -> tuple[Tensor, Tensor]:
-    """(t, sigma~) for training from u ~ U[0, 1): ``schedule`` draws t as :meth:`NoiseSchedule.from_uniform` does;
-    ``lognormal`` draws ln sigma~ ~ N(p_mean, p_std^2) (EDM, Karras et al. 2022) and maps it back to t;
-    ``logit_normal`` draws t = sigmoid(p_mean + p_std z) and ``mode`` t = SD3's mode density with scale p_mean
-    (:mod:`.flow`), both in the schedule's own time (before any shift, as SD3 shifts its drawn t)."""
-    if kind in ("schedule", "logit_normal", "mode"):
-        from .flow import logit_normal_t, mode_t
-
-        if kind == "schedule":
-            t = schedule.from_uniform(u)
-        else:
-            t = logit_normal_t(u, p_mean, p_std) if kind == "logit_normal" else mode_t(u, p_mean)
-            t = t.to(u.dtype)
-        return t, schedule.sigma(t)
-    if kind == "lognormal":
-        z = torch.special.ndtri(u.double().clamp(1e-7, 1 - 1e-7))
-        sigma = (p_mean + p_std * z).exp()
-        return schedule.t_of_sigma(sigma).to(u.dtype), sigma
-    raise ValueError(f"unknown training noise {kind!r}; choose one of {list(TRAINING_NOISE)}")
+    """The registered schedule ``name`` (:data:`SCHEDULES`; see :class:`ScheduleBuilder` for the arguments)."""
+    return SCHEDULES.lookup(name).build(num_steps, zero_terminal_snr, log_snr_shift, options, resolution)
 
 
 def q_sample(x0: Tensor, t: Tensor, schedule: NoiseSchedule, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:

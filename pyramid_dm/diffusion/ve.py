@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor
 
-from .schedules import LOG_SNR_MAX, LOG_SNR_MIN, DiscreteSchedule, NoiseSchedule
+from .schedules import LOG_SNR_MAX, LOG_SNR_MIN, SCHEDULES, DiscreteSchedule, NoiseSchedule, ScheduleBuilder
 
 
 class VESchedule(NoiseSchedule):
@@ -62,3 +62,13 @@ def build_ve(num_steps: int | None, zero_terminal_snr: bool, log_snr_shift: floa
     if log_snr_shift:
         raise ValueError("the ve schedule is its sigma range: set schedule_options.sigma_max, not a log-SNR shift")
     return DiscreteVESchedule(num_steps, **options) if num_steps else VESchedule(**options)
+
+
+class VEBuilder(ScheduleBuilder):
+    """The ``ve`` schedule (:func:`build_ve`)."""
+
+    def build(self, num_steps, zero_terminal_snr, log_snr_shift, options, resolution) -> NoiseSchedule:
+        return build_ve(num_steps, zero_terminal_snr, log_snr_shift, options)
+
+
+SCHEDULES.register("ve", VEBuilder())

@@ -21,12 +21,12 @@ from torch import Tensor, nn
 from ..diffusion import ClassifierFreeGuidance, Denoiser, DenoiserFn, DiffusionLoss, NoiseSchedule
 from ..diffusion import sample as run_sampler
 from ..diffusion.layouts import Layout
-from ..diffusion.step_policy import StepPolicy
 from ..errors import UserError
 from ..flops import count_flops, training_flops
 from ..nets.slimmable import AtWidth, use_width
 from ..stages import FirstStage
 from .plan import SamplingPlan
+from .step_policy import StepPolicy
 from .supernet import SandwichRule
 
 LEVEL_TRAINING = ("all", "sample")
@@ -269,7 +269,7 @@ class DiffusionEngine(nn.Module):
         ``labels``, its two branches as one batch of 2B unless ``guidance_batched`` is False (default: batched
         without a ``guidance_interval``); ``classifier`` (a :class:`~.classifier.ClassifierGuide`) adds classifier
         guidance toward ``labels`` on top; ``step_policy`` runs each call at its width (a slimmable network,
-        :mod:`~pyramid_dm.diffusion.step_policy`, checked by the caller); ``options`` go to the sampler (e.g.
+        :mod:`~pyramid_dm.engine.step_policy`, checked by the caller); ``options`` go to the sampler (e.g.
         ``eta``). ``return_levels`` also returns the generated levels (scaled latents, coarse first)."""
         if torch.isnan(self.latent_scale).any():
             raise UserError("the latent scale is not fitted yet: train at least one step before sampling")

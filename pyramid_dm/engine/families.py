@@ -29,8 +29,9 @@ from ..diffusion.layouts import Layout
 from ..diffusion.parameterization import check_pair, check_prediction
 from ..errors import UserError
 from ..nets import PyramidUNet, UNet
-from ..stages import FirstStage, IdentityStage, ImagePyramid, LatentPyramid, autoencoder_stage
+from ..stages import FirstStage, IdentityStage, autoencoder_stage
 from .engine import DiffusionEngine
+from .first_stages import PYRAMID_FIRST_STAGES
 from .plan import SamplingPlan, per_level
 from .supernet import SandwichRule
 
@@ -132,8 +133,11 @@ class PyramidOptions:
         for key in ("conditioning_augmentation", "sample_augmentation", "frido_noise_mix"):
             if not 0 <= getattr(self, key) < 1:
                 raise UserError(f"model.{key} must lie in [0, 1), got {getattr(self, key)}")
-        if self.stage_bounds is not None and self.layout != "pyramid_flow":
-            raise UserError(f"model.stage_bounds {self.stage_bounds} apply to layout pyramid_flow, not {self.layout!r}")
+        if self.stage_bounds is not None and "stage_bounds" not in LAYOUTS[self.layout].options:
+            users = [name for name, cls in LAYOUTS.items() if "stage_bounds" in cls.options]
+            raise UserError(
+                f"model.stage_bounds {self.stage_bounds} apply to layout {' or '.join(users)}, not {self.layout!r}"
+            )
 
 
 class Recipe:
@@ -193,9 +197,6 @@ class LatentRecipe(Recipe):
         return math.nan if self.latent.scale_latents else 1.0
 
 
-PYRAMID_FIRST_STAGES = ("image_pyramid", "autoencoder", "latent_pyramid")
-
-
 class PyramidRecipe(Recipe):
     """Coarse-to-fine diffusion over L >= 2 levels of an image pyramid or a multi-scale autoencoder."""
 
@@ -206,30 +207,7 @@ class PyramidRecipe(Recipe):
         self.p = options_from(PyramidOptions, h)
 
     def first_stage(self, recorded: dict | None = None) -> FirstStage:
-        o, p = self.o, self.p
-        if p.first_stage == "autoencoder":
-            return autoencoder_stage(p.autoencoder_ckpt, o.channels, o.image_size, "multi", recorded)
-        if p.first_stage == "latent_pyramid":
-            inner = autoencoder_stage(p.autoencoder_ckpt, o.channels, o.image_size, "single", recorded)
-            size = inner.level_shapes[0][-1]
-            if not p.resolutions:
-                raise UserError(
-                    f"model.resolutions must list the latent pyramid's resolutions, ending at the autoencoder's latent "
-                    f"size {size}, e.g. [{size // 4}, {size // 2}, {size}]"
-                )
-            try:
-                return LatentPyramid(inner, list(p.resolutions))
-            except ValueError as e:
-                raise UserError(f"model.resolutions: {e}") from None
-        if not p.resolutions:
-            raise UserError(
-                f"model.resolutions must list the image pyramid's resolutions, e.g. [{o.image_size // 4}, "
-                f"{o.image_size // 2}, {o.image_size}]"
-            )
-        try:
-            return ImagePyramid(o.channels, o.image_size, list(p.resolutions))
-        except ValueError as e:
-            raise UserError(f"model.resolutions: {e}") from None
+        return PYRAMID_FIRST_STAGES[self.p.first_stage].build(self.o, self.p, recorded)
 
     def layout(self) -> Layout:
         return LAYOUTS[self.p.layout].from_options(self.p)
@@ -247,7 +225,7 @@ class PyramidRecipe(Recipe):
         )
 
     def latent_scale(self) -> float:
-        return math.nan if self.p.first_stage != "image_pyramid" and self.p.scale_latents else 1.0
+        return math.nan if PYRAMID_FIRST_STAGES[self.p.first_stage].latent and self.p.scale_latents else 1.0
 
     def plan(self, num_levels: int) -> SamplingPlan:
         o, p = self.o, self.p
@@ -299,15 +277,9 @@ def build_engine(family: str, h: Mapping[str, Any], first_stage: dict | None = N
     except ValueError as e:
         raise UserError(f"model: {e}") from None
     try:
-        loss = DiffusionLoss(
-            o.training_noise,
-            o.lognormal_mean,
-            o.lognormal_std,
-            o.loss_weighting,
-            o.min_snr_gamma,
-            recipe.level_weights(geometry.num_levels),
-            logit_normal=(o.logit_normal_mean, o.logit_normal_std),
-            mode_scale=o.mode_scale,
+        settings = dataclasses.asdict(o)  # each distribution and weighting reads its own settings by name
+        loss = DiffusionLoss.build(
+            o.training_noise, o.loss_weighting, settings, recipe.level_weights(geometry.num_levels)
         )
     except ValueError as e:
         raise UserError(f"model.{e}") from None

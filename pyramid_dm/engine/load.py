@@ -7,6 +7,7 @@ images = engine.sample(16, labels=engine.sample_labels(0, 16))
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
@@ -59,3 +60,41 @@ def load_engine(path: str | Path, ema: bool = True, device: str | torch.device =
 def ema_net_from_checkpoint(path: str | Path, map_location="cpu") -> nn.Module:
     """The EMA network of a checkpoint, bare (no Lightning needed to use it)."""
     return load_engine(path, ema=True, device=map_location).net
+
+
+def _family_of_class(class_path: str) -> str | None:
+    """The family of a config's model class (imported: configs are as trusted as code)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise UserError(f"cannot import {class_path!r} ({exc})") from exc
+    return getattr(cls, "family", None)
+
+
+def build_model(
+    ckpt: dict, ckpt_path: str, config: dict | None, device: torch.device, ema: bool = True, command: str = "evaluate"
+):
+    """The engine of a read checkpoint (its EMA weights, or the raw ones), on ``device``; its family must be a
+    diffusion family and match the config's model (a latent config cannot evaluate a pixel checkpoint)."""
+    migrate(ckpt)
+    family = family_of(ckpt)
+    if family not in DIFFUSION_FAMILIES:
+        found = f"{family} model ({ckpt['pyramid_dm'].get('class_path')})" if family else "no model pyramid_dm knows"
+        raise UserError(
+            f"{ckpt_path} holds {'an' if found[0] in 'aeiou' else 'a'} {found}, not a diffusion model; `{command}` "
+            f"needs the checkpoint of a pixel, latent or pyramid diffusion run"
+        )
+    want_path = ((config or {}).get("model") or {}).get("class_path")
+    if want_path:
+        want_family = _family_of_class(want_path)
+        if want_family != family:
+            raise UserError(
+                f"{ckpt_path} is a {family} diffusion checkpoint ({ckpt['pyramid_dm'].get('class_path')}) but the "
+                f"config's model is {want_path} ({want_family}); pass the config the checkpoint was trained with"
+            )
+    return engine_from_checkpoint(ckpt, ckpt_path, ema).to(device).eval()
+
+
+def load_checkpoint(path: str) -> dict:
+    return read_checkpoint(path, "--ckpt_path")

@@ -35,7 +35,7 @@ def evaluate_grid(
     the ``steps`` are NFE budgets instead, turned into each sampler's step count (Heun: (NFE + 1) // 2; PC with k
     corrector steps: NFE // (1 + k)). ``classifier`` (a :class:`~pyramid_dm.engine.ClassifierGuide`) adds classifier
     guidance; ``sampler_options`` go to every sampler (e.g. ``snr``, ``corrector_steps``); ``step_policy`` (a
-    :class:`~pyramid_dm.diffusion.step_policy.StepPolicy`) runs each call at its width, costed per width."""
+    :class:`~pyramid_dm.engine.step_policy.StepPolicy`) runs each call at its width, costed per width."""
     rows, sampler_options = [], dict(sampler_options or {})
     grid = [(s, steps_for_nfe(s, n, **sampler_options) if nfe_budgets else n) for s in samplers for n in steps]
     for sampler, n in tqdm(grid, desc="evaluate", disable=not progress or len(grid) == 1):

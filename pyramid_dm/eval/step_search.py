@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..diffusion.step_policy import LevelPolicy, StepPolicy, log_snr
+from ..engine.step_policy import LevelPolicy, StepPolicy, log_snr
 
 STUDY_NAME = "search-steps"
 

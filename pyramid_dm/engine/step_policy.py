@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..diffusion.parameterization import DenoiserFn
 from ..nets.slimmable import use_width
-from .parameterization import DenoiserFn
 
 POLICY_VERSION = 1
 KINDS = ("log_snr", "per_step")
