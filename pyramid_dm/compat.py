@@ -1,7 +1,7 @@
-"""Every use of a private (or undocumented) Lightning or W&B API, in one place. Each has a test in
+"""Every use of a private (or undocumented) Lightning, W&B, Optuna or torch API, in one place. Each has a test in
 ``tests/test_compat.py`` that fails loudly when an upgrade of Lightning or W&B changes it; fix it here, once.
 
-Pinned in ``pyproject.toml``: lightning 2.6.x, wandb 0.31.x.
+Pinned in ``pyproject.toml``: lightning 2.6.x, wandb 0.31.x, optuna 4.9.x, torch 2.13.x.
 """
 
 from __future__ import annotations
@@ -13,6 +13,30 @@ FIT_LOOP = "fit_loop"  # checkpoint["loops"][FIT_LOOP]: the training loop's prog
 BATCH_PROGRESS = "epoch_loop.batch_progress"  # its batch counters (ready / started / processed / completed)
 EPOCH_LOOP_STATE = "epoch_loop.state_dict"  # holds LOGGING_STEP
 LOGGING_STEP = "_batches_that_stepped"  # the step Lightning logs rows at (private attribute of the epoch loop)
+EPOCH_LOOP = "epoch_loop."  # prefix of the training epoch loop's keys in the fit loop's state
+VAL_LOOP = "epoch_loop.val_loop"  # prefix of its validation loop's keys (their progress is not the training step's)
+TRAIN_DESCRIPTION = "_get_train_description"  # RichProgressBar's hook that writes "Epoch a/b"
+
+
+def training_progress(loop_state: dict) -> list[dict]:
+    """The progress trackers of the training epoch loop in a fit loop's state (not its validation loop's)."""
+    return [
+        progress
+        for key, progress in loop_state.items()
+        if key.startswith(EPOCH_LOOP) and not key.startswith(VAL_LOOP) and isinstance(progress, dict)
+    ]
+
+
+def edit_train_description(bar, edit) -> None:
+    """Make progress bar ``bar`` (a RichProgressBar) write ``edit(bar, text)`` where it writes its "Epoch a/b" text,
+    by giving it a subclass of its own class that overrides the private hook."""
+    base = type(bar)
+
+    def hook(self, current_epoch: int) -> str:
+        return edit(self, getattr(super(cls, self), TRAIN_DESCRIPTION)(current_epoch))
+
+    cls = type(f"Edited{base.__name__}", (base,), {TRAIN_DESCRIPTION: hook})
+    bar.__class__ = cls
 
 
 def attached_trainer(module):
@@ -68,3 +92,19 @@ def wandb_started(logger) -> bool:
 def run_starting_step(run) -> int:
     """The first step a (resumed) W&B run accepts."""
     return run.starting_step
+
+
+# ---- Optuna ---------------------------------------------------------------------------------------------------------
+def fail_trial(study, trial) -> None:
+    """Mark a RUNNING trial of ``study`` FAIL from outside the process that runs it (Optuna has no public call for a
+    trial whose worker died: ``study.tell`` needs the live trial; its storage takes the trial's private id)."""
+    from optuna.trial import TrialState
+
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+
+# ---- torch ----------------------------------------------------------------------------------------------------------
+def conv_forward(conv, x, weight, bias):
+    """``conv`` (an ``nn.Conv2d``) applied with another ``weight`` and ``bias`` (a slice of its own), its padding mode
+    and the rest of its settings kept: ``Conv2d._conv_forward``."""
+    return conv._conv_forward(x, weight, bias)

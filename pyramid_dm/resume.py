@@ -102,13 +102,8 @@ class StepBoundaryResume(Callback):
         batches = loop.get(compat.BATCH_PROGRESS, {}).get("total", {})
         if not batches or batches.get("processed", 0) >= batches.get("ready", 0):
             return
-        for key, progress in loop.items():
-            if (
-                key.startswith("epoch_loop.")
-                and not key.startswith("epoch_loop.val_loop")
-                and isinstance(progress, dict)
-            ):
-                _roll_back(progress)
+        for progress in compat.training_progress(loop):
+            _roll_back(progress)
         self._logging_step = compat.checkpoint_logging_step(loop)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

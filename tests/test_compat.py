@@ -94,16 +94,48 @@ def test_the_step_bounded_progress_bar_drops_lightnings_minus_two():
     from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import RichProgressBar
 
-    from pyramid_dm.callbacks.progress import StepBoundedProgressBar, use_step_bounded_bar
+    from pyramid_dm.callbacks.progress import use_step_bounded_bar
 
     trainer = Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False)
     bar = trainer.progress_bar_callback
     bar.setup(trainer, None, "fit")  # where Lightning gives the bar its trainer
     trainer.fit_loop.max_epochs = -1  # what fit makes of max_epochs=None when max_steps bounds the run
-    assert type(bar) is RichProgressBar and bar._get_train_description(3).strip() == "Epoch 3/-2"  # Lightning's
+    hook = lambda b, epoch: getattr(b, compat.TRAIN_DESCRIPTION)(epoch).strip()  # noqa: E731
+    assert type(bar) is RichProgressBar and hook(bar, 3) == "Epoch 3/-2"  # Lightning's
     use_step_bounded_bar(trainer)
-    assert isinstance(bar, StepBoundedProgressBar) and bar._get_train_description(3).strip() == "Epoch 3"
+    assert isinstance(bar, RichProgressBar) and hook(bar, 3) == "Epoch 3"
     bounded = Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_checkpointing=False)
     use_step_bounded_bar(bounded)
     bounded.progress_bar_callback.setup(bounded, None, "fit")
-    assert bounded.progress_bar_callback._get_train_description(2).strip() == "Epoch 2/3"
+    assert hook(bounded.progress_bar_callback, 2) == "Epoch 2/3"
+
+
+def test_the_training_progress_of_a_fit_loop_excludes_its_validation_loop(tmp_path):
+    trainer = L.Trainer(max_steps=3, val_check_interval=2, logger=False, enable_checkpointing=False,
+                        default_root_dir=tmp_path, limit_val_batches=1)  # fmt: skip
+    trainer.fit(BoringModel())
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    loop = compat.fit_loop_state(torch.load(tmp_path / "c.ckpt", weights_only=False))
+    progress = compat.training_progress(loop)
+    assert loop[compat.BATCH_PROGRESS] in progress
+    assert any(k.startswith(compat.VAL_LOOP) for k in loop)  # Lightning still nests the val loop under the epoch loop
+    assert all(p is not v for k, v in loop.items() if k.startswith(compat.VAL_LOOP) for p in progress)
+
+
+def test_optuna_marks_a_dead_workers_running_trial_failed_through_its_storage():
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.create_study()
+    trial = study.ask()
+    (running,) = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    compat.fail_trial(study, running)
+    assert study.get_trials(deepcopy=False)[0].state == TrialState.FAIL and trial.number == running.number
+
+
+def test_a_conv_runs_with_a_slice_of_its_weights_and_keeps_its_padding_mode():
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, padding_mode="circular")
+    x = torch.randn(1, 2, 5, 5)
+    w, b = conv.weight[:3, :2], conv.bias[:3]
+    want = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="circular"), w, b)
+    assert torch.allclose(compat.conv_forward(conv, x, w, b), want, atol=1e-6)

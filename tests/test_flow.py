@@ -20,13 +20,18 @@ from pyramid_dm.diffusion import (
     sampling_sigmas,
 )
 from pyramid_dm.diffusion import pyramid_flow as pf
-from pyramid_dm.diffusion.flow import flow_time, flux_shift, logit_normal_t, mode_t, shift_time
+from pyramid_dm.diffusion.flow import flow_time, flux_shift, logit_normal_t, mode_t
 from pyramid_dm.diffusion.layouts import PyramidFlowLayout
 from pyramid_dm.errors import UserError
 from pyramid_dm.models import PixelDiffusion, PyramidDiffusion
 
 TINY_UNET = dict(base_channels=16, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[], norm_groups=8)
 FLOW = dict(schedule="flow", num_timesteps=0, prediction="flow")
+
+
+def shift_time(t, shift: float):
+    """SD3's timestep shift written out (Sec. 5.3.2): t' = s t / (1 + (s - 1) t); the schedule must agree."""
+    return shift * t / (1 + (shift - 1) * t)
 
 
 # ---- the parameterization ------------------------------------------------------------------------------------------

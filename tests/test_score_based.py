@@ -4,14 +4,15 @@ classifier guidance, checked with exact scores of Gaussians and Gaussian mixture
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
+from torch import Tensor
 
 from pyramid_dm.diffusion import build_schedule, sampling_sigmas
 from pyramid_dm.diffusion.classifier_guidance import ClassifierGuidance
 from pyramid_dm.diffusion.samplers import SAMPLERS, nfe, steps_for_nfe
-from pyramid_dm.diffusion.score_sde import VESDE, VPSDE
 
 SHAPE = (1, 16, 16)  # 256 dimensions: the corrector's per-sample norms are sharp (chi with 256 degrees of freedom)
 
@@ -92,6 +93,49 @@ def test_nfe_counts_predictor_and_corrector_calls():
         assert len(calls) == nfe(name, 7, **options)
     assert nfe("pc", 7, corrector_steps=2) == 21 and nfe("ald", 7, n_steps_each=3) == 22
     assert steps_for_nfe("pc", 20, corrector_steps=1) == 10 and steps_for_nfe("heun", 9) == 5
+
+
+# The SDEs in their own coordinates (Song et al. 2021, Eq. 30-32), to check that the engine's schedules are their
+# marginals.
+@dataclass(frozen=True)
+class VESDE:
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** torch.as_tensor(t, dtype=torch.float64)
+
+    def drift(self, x: Tensor, t: float) -> Tensor:
+        return torch.zeros_like(x)
+
+    def diffusion(self, t: float) -> float:
+        """g(t) = sqrt(d[sigma^2]/dt) = sigma(t) sqrt(2 log(sigma_max / sigma_min))."""
+        return float(self.sigma(t)) * math.sqrt(2 * math.log(self.sigma_max / self.sigma_min))
+
+    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean coefficient, std) of x_t | x0 started at t = 0."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return torch.ones_like(t), (self.sigma(t) ** 2 - self.sigma_min**2).sqrt()
+
+
+@dataclass(frozen=True)
+class VPSDE:
+    beta_0: float = 0.1
+    beta_1: float = 20.0
+
+    def beta(self, t) -> float:
+        return self.beta_0 + float(t) * (self.beta_1 - self.beta_0)
+
+    def drift(self, x: Tensor, t: float) -> Tensor:
+        return -0.5 * self.beta(t) * x
+
+    def diffusion(self, t: float) -> float:
+        return math.sqrt(self.beta(t))
+
+    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        m = torch.exp(-0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0)
+        return m, (1 - m**2).sqrt()
 
 
 @pytest.mark.parametrize("sde", [VESDE(0.01, 50.0), VPSDE(0.1, 20.0)], ids=["ve", "vp"])

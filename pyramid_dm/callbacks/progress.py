@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from lightning.pytorch.callbacks import RichProgressBar
 
+from .. import compat
 
-class StepBoundedProgressBar(RichProgressBar):
-    def _get_train_description(self, current_epoch: int) -> str:  # pinned by tests/test_compat.py
-        text = super()._get_train_description(current_epoch)
-        if self.trainer.max_epochs is not None and self.trainer.max_epochs < 0:
-            text = text.replace(f"/{self.trainer.max_epochs - 1}", "", 1)
-        return text
+
+def step_bounded(bar, text: str) -> str:
+    """``text`` without Lightning's "/-2" when the run is bounded by steps."""
+    if bar.trainer.max_epochs is not None and bar.trainer.max_epochs < 0:
+        text = text.replace(f"/{bar.trainer.max_epochs - 1}", "", 1)
+    return text
 
 
 def use_step_bounded_bar(trainer) -> None:
@@ -19,4 +20,4 @@ def use_step_bounded_bar(trainer) -> None:
     and class) the step-bounded description."""
     bar = trainer.progress_bar_callback
     if type(bar) is RichProgressBar:
-        bar.__class__ = StepBoundedProgressBar
+        compat.edit_train_description(bar, step_bounded)

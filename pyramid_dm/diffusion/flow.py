@@ -50,11 +50,6 @@ def flux_shift(resolution: int, base_shift=0.5, max_shift=1.15, base_seq_len=256
     return math.exp(mu)
 
 
-def shift_time(t: Tensor, shift: float) -> Tensor:
-    """t' = s t / (1 + (s - 1) t) (SD3, Sec. 5.3.2)."""
-    return shift * t / (1 + (shift - 1) * t)
-
-
 class FlowBuilder(ScheduleBuilder):
     """The ``flow`` schedule (:func:`build_flow`)."""
 

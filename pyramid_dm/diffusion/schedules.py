@@ -48,9 +48,6 @@ class NoiseSchedule:
     def alpha_bar(self, t: Tensor) -> Tensor:
         return self.vp_alpha_sigma(t)[0] ** 2
 
-    def snr(self, t: Tensor) -> Tensor:
-        return self.log_snr(torch.as_tensor(t, dtype=torch.float64)).exp()
-
     def sigma(self, t: Tensor) -> Tensor:
         """sigma~(t) = sigma_t / alpha_t = exp(-lambda_t / 2); 0 at t <= 0."""
         t = torch.as_tensor(t, dtype=torch.float64)

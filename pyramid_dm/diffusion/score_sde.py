@@ -22,7 +22,6 @@ corrector steps (:func:`.langevin.langevin_correct`, signal-to-noise ratio ``snr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -30,47 +29,6 @@ from torch import Tensor
 from .langevin import check_count, check_snr, langevin_correct
 from .parameterization import DenoiserFn
 from .state import check_sigmas, noise, score, start
-
-
-@dataclass(frozen=True)
-class VESDE:
-    sigma_min: float = 0.01
-    sigma_max: float = 50.0
-
-    def sigma(self, t: Tensor) -> Tensor:
-        return self.sigma_min * (self.sigma_max / self.sigma_min) ** torch.as_tensor(t, dtype=torch.float64)
-
-    def drift(self, x: Tensor, t: float) -> Tensor:
-        return torch.zeros_like(x)
-
-    def diffusion(self, t: float) -> float:
-        """g(t) = sqrt(d[sigma^2]/dt) = sigma(t) sqrt(2 log(sigma_max / sigma_min))."""
-        return float(self.sigma(t)) * math.sqrt(2 * math.log(self.sigma_max / self.sigma_min))
-
-    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """(mean coefficient, std) of x_t | x0 started at t = 0."""
-        t = torch.as_tensor(t, dtype=torch.float64)
-        return torch.ones_like(t), (self.sigma(t) ** 2 - self.sigma_min**2).sqrt()
-
-
-@dataclass(frozen=True)
-class VPSDE:
-    beta_0: float = 0.1
-    beta_1: float = 20.0
-
-    def beta(self, t) -> float:
-        return self.beta_0 + float(t) * (self.beta_1 - self.beta_0)
-
-    def drift(self, x: Tensor, t: float) -> Tensor:
-        return -0.5 * self.beta(t) * x
-
-    def diffusion(self, t: float) -> float:
-        return math.sqrt(self.beta(t))
-
-    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        t = torch.as_tensor(t, dtype=torch.float64)
-        m = torch.exp(-0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0)
-        return m, (1 - m**2).sqrt()
 
 
 def reverse_diffusion(x: Tensor, x0: Tensor, sigma: float, sigma_next: float, generator) -> Tensor:

@@ -81,11 +81,6 @@ class DiffusionEngine(nn.Module):
         return tuple(self.first_stage.image_shape)
 
     @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        """Shape of the finest level (the only one for pixel and latent diffusion)."""
-        return self.geometry.level_shapes[-1]
-
-    @property
     def device(self) -> torch.device:
         return self.latent_scale.device
 

@@ -32,8 +32,13 @@ class SandwichRule:
             raise ValueError(f"step_aware: unknown keys {sorted(unknown)} (known: widths, sandwich, distill)")
         widths = tuple(check_widths(options.get("widths", (1.0, 0.75, 0.5, 0.25)), "step_aware.widths"))
         sandwich = int(options.get("sandwich", 3))
-        if sandwich < min(2, len(widths)) or sandwich > len(widths) + 8:
+        if sandwich < min(2, len(widths)):
             raise ValueError(f"step_aware.sandwich must be >= 2 (largest and smallest), got {sandwich}")
+        if sandwich > len(widths) + 8:
+            raise ValueError(
+                f"step_aware.sandwich must be at most {len(widths) + 8} (the {len(widths)} widths plus 8 repeated "
+                f"middle draws), got {sandwich}"
+            )
         return cls(widths, sandwich if len(widths) > 1 else 1, bool(options.get("distill", False)))
 
     @property

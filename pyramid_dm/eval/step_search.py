@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import compat
 from ..engine.step_policy import LevelPolicy, StepPolicy, log_snr
 
 STUDY_NAME = "search-steps"
@@ -208,7 +209,7 @@ def recover_stale(study, me: str) -> list[int]:
     stale = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if _gone(t.user_attrs.get("worker", ""), me):
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            compat.fail_trial(study, t)
             attrs = {"retry_of": t.number, **{k: v for k, v in t.user_attrs.items() if k == "baseline"}}
             study.enqueue_trial(t.params, user_attrs=attrs)
             stale.append(t.number)

@@ -193,6 +193,10 @@ class DiffusionModel(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         migrate(checkpoint, self.family)
+        # Lightning built this module from the checkpoint's hyperparameters before the migration ran; label_dropout is
+        # the one migrated key whose value (0: a run from before label dropout never trained the null class, so
+        # guidance must be refused) differs from the constructor's default (0.1). Every other migrated key's value
+        # is its default, so the module already agrees.
         self.hparams.label_dropout = self.engine.label_dropout = checkpoint["hyper_parameters"]["label_dropout"]
         h, image_shape = checkpoint["hyper_parameters"], self.engine.image_shape
         trained = (h.get("channels"), h.get("image_size"), h.get("image_size"))

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import compat
+
 _WIDTH: contextvars.ContextVar[float] = contextvars.ContextVar("pyramid_dm_width", default=1.0)
 
 Parts = tuple[tuple[int, bool], ...]  # (full channels, slimmable) of each source, in order
@@ -96,7 +98,7 @@ class SlimConv2d(nn.Conv2d):
         w = current_width()
         if w >= 1:
             return super().forward(x)
-        return self._conv_forward(x, *_sliced(self, x.shape[1], w))
+        return compat.conv_forward(self, x, *_sliced(self, x.shape[1], w))
 
 
 class SlimLinear(nn.Linear):
