@@ -111,6 +111,7 @@ def test_bad_guidance_and_sampler_settings_are_named(runs, session_env, tmp_path
     classes = _edited(runs["classifier"], tmp_path / "classes.ckpt", other_classes)
     size = _edited(runs["classifier"], tmp_path / "size.ckpt", other_size)
     pyramid = Path(__file__).parent / "fixtures" / "legacy" / "pyramid.ckpt"
+    ncsn = Path(__file__).parent / "fixtures" / "legacy" / "ncsn.ckpt"  # the ve schedule; the classifier: cosine
     base = ["--sampler", "ddim", "--steps", "2", "--num_samples", "2", "--out", str(tmp_path / "never")]
     cases = [
         (runs["model"], ["--classifier", str(data)], "was trained on 'fashion_mnist' but the model on 'digits'"),
@@ -118,6 +119,7 @@ def test_bad_guidance_and_sampler_settings_are_named(runs, session_env, tmp_path
         (runs["model"], ["--classifier", str(size)], "reads images of shape (1, 16, 16) (C, H, W) but the model"),
         (runs["model"], ["--classifier", str(runs["model"])], "holds a pixel model"),
         (pyramid, ["--classifier", str(runs["classifier"])], "needs a single-level pixel model"),
+        (ncsn, ["--classifier", str(runs["classifier"])], "or pass --classifier_any_schedule to guide it anyway"),
         (runs["model"], ["--classifier", str(runs["classifier"]), "--classifier_scale", "-1"], "must be >= 0"),
         (runs["model"], ["--classifier_scale", "3"], "--classifier_scale needs --classifier"),
         (runs["model"], ["--guidance", "-1"], "guidance scale must be >= 0"),
@@ -127,6 +129,9 @@ def test_bad_guidance_and_sampler_settings_are_named(runs, session_env, tmp_path
     for ckpt, extra, message in cases:
         proc = run_cli(["sample", "--ckpt_path", str(ckpt), *base, *extra], session_env)
         assert proc.returncode == 2 and message in proc.stderr, (extra, proc.stderr[-2000:])
+    anyway = ["--classifier", str(runs["classifier"]), "--classifier_any_schedule", "--out", str(tmp_path / "ncsn")]
+    proc = run_cli(["sample", "--ckpt_path", str(ncsn), *base[:-2], *anyway], session_env)
+    assert proc.returncode == 0 and "warning: --classifier" in proc.stderr, proc.stderr[-2000:]
     ev = ["evaluate", "--ckpt_path", str(runs["model"]), "--sampler", "pc", "--steps", "3", "--option", "snr=0"]
     proc = run_cli([*ev, "--no_wandb", "--out", str(tmp_path / "never")], session_env)
     assert proc.returncode == 2 and "snr 0 is outside its valid range" in proc.stderr, proc.stderr[-2000:]

@@ -53,6 +53,11 @@ def add_classifier_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--classifier_scale", type=float, default=1.0, help="classifier guidance scale s >= 0 (with --classifier)"
     )
+    p.add_argument(
+        "--classifier_any_schedule",
+        action="store_true",
+        help="guide a model whose noise schedule differs from the classifier's (it then extrapolates)",
+    )
 
 
 def load_guide(args, model, ckpt: dict, device, manifest: Manifest | None = None):
@@ -63,7 +68,7 @@ def load_guide(args, model, ckpt: dict, device, manifest: Manifest | None = None
         return None
     guide = ClassifierGuide(args.classifier, args.classifier_scale, device)
     dataset = manifest.name if manifest is not None else _dataset_of(ckpt)
-    guide.check(model, dataset)
+    guide.check(model, dataset, any_schedule=args.classifier_any_schedule)
     return guide
 
 

@@ -16,7 +16,6 @@ and the front.
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import sys
@@ -31,6 +30,7 @@ from ..errors import UserError
 from ..eval.features import build_features, extract
 from ..eval.quality import fid
 from ..eval.real_features import real_features
+from ..eval.report import write_csv
 from ..eval.sampling import sample_with_cost
 from ..eval.step_search import SearchSpace, front, open_study, run_search, worker_identity
 from .evaluate import load_for_command, resolve_data
@@ -94,13 +94,8 @@ def write_outputs(study, study_dir: Path, meta: dict) -> list:
         atomic_write_bytes(path, (json.dumps(policy, indent=1) + "\n").encode())
         points.append({**row(t), "policy_file": str(path)})
     atomic_write_bytes(study_dir / "front.json", json.dumps({"meta": meta, "front": points}, indent=1).encode())
-    for name, rows in (("front.csv", points), ("trials.csv", [row(t) for t in done])):
-        buf = io.StringIO()
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-        writer = csv.DictWriter(buf, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_bytes(study_dir / name, buf.getvalue().encode())
+    write_csv(study_dir / "front.csv", points)
+    write_csv(study_dir / "trials.csv", [row(t) for t in done])
     if done:
         plot_front(done, best, study_dir / "pareto.png", meta)
     return points

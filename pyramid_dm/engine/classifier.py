@@ -53,10 +53,10 @@ class ClassifierGuide:
     def dataset(self) -> str | None:
         return (self.stamp.get("data") or {}).get("dataset")
 
-    def check(self, model, dataset: str | None) -> None:
-        """Refuse a model this classifier cannot guide: another data set, image shape or set of classes, or a model
-        that is not single-level pixel diffusion. A different noise schedule is only a warning (the classifier reads
-        the noise level, not the time; outside the levels it was trained on it extrapolates)."""
+    def check(self, model, dataset: str | None, any_schedule: bool = False) -> None:
+        """Refuse a model this classifier cannot guide: another data set, image shape or set of classes, a model
+        that is not single-level pixel diffusion, or another noise schedule unless ``any_schedule`` (the classifier
+        reads the noise level, not the time; outside the levels it was trained on it extrapolates: then a warning)."""
         where = f"--classifier {self.path}"
         if model.num_levels != 1 or not model.first_stage.pixel_space:
             raise UserError(
@@ -80,12 +80,17 @@ class ClassifierGuide:
             )
         schedule = model.schedules[0]
         if self.stamp.get("schedule") and self.stamp["schedule"] != schedule.name:
-            print(
-                f"warning: {where} was trained at the noise levels of the {self.stamp['schedule']!r} schedule "
+            text = (
+                f"{where} was trained at the noise levels of the {self.stamp['schedule']!r} schedule "
                 f"(sigma {self.stamp.get('sigma_range')}), the model samples with {schedule.name!r} "
-                f"(sigma {list(schedule.sigma_range())})",
-                file=sys.stderr,
+                f"(sigma {list(schedule.sigma_range())})"
             )
+            if not any_schedule:
+                raise UserError(
+                    f"{text}: train the classifier with the model's schedule (configs/classifier/), or pass "
+                    "--classifier_any_schedule to guide it anyway"
+                )
+            print(f"warning: {text}", file=sys.stderr)
 
     def labels(self, start: int, count: int) -> Tensor:
         """The classes in turn, for samples ``start .. start + count - 1`` (an unconditional model has none)."""

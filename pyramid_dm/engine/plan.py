@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..diffusion import DISCRETIZATIONS, SAMPLERS
+from ..diffusion.discretization import check_steps as check_grid_steps
 from ..errors import UserError
 
 
@@ -24,9 +25,12 @@ def check_discretization(name: str | None, where: str = "discretization") -> str
 
 
 def check_steps(steps: Sequence[int], where: str = "steps") -> list[int]:
-    if any(int(s) != s or s < 1 for s in steps):
-        raise UserError(f"{where} must be >= 1 (whole numbers), got {list(steps)}")
-    return [int(s) for s in steps]
+    """Each level's step count (:func:`~pyramid_dm.diffusion.discretization.check_steps`), a UserError naming
+    ``where``."""
+    try:
+        return [check_grid_steps(s) for s in steps]
+    except (ValueError, TypeError):
+        raise UserError(f"{where} must be >= 1 (whole numbers), got {list(steps)}") from None
 
 
 def per_level(name: str, value, num_levels: int, default=None) -> list:

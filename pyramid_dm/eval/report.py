@@ -18,13 +18,17 @@ def write_table(rows: list[dict], meta: dict, out_dir: Path) -> tuple[Path, Path
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = out_dir / "results.json", out_dir / "results.csv"
     atomic_write_bytes(json_path, json.dumps({"meta": meta, "rows": rows}, indent=2).encode())
+    write_csv(csv_path, rows)
+    return json_path, csv_path
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """``rows`` as a CSV file (the union of their keys as columns, in first-seen order), written atomically."""
     buf = io.StringIO()
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_bytes(csv_path, buf.getvalue().encode())
-    return json_path, csv_path
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def pareto_front(rows: list[dict], cost: str, quality: str) -> list[int]:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .unet import Level, ResBlock, SelfAttention, group_norm, sinusoidal_embedding
+from .unet import ResBlock, SelfAttention, Stage, group_norm, sinusoidal_embedding
 
 
 class EncoderClassifier(nn.Module):
@@ -46,7 +46,7 @@ class EncoderClassifier(nn.Module):
         self.down, self.downsample, ch = nn.ModuleList(), nn.ModuleList(), widths[0]
         for i, w in enumerate(widths):
             blocks = [(ch if j == 0 else w, w) for j in range(num_res_blocks)]
-            self.down.append(Level(blocks, attn=(image_size >> i) in attention_resolutions, **args))
+            self.down.append(Stage(blocks, attn=(image_size >> i) in attention_resolutions, **args))
             ch = w
             if i < n_down:
                 self.downsample.append(nn.Conv2d(w, w, 3, stride=2, padding=1))

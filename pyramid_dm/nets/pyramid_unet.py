@@ -53,11 +53,11 @@ class PyramidUNet(nn.Module):
             UNet(image_size=s, num_classes=num_classes, headless=True, spade_channels=spade_ch, **unet) for s in sizes
         )
         body = self.bodies[0]
-        width, emb_dim = body.width, body.time_mlp[-1].out_features
+        stem, emb_dim = body.stem_channels, body.time_mlp[-1].out_features
         self.heads_in = nn.ModuleList(
-            SlimConv2d(c + k, width, 3, padding=1, slim_in=False) for c, k in zip(level_channels, context_channels)
+            SlimConv2d(c + k, stem, 3, padding=1, slim_in=False) for c, k in zip(level_channels, context_channels)
         )
-        self.heads_out = nn.ModuleList(SlimConv2d(width, c, 3, padding=1, slim_out=False) for c in level_channels)
+        self.heads_out = nn.ModuleList(SlimConv2d(stem, c, 3, padding=1, slim_out=False) for c in level_channels)
         for head in self.heads_out:
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)

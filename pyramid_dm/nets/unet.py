@@ -107,7 +107,7 @@ class SelfAttention(nn.Module):
         return x + self.out(y).transpose(1, 2).reshape(b, c, h, w)
 
 
-class Level(nn.Module):
+class Stage(nn.Module):
     """One resolution of the encoder or decoder: residual blocks, each optionally followed by attention."""
 
     def __init__(self, widths: Sequence[tuple], emb_dim: int, attn: bool, heads: int, dropout, groups, spade=0):
@@ -167,14 +167,14 @@ class UNet(nn.Module):
             SlimLinear(self.time_channels, emb_dim, slim_in=False), nn.SiLU(), SlimLinear(emb_dim, emb_dim)
         )
         self.class_emb = SlimEmbedding(num_classes + 1, emb_dim) if num_classes else None
-        self.width = widths[0]
+        self.stem_channels = widths[0]  # the first stage's channels (a "width" is a multiplier elsewhere)
         self.conv_in = None if headless else SlimConv2d(in_channels, widths[0], 3, padding=1, slim_in=False)
         args = dict(emb_dim=emb_dim, heads=num_heads, dropout=dropout, groups=norm_groups, spade=spade_channels)
 
         self.down, self.downsample, skips, ch = nn.ModuleList(), nn.ModuleList(), [widths[0]], widths[0]
         for i, w in enumerate(widths):
             blocks = [(ch if j == 0 else w, w) for j in range(num_res_blocks)]
-            self.down.append(Level(blocks, attn=(image_size >> i) in attention_resolutions, **args))
+            self.down.append(Stage(blocks, attn=(image_size >> i) in attention_resolutions, **args))
             ch = w
             skips += [w] * num_res_blocks
             if i < n_down:
@@ -190,7 +190,7 @@ class UNet(nn.Module):
             for _ in range(num_res_blocks + 1):
                 blocks.append(((ch, skips.pop()), w))  # concatenated [h, skip]: sliced per source
                 ch = w
-            self.up.append(Level(blocks, attn=(image_size >> i) in attention_resolutions, **args))
+            self.up.append(Stage(blocks, attn=(image_size >> i) in attention_resolutions, **args))
             if i > 0:
                 self.upsample.append(SlimConv2d(w, w, 3, padding=1))
         self.norm_out = slim_norm(ch, norm_groups)
