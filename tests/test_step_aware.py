@@ -36,7 +36,7 @@ def test_one_sandwich_step_gives_every_parameter_a_gradient_from_largest_smalles
     model = supernet()
     seen = []
     model.engine.net.register_forward_pre_hook(lambda *_: seen.append(current_width()))
-    terms = model.engine.sandwich_losses(torch.randn(6, 1, 8, 8), torch.arange(6))
+    terms = model.engine.objective.terms(model.engine, torch.randn(6, 1, 8, 8), torch.arange(6))
     assert [w for w, _, _ in terms][:2] == [1.0, 0.25] and terms[2][0] in (0.75, 0.5)
     assert seen == [w for w, _, _ in terms]  # each width ran once, with its own draws
     sum(loss for _, loss, _ in terms).backward()
@@ -49,9 +49,9 @@ def test_distillation_adds_the_full_widths_detached_output_as_a_target():
     distilled.engine.load_state_dict(plain.engine.state_dict())
     images, labels = torch.randn(4, 1, 8, 8), torch.arange(4)
     torch.manual_seed(1)
-    a = plain.engine.sandwich_losses(images, labels)
+    a = plain.engine.objective.terms(plain.engine, images, labels)
     torch.manual_seed(1)
-    b = distilled.engine.sandwich_losses(images, labels)
+    b = distilled.engine.objective.terms(distilled.engine, images, labels)
     assert torch.equal(a[0][1], b[0][1])  # the largest width has no teacher
     assert all(float(y) > float(x) for (_, x, _), (_, y, _) in zip(a[1:], b[1:]))  # + MSE to the teacher
     # the teacher gets no gradient through its target: the full width's own loss alone reaches it
@@ -402,7 +402,7 @@ def test_a_pyramid_runs_one_policy_per_level_and_costs_each_level_at_its_widths(
 def test_bf16_autocast_sandwich_step_and_bad_widths():
     model = supernet()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        terms = model.engine.sandwich_losses(torch.randn(4, 1, 8, 8), torch.arange(4))
+        terms = model.engine.objective.terms(model.engine, torch.randn(4, 1, 8, 8), torch.arange(4))
     sum(loss for _, loss, _ in terms).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.engine.net.parameters())
     from pyramid_dm.errors import UserError

@@ -23,11 +23,11 @@ from ..diffusion import sample as run_sampler
 from ..diffusion.layouts import Layout
 from ..errors import UserError
 from ..flops import count_flops, training_flops
-from ..nets.slimmable import AtWidth, use_width
+from ..nets.slimmable import use_width
 from ..stages import FirstStage
+from .objectives import Denoising, Objective
 from .plan import SamplingPlan
 from .step_policy import StepPolicy
-from .supernet import SandwichRule
 
 LEVEL_TRAINING = ("all", "sample")
 
@@ -51,7 +51,7 @@ class DiffusionEngine(nn.Module):
         latent_scale: float,
         level_training: str,
         family: str,
-        supernet: SandwichRule | None = None,
+        objective: Objective | None = None,
     ):
         super().__init__()
         if level_training not in LEVEL_TRAINING:
@@ -64,7 +64,7 @@ class DiffusionEngine(nn.Module):
         self.prediction, self.sigma_data = prediction, sigma_data
         self.num_classes, self.label_dropout = num_classes, label_dropout
         self.level_training, self.family = level_training, family
-        self.supernet = supernet  # slimmable network trained by the sandwich rule (step-aware), or None
+        self.objective = objective or Denoising()  # what a training step optimises (:mod:`.objectives`)
         self.register_buffer("latent_scale", torch.full((self.num_levels,), float(latent_scale)))
 
     # ---- levels and first stage ----------------------------------------------------------------------------------
@@ -148,13 +148,13 @@ class DiffusionEngine(nn.Module):
         return getattr(self.net, "width_multipliers", None)
 
     def loss(
-        self, images, labels, u, noise, levels=None, aug=None, net: nn.Module | None = None, teacher_width=None
+        self, images, labels, u, noise, levels=None, aug=None, net: nn.Module | None = None, teacher=None
     ) -> Tensor:
         """Per-sample loss, summed over ``levels`` (default all, with the level weights): level l is noised at
         u[:, l] ~ U[0, 1) (a (B,) ``u`` serves every level) with ``noise[l]`` (the layout's training pair: a
         pyramid-flow stage derives its pair from the finest level's noise); its context is the clean coarser levels
-        augmented by ``aug`` = (per-sample aug_t, noise per level) (None: no augmentation); with ``teacher_width``,
-        plus the distillation term toward the same network at that width (:class:`.supernet.SandwichRule`)."""
+        augmented by ``aug`` = (per-sample aug_t, noise per level) (None: no augmentation); with a ``teacher``
+        network, plus the distillation term toward its detached output (:class:`.objectives.Sandwich`)."""
         zs = self.encode(images)
         noise = [noise] if isinstance(noise, Tensor) else noise
         u = u[:, None].expand(-1, self.num_levels) if u.ndim == 1 else u
@@ -164,12 +164,14 @@ class DiffusionEngine(nn.Module):
             z, eps = self.layout.training_pair(self.geometry, zs, noise, level)
             cond = self.level_conditioning(level, zs[:level], *(aug[0], aug[1][level]) if aug else ())
             den = self.denoiser(level, net)
-            teacher = None if teacher_width is None else self.denoiser(level, AtWidth(net or self.net, teacher_width))
-            term = self.loss_fn.level_loss(den, z, eps, u[:, level], teacher, **self.conditioning(labels), **cond)
+            teach = None if teacher is None else self.denoiser(level, teacher)
+            term = self.loss_fn.level_loss(den, z, eps, u[:, level], teach, **self.conditioning(labels), **cond)
             total = total + float(weights[level]) * term
         return total
 
-    def training_loss(self, images: Tensor, labels: Tensor, teacher_width=None) -> tuple[Tensor, int | None]:
+    def training_loss(
+        self, images: Tensor, labels: Tensor, teacher: nn.Module | None = None
+    ) -> tuple[Tensor, int | None]:
         """The mean loss of a training batch with this step's draws (times, label dropout, the trained level, noise,
         context augmentation), and the level trained alone (``level_training: sample``) or None."""
         n, device = images.shape[0], images.device
@@ -181,21 +183,10 @@ class DiffusionEngine(nn.Module):
             levels = [int(torch.multinomial(self.loss_fn.weights(self.num_levels), 1))]
         noise = [torch.randn((n, *self.geometry.grid_shape(lv)), device=device) for lv in range(self.num_levels)]
         aug = self.layout.training_augmentation(self.geometry, n, device=device)
-        loss = self.loss(images, labels, u, noise, levels, aug, teacher_width=teacher_width).mean()
+        loss = self.loss(images, labels, u, noise, levels, aug, teacher=teacher).mean()
         if levels is not None:  # the other levels' heads get a zero gradient, so DDP finds every parameter used
             loss = loss + 0.0 * sum(p.view(-1)[0] for p in self.net.parameters())
         return loss, None if levels is None else levels[0]
-
-    def sandwich_losses(self, images: Tensor, labels: Tensor) -> list[tuple[float, Tensor, int | None]]:
-        """(width, mean loss, level trained alone or None) of each width this step trains by the sandwich rule
-        (:class:`.supernet.SandwichRule`), each with its own draws; the caller sums the losses."""
-        rule, out = self.supernet, []
-        for i, width in enumerate(rule.draw()):
-            teacher = rule.widths[0] if rule.distill and i > 0 else None
-            with use_width(width):
-                loss, level = self.training_loss(images, labels, teacher)
-            out.append((width, loss, level))
-        return out
 
     def seeded_loss(self, images: Tensor, labels: Tensor, seeds: Tensor, net: nn.Module | None = None) -> Tensor:
         """Per-sample loss with times, noise and context augmentation drawn from each sample's own seed, so that a
@@ -338,13 +329,10 @@ class DiffusionEngine(nn.Module):
         return [(level, 1.0) for level in range(self.num_levels)]
 
     def training_flops(self, batch_size: int) -> int:
-        """FLOPs of one training step's network forward + backward (the levels trained per step, weighted as in the
-        loss; the frozen first stage is not counted; a supernet's expected widths per step), on a meta-device copy
-        (no memory, no compute)."""
-        if self.supernet is None:
-            return self.training_flops_at(batch_size, 1.0)
-        forward = lambda w: self.training_flops_at(batch_size, w, backward=False)  # noqa: E731
-        return int(self.supernet.expected_flops(lambda w: self.training_flops_at(batch_size, w), forward))
+        """FLOPs of one training step's network forward + backward, as the objective trains it (the levels trained
+        per step, weighted as in the loss; a supernet's expected widths; the frozen first stage is not counted), on a
+        meta-device copy (no memory, no compute)."""
+        return self.objective.training_flops(self, batch_size)
 
     def training_flops_at(self, batch_size: int, width: float, backward: bool = True) -> int:
         total = 0.0
@@ -369,7 +357,7 @@ class BoundEngine:
         self.engine, self.net = engine, net
 
     # what trains the engine's own network, which a bound view must not run on the wrong weights
-    TRAINING_ONLY = ("training_loss", "sandwich_losses", "training_flops", "training_flops_at", "fit_latent_scale")
+    TRAINING_ONLY = ("training_loss", "training_flops", "training_flops_at", "fit_latent_scale")
 
     def __getattr__(self, name: str):
         if name in BoundEngine.TRAINING_ONLY:

@@ -32,6 +32,7 @@ from ..nets import PyramidUNet, UNet
 from ..stages import FirstStage, IdentityStage, autoencoder_stage
 from .engine import DiffusionEngine
 from .first_stages import PYRAMID_FIRST_STAGES
+from .objectives import Denoising, Sandwich
 from .plan import SamplingPlan, per_level
 from .supernet import SandwichRule
 
@@ -299,7 +300,7 @@ def build_engine(family: str, h: Mapping[str, Any], first_stage: dict | None = N
             latent_scale=recipe.latent_scale(),
             level_training=recipe.level_training(),
             family=recipe.family,
-            supernet=o.supernet,
+            objective=Sandwich(o.supernet) if o.supernet else Denoising(),
         )
     except ValueError as e:
         if isinstance(e, UserError):

@@ -17,7 +17,6 @@ from ..checkpoints import migrate, stamp
 from ..engine import BoundEngine, build_engine
 from ..engine.load import ENGINE_KEYS
 from ..errors import UserError
-from ..nets.slimmable import use_width
 from .common import check_data_shape, data_batch_size, linear_warmup
 from .ema import make_ema
 
@@ -35,11 +34,6 @@ class UNetArgs(TypedDict, total=False):
     num_heads: int
     dropout: float
     norm_groups: int
-
-
-def width_key(width: float) -> str:
-    """A module-name-safe key of a width (0.5 -> "0_5")."""
-    return f"{width:g}".replace(".", "_")
 
 
 class StepAwareArgs(TypedDict, total=False):
@@ -140,10 +134,9 @@ class DiffusionModel(L.LightningModule):
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.engine = build_engine(self.family, self.hparams)
         self.ema = make_ema(self.engine.net, ema_decay)
-        self.val_loss = MeanMetric()
-        widths = self.engine.supernet.widths[1:] if self.engine.supernet else ()
-        # per-width validation losses of a supernet (metric states are not persistent: not in the checkpoint)
-        self.val_loss_at = torch.nn.ModuleDict({width_key(w): MeanMetric() for w in widths})
+        # one mean per validation key of the objective (metric states are not persistent: not in the checkpoint)
+        self.val_keys = self.engine.objective.validation_keys()
+        self.val_metrics = torch.nn.ModuleList(MeanMetric() for _ in self.val_keys)
 
     @property
     def net(self):
@@ -233,27 +226,10 @@ class DiffusionModel(L.LightningModule):
             self.check_batch(images)
         if torch.isnan(self.engine.latent_scale).any():
             self.fit_latent_scale(images)
-        if self.engine.supernet is not None:
-            return self.sandwich_step(images, labels)
-        loss, level = self.engine.training_loss(images, labels)
-        self.log("train/loss", loss, prog_bar=True)
-        if level is not None:
-            self.log(f"train/loss_level{level}", loss)
-        return loss
-
-    def sandwich_step(self, images: Tensor, labels: Tensor) -> Tensor:
-        """One supernet step: every drawn width's loss on this batch, summed (one backward); ``train/loss`` is the
-        largest width's, so it reads like a plain run's."""
-        terms = self.engine.sandwich_losses(images, labels)
-        per_width: dict[float, list[Tensor]] = {}
-        for width, loss, _ in terms:
-            per_width.setdefault(width, []).append(loss.detach())
-        for width, losses in per_width.items():
-            self.log(f"train/loss_w{width:g}", torch.stack(losses).mean())
-        self.log("train/loss", terms[0][1], prog_bar=True)
-        total = sum(loss for _, loss, _ in terms)
-        self.log("train/loss_sandwich", total)
-        return total
+        out = self.engine.objective.step(self.engine, images, labels)
+        for key, value in out.logs.items():
+            self.log(key, value, prog_bar=key == "train/loss")
+        return out.total
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.ema.update_parameters(self.engine.net)
@@ -267,17 +243,14 @@ class DiffusionModel(L.LightningModule):
         """EMA weights; noise, t and context augmentation drawn from each sample's own seed."""
         images, labels, seeds = batch
         self.check_batch(images)
-        self.val_loss.update(self.engine.seeded_loss(images, labels, seeds, self.ema.module))
-        for width, metric in self.val_loss_at.items():  # the same seeds at every width of a supernet
-            with use_width(float(width.replace("_", "."))):
-                metric.update(self.engine.seeded_loss(images, labels, seeds, self.ema.module))
+        losses = self.engine.objective.validation(self.engine, images, labels, seeds, self.ema.module)
+        for key, metric in zip(self.val_keys, self.val_metrics):
+            metric.update(losses[key])
 
     def on_validation_epoch_end(self) -> None:
         # Every rank calls compute() (it syncs), so a rank that got no validation shard cannot hang the others.
-        self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=False)
-        self.val_loss.reset()
-        for width, metric in self.val_loss_at.items():
-            self.log(f"val/loss_w{width.replace('_', '.')}", metric.compute(), sync_dist=False)
+        for key, metric in zip(self.val_keys, self.val_metrics):
+            self.log(key, metric.compute(), prog_bar=key == "val/loss", sync_dist=False)
             metric.reset()
 
     def effective_batch_size(self) -> int | None:
