@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from fixtures.make_legacy import SETTINGS as FIRST_SETTINGS
 from fixtures.make_legacy_1d0ced0 import sample_kwargs
+from fixtures.make_legacy_float64 import fixture_copy
 
 from pyramid_dm.engine import load_engine
 from pyramid_dm.images import to_uint8
@@ -49,14 +49,7 @@ def settings(name: str) -> dict:
 
 def _copy(name: str, tmp_path: Path) -> Path:
     """The fixture checkpoint, its autoencoder_ckpt pointed at the copied autoencoder fixture."""
-    ckpt = torch.load(FIXTURES / f"{name}.ckpt", weights_only=True)
-    ae = INDEX["runs"][name]["autoencoder_fixture"]
-    if ae:
-        shutil.copy(FIXTURES / f"{ae}.ckpt", tmp_path / f"{ae}.ckpt")
-        ckpt["hyper_parameters"]["autoencoder_ckpt"] = str(tmp_path / f"{ae}.ckpt")
-    path = tmp_path / f"{name}.ckpt"
-    torch.save(ckpt, path)
-    return path
+    return fixture_copy(name, INDEX, tmp_path)
 
 
 def _draw(model, labels, name: str, key: str, default_dtype=torch.float32, float64_model=False) -> torch.Tensor:
