@@ -51,7 +51,8 @@ SlurmdPidFile=$D/run/slurmd-%n.pid
 SlurmctldLogFile=$D/log/slurmctld.log
 SlurmdLogFile=$D/log/slurmd-%n.log
 SlurmdParameters=config_overrides
-NodeName=node[1-$NNODES] NodeHostName=localhost NodeAddr=127.0.0.1 Port=[17001-$((17000 + NNODES))] CPUs=$(nproc) RealMemory=4000 State=UNKNOWN
+# CPUs: the machine's (nproc alone honours OMP_NUM_THREADS, which a one-thread test run sets: 1-CPU nodes)
+NodeName=node[1-$NNODES] NodeHostName=localhost NodeAddr=127.0.0.1 Port=[17001-$((17000 + NNODES))] CPUs=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) RealMemory=4000 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 CONF
 mkdir -p /run/munge && chown munge:munge /run/munge && chmod 0755 /run/munge
