@@ -13,7 +13,6 @@ from helpers import default_dtype
 from pyramid_dm.diffusion import (
     PREDICTIONS,
     ClassifierFreeGuidance,
-    CountingDenoiser,
     Denoiser,
     DiffusionLoss,
     FridoLayout,
@@ -22,6 +21,7 @@ from pyramid_dm.diffusion import (
     build_schedule,
 )
 from pyramid_dm.engine import DiffusionEngine, load_engine
+from pyramid_dm.engine.wrappers import Count, Guidance
 from pyramid_dm.models import PixelDiffusion, PyramidDiffusion
 
 TINY_UNET = dict(base_channels=16, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[], norm_groups=8)
@@ -155,15 +155,14 @@ def test_batched_guidance_equals_two_calls_and_counts_two_evaluations():
     engine, labels = model.engine, torch.tensor([0, 1, 2, 0])
     out = {}
     for batched in (True, False):
-        counter = CountingDenoiser(engine.denoiser())
-        shapes = []
+        count, shapes = Count(), []
         engine.net.register_forward_pre_hook(lambda mod, args, shapes=shapes: shapes.append(args[0].shape[0]))
         g = torch.Generator().manual_seed(0)
         with default_dtype(torch.float64):
-            out[batched] = engine.sample(4, "ddim", 3, labels=labels, generator=g, guidance=3.0,
-                                         guidance_batched=batched, denoiser=counter)  # fmt: skip
+            wrappers = [Guidance(3.0, batched=batched), count]
+            out[batched] = engine.sample(4, "ddim", 3, labels=labels, generator=g, wrappers=wrappers)
         engine.net._forward_pre_hooks.clear()
-        assert counter.nfe == 6 and set(shapes) == ({8} if batched else {4})
+        assert count.nfe == [6] and set(shapes) == ({8} if batched else {4})
     # one batch of 8 and two of 4 round differently (and differently per CPU and thread count); in float64 that
     # leaves them ~1e-16 apart, so a tolerance far below any real difference holds on every machine
     assert out[True].dtype == torch.float64 and torch.allclose(out[True], out[False], atol=1e-9)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pyramid_dm.diffusion import ClassifierFreeGuidance, CountingDenoiser, build_schedule, sample
+from pyramid_dm.engine.wrappers import Count, Guidance
 from pyramid_dm.errors import UserError
 from pyramid_dm.models import PixelDiffusion
 
@@ -93,14 +94,16 @@ def _tiny(**kw):
 
 def test_model_guidance_errors_are_clear():
     with pytest.raises(UserError, match="needs a class-conditional model"):
-        _tiny(num_classes=0).sample(2, "ddim", 2, guidance=2.0)
+        _tiny(num_classes=0).sample(2, "ddim", 2, wrappers=[Guidance(2.0)])
     with pytest.raises(UserError, match="trained with label_dropout=0"):
-        _tiny(num_classes=3, label_dropout=0.0).sample(2, "ddim", 2, labels=torch.tensor([0, 1]), guidance=2.0)
+        _tiny(num_classes=3, label_dropout=0.0).sample(
+            2, "ddim", 2, labels=torch.tensor([0, 1]), wrappers=[Guidance(2.0)]
+        )
     with pytest.raises(UserError, match="needs class labels"):
-        _tiny(num_classes=3).sample(2, "ddim", 2, guidance=2.0)
-    counter = CountingDenoiser(_tiny(num_classes=3).engine.denoiser())
-    images = _tiny(num_classes=3).sample(2, "ddim", 3, labels=torch.tensor([0, 2]), guidance=2.0, denoiser=counter)
-    assert images.shape == (2, 1, 8, 8) and counter.nfe == 6  # two calls per guided step
+        _tiny(num_classes=3).sample(2, "ddim", 2, wrappers=[Guidance(2.0)])
+    count = Count()
+    images = _tiny(num_classes=3).sample(2, "ddim", 3, labels=torch.tensor([0, 2]), wrappers=[Guidance(2.0), count])
+    assert images.shape == (2, 1, 8, 8) and count.nfe == [6]  # two evaluations per guided step
 
 
 def test_label_dropout_trains_the_null_class():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pyramid_dm.diffusion import SAMPLERS, Denoiser, build_schedule, coefficients, q_sample
+from pyramid_dm.engine.wrappers import Replace
 from pyramid_dm.errors import UserError
 from pyramid_dm.models import PixelDiffusion
 
@@ -64,7 +65,7 @@ def test_every_parameterization_samples_with_every_sampler(setup):
         }.get(name, 25)  # first-order ones need more, and Langevin dynamics more steps per level
         options = {"n_steps_each": 20} if name == "ald" else {}
         g = torch.Generator().manual_seed(1)
-        out = model.sample(400, name, steps, generator=g, denoiser=den, **options).double()
+        out = model.sample(400, name, steps, generator=g, wrappers=[Replace(den)], **options).double()
         assert (out.mean(0) - PATTERN[0]).abs().max().item() < 0.05, (setup, name)
         assert out.std(0).mean().item() == pytest.approx(SPREAD, rel=0.1), (setup, name)
 

@@ -17,6 +17,7 @@ import torch
 from helpers import run_cli, wandb_inspect
 
 from pyramid_dm.engine.step_policy import LevelPolicy, StepPolicy, log_snr
+from pyramid_dm.engine.wrappers import SamplingWrapper, Widths
 from pyramid_dm.eval.history import run_history
 from pyramid_dm.eval.step_search import SearchSpace, front, open_study, run_search
 from pyramid_dm.models import PixelDiffusion
@@ -67,17 +68,20 @@ def test_a_log_snr_policy_picks_the_same_width_for_the_same_noise_under_two_samp
     sigmas, widths = [], []
     model.net.register_forward_pre_hook(lambda *_: widths[-1].append(current_width()))  # inside the policy
 
-    def record(den, level):  # outside the policy: the sigma of each call
-        def run(x, sigma, **cond):
-            sigmas[-1].append(float(torch.as_tensor(sigma).reshape(-1)[0]))
-            return den(x, sigma, **cond)
+    class Record(SamplingWrapper):  # outside the policy: the sigma of each call
+        position = 15
 
-        return run
+        def wrap(self, den, at):
+            def run(x, sigma, **cond):
+                sigmas[-1].append(float(torch.as_tensor(sigma).reshape(-1)[0]))
+                return den(x, sigma, **cond)
+
+            return run
 
     for sampler, grid in (("dpmpp_2m", "karras"), ("ddim", "leading")):
         sigmas.append([])
         widths.append([])
-        model.sample(2, sampler, 12, discretization=grid, step_policy=policy, wrap=record)
+        model.sample(2, sampler, 12, discretization=grid, wrappers=[Record(), Widths(policy)])
     calls = [list(zip(s, w, strict=True)) for s, w in zip(sigmas, widths)]
     # the segment of each call's log-SNR, written out: widths rise with the log-SNR (less noise, wider)
     segment = lambda sigma: sum(log_snr(sigma) >= b for b in breaks)  # noqa: E731
@@ -389,7 +393,7 @@ def test_a_pyramid_runs_one_policy_per_level_and_costs_each_level_at_its_widths(
     seen = []
     engine.net.register_forward_pre_hook(lambda m, a, kw: seen.append((kw["level"], current_width())), with_kwargs=True)
     policy = StepPolicy([LevelPolicy([], [0.25]), LevelPolicy([0.0], [0.5, 1.0])])
-    _, cost = sample_with_cost(engine, "ddim", 3, 2, 2, progress=False, step_policy=policy)
+    _, cost = sample_with_cost(engine, "ddim", 3, 2, 2, progress=False, wrappers=[Widths(policy)])
     calls = seen[2:8]  # the sampling calls: before them the full-width FLOP count of each level, after them the widths'
     assert {w for lv, w in calls if lv == 0} == {0.25} and {w for lv, w in calls if lv == 1} == {0.5, 1.0}
     at = {w: engine.flops_per_call(width=w) for w in WIDTHS}

@@ -30,6 +30,7 @@ import torch  # noqa: E402
 from pyramid_dm.checkpoints import read_checkpoint  # noqa: E402
 from pyramid_dm.commands.evaluate import resolve_data  # noqa: E402
 from pyramid_dm.engine import ClassifierGuide, engine_from_checkpoint  # noqa: E402
+from pyramid_dm.engine.wrappers import Guidance  # noqa: E402
 from pyramid_dm.eval.evaluate import evaluate_grid  # noqa: E402
 from pyramid_dm.eval.features import build_features  # noqa: E402
 from pyramid_dm.eval.real_features import real_features  # noqa: E402
@@ -85,10 +86,10 @@ def main() -> None:
     for seed in args.seeds:
         if "guidance" in args.parts:
             for s in args.cfg_scales:
-                run(f"cfg {s:g}", seed, args.sampler, args.steps, guidance=s)
+                run(f"cfg {s:g}", seed, args.sampler, args.steps, wrappers=[Guidance(s)])
             for s in args.cg_scales:
                 guide.scale = s
-                run(f"classifier {s:g}", seed, args.sampler, args.steps, classifier=guide)
+                run(f"classifier {s:g}", seed, args.sampler, args.steps, wrappers=[guide])
         if "samplers" in args.parts:
             for budget in args.nfe:
                 for sampler in args.samplers:

@@ -15,6 +15,7 @@ import torch
 
 from ..diffusion import DiffusionLoss, NativeLayout, build_schedule
 from ..engine import DiffusionEngine, SamplingPlan
+from ..engine.wrappers import Guidance
 from ..stages import IdentityStage
 from .layout import add_layout_args, unet_from_args
 
@@ -81,8 +82,8 @@ def bench_guidance(args) -> float:
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             out = engine.sample(
-                args.batch, args.sampler, args.sample_steps, labels=labels, generator=g, guidance=args.scale,
-                guidance_batched=batched,
+                args.batch, args.sampler, args.sample_steps, labels=labels, generator=g,
+                wrappers=[Guidance(args.scale, batched=batched)],
             )  # fmt: skip
         sync()
         return time.perf_counter() - start, out.float().cpu()

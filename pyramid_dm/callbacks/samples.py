@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from ..engine import check_sampler as check_sampler_name
 from ..engine import check_steps
 from ..engine.step_policy import resolve_policy
+from ..engine.wrappers import Widths
 from ..errors import UserError
 from ..images import make_grid, save_png
 
@@ -99,7 +100,7 @@ class SampleGrid(L.Callback):
         if self.policy is not None:
             g = torch.Generator(device=model.device).manual_seed(self.seed)
             slim = model.sample(
-                self.num_samples, self.sampler, self.steps, labels=labels, generator=g, step_policy=self.policy
+                self.num_samples, self.sampler, self.steps, labels=labels, generator=g, wrappers=[Widths(self.policy)]
             )
             grids["samples/step_policy"] = make_grid(slim)
         pl_module.train(was_training)

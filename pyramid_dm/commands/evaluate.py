@@ -29,6 +29,7 @@ from ..diffusion import DISCRETIZATIONS, SAMPLERS, steps_for_nfe
 from ..diffusion import sample as run_sampler
 from ..engine import ClassifierGuide, check_discretization, check_sampler, per_level
 from ..engine.load import build_model, load_checkpoint
+from ..engine.wrappers import Guidance, Widths
 from ..errors import UserError
 from ..eval.evaluate import evaluate_grid
 from ..eval.features import build_features
@@ -305,11 +306,9 @@ def main(argv: list[str]) -> int:
         args.kid_subset_size,
         not args.no_progress,
         nfe_budgets=bool(args.nfe),
-        guidance=args.guidance,
         discretization=args.discretization,
-        classifier=guide,
         sampler_options=dict(args.option),
-        step_policy=policy,
+        wrappers=[Guidance(args.guidance), *([guide] if guide else []), *([Widths(policy)] if policy else [])],
     )
     meta = {
         "ckpt_path": str(args.ckpt_path),

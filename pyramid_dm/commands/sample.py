@@ -21,6 +21,7 @@ from PIL import Image
 
 from ..diffusion import DISCRETIZATIONS, SAMPLERS
 from ..engine import check_discretization, check_sampler, check_steps
+from ..engine.wrappers import Guidance, Widths
 from ..errors import UserError
 from ..eval.sampling import generate
 from ..images import make_grid, save_png, to_uint8
@@ -119,16 +120,12 @@ def main(argv: list[str]) -> int:
     if (args.out / "samples.json").exists() and not args.overwrite:
         raise UserError(f"{args.out} already holds samples.json; pass --overwrite to replace it, or choose --out")
     options = dict(args.option)
-    guidance = {"guidance": args.guidance, "guidance_rescale": args.guidance_rescale, "classifier": guide}
-    if args.guidance_interval:
-        guidance["guidance_interval"] = tuple(args.guidance_interval)
+    guidance = Guidance(args.guidance, args.guidance_interval, args.guidance_rescale)
+    wrappers = [guidance, *([guide] if guide else []), *([Widths(policy)] if policy else [])]
 
     batches = list(range(-(-args.num_samples // args.batch_size)))
-    width_calls = []
-    if policy is not None:
-        options["step_policy"] = policy
     try:
-        images, nfe, seconds = generate(
+        images, count, seconds = generate(
             model,
             sampler,
             steps,
@@ -137,13 +134,16 @@ def main(argv: list[str]) -> int:
             args.seed,
             progress=False,
             labels=labels,
-            width_calls=width_calls,
+            wrappers=wrappers,
             discretization=args.discretization,
-            **guidance,
             **options,
         )
     except ValueError as e:
         raise UserError(str(e)) from None
+    nfe, width_calls = count.nfe, None
+    if policy is not None:  # network calls per sample at each width (per level), as the policy ran them
+        per_sample = [{w: c / count.num_samples for w, c in per.items()} for per in wrappers[-1].calls]
+        width_calls = [{w if isinstance(w, str) else f"{w:g}": c for w, c in per.items()} for per in per_sample]
     images = images[: args.num_samples]
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -162,16 +162,16 @@ def main(argv: list[str]) -> int:
         "sampler": sampler[0] if model.num_levels == 1 else sampler,
         "steps": steps[0] if model.num_levels == 1 else steps,
         "discretization": args.discretization or one_or_list([model.plan.grid(n) for n in sampler]),
-        "sampler_options": {k: v for k, v in options.items() if k != "step_policy"},
+        "sampler_options": options,
         "step_policy": args.step_policy,
-        # network calls per sample at each width (per level), as the policy ran them
-        "width_calls": [{w if isinstance(w, str) else f"{w:g}": c for w, c in per.items()} for per in width_calls]
-        or None,
+        "width_calls": width_calls,
         "nfe": sum(nfe),
         "classifier_calls": guide.calls if guide else 0,
         "level_nfe": nfe,
         "seed": args.seed,
-        **guidance,
+        "guidance": args.guidance,
+        "guidance_rescale": args.guidance_rescale,
+        **({"guidance_interval": tuple(args.guidance_interval)} if args.guidance_interval else {}),
         "classifier": guide and guide.path,
         "classifier_scale": guide and guide.scale,
         "labels": None if labels is None else labels.tolist(),

@@ -26,6 +26,7 @@ from ..checkpoints import file_sha256
 from ..data.manifest import atomic_write_bytes
 from ..diffusion import SAMPLERS, sampling_sigmas
 from ..engine import check_sampler, check_steps
+from ..engine.wrappers import Widths
 from ..errors import UserError
 from ..eval.features import build_features, extract
 from ..eval.quality import fid
@@ -224,7 +225,7 @@ def main(argv: list[str]) -> int:
             args.seed,
             False,
             discretization=args.discretization,
-            step_policy=policy,
+            wrappers=[Widths(policy)],
         )
         measured = {"ms_per_sample": cost.seconds_per_sample * 1e3, "mean_width": cost.mean_width, "nfe": cost.nfe}
         return {

@@ -10,7 +10,7 @@ Options:
 - ``batched`` (sgm's ``VanillaCFG``): where a step guides, the conditional and unconditional branches run as one
   call on a batch of 2B (cond and uncond concatenated: tensors with a batch dimension are stacked, the rest must
   agree). Without it, two calls of B.
-A guided step is two network evaluations either way: a CountingDenoiser inside counts 2 NFE.
+A guided step is two network evaluations either way (``pyramid_dm.engine.wrappers.Count`` counts rows, so 2 NFE).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import torch
 from torch import Tensor
 
 from .parameterization import DenoiserFn
-from .samplers import CountingDenoiser
 
 
 class ClassifierFreeGuidance:
@@ -73,8 +72,6 @@ class ClassifierFreeGuidance:
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
         both = {key: _stack(key, cond.get(key), self.uncond.get(key), n) for key in {*cond, *self.uncond}}
         d = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]) if sigma.ndim else sigma, **both)
-        if isinstance(self.denoiser, CountingDenoiser):
-            self.denoiser.nfe += 1  # two branches, one call
         return d[:n], d[n:]
 
 

@@ -17,6 +17,7 @@ from ..diffusion.classifier_guidance import ClassifierGuidance, NoisyClassifierF
 from ..errors import UserError
 from ..flops import count_flops
 from ..nets import EncoderClassifier
+from .wrappers import LevelCall, SamplingWrapper
 
 
 def build_classifier(h) -> EncoderClassifier:
@@ -27,8 +28,12 @@ def build_classifier(h) -> EncoderClassifier:
         raise UserError(f"model.net: {e}") from None
 
 
-class ClassifierGuide:
-    """``classifier_scale`` s of guidance by the classifier checkpoint at ``path`` (see the module docstring)."""
+class ClassifierGuide(SamplingWrapper):
+    """``classifier_scale`` s of guidance by the classifier checkpoint at ``path`` (see the module docstring); a
+    sampling wrapper outside classifier-free guidance (:mod:`.wrappers`). Records ``calls``: gradients per sample
+    (each a classifier forward and backward) of the last ``sample`` call."""
+
+    position = 40.0
 
     def __init__(self, path: str | Path, scale: float, device: str | torch.device = "cpu"):
         if not scale >= 0:
@@ -47,7 +52,7 @@ class ClassifierGuide:
         self.num_classes = int(self.hparams["num_classes"])
         self.image_shape = (self.hparams["channels"], self.hparams["image_size"], self.hparams["image_size"])
         self.last: ClassifierGuidance | None = None
-        self.calls = 0  # gradients per sample in the last sampled batch (set by pyramid_dm.eval.sampling.generate)
+        self._flops: float | None = None
 
     @property
     def dataset(self) -> str | None:
@@ -96,13 +101,29 @@ class ClassifierGuide:
         """The classes in turn, for samples ``start .. start + count - 1`` (an unconditional model has none)."""
         return torch.arange(start, start + count) % self.num_classes
 
-    def wrap(self, denoiser, labels: Tensor) -> ClassifierGuidance:
+    # ---- the sampling wrapper -------------------------------------------------------------------------------------
+    def begin(self, engine, num_samples: int, labels: Tensor | None) -> None:
         if labels is None:
             raise UserError(f"classifier guidance by {self.path} needs class labels to guide toward")
         if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
             raise UserError(f"labels {labels.unique().tolist()} are outside the classifier's 0..{self.num_classes - 1}")
-        self.last = ClassifierGuidance(denoiser, self.log_prob, self.scale, labels.to(self.device))
+        if engine.num_levels != 1:
+            raise UserError(f"classifier guidance by {self.path} guides a single-level model")
+        self.last = None
+
+    def wrap(self, denoiser, at: LevelCall) -> ClassifierGuidance:
+        self.last = ClassifierGuidance(denoiser, self.log_prob, self.scale, at.labels.to(self.device))
         return self.last
+
+    @property
+    def calls(self) -> int:
+        return self.last.calls if self.last is not None else 0
+
+    def describe(self) -> dict:
+        return {"classifier_scale": self.scale}
+
+    def extra_flops(self) -> float:
+        return self.calls * self.flops_per_call() if self.calls else 0.0
 
     @property
     def device(self) -> torch.device:
@@ -111,6 +132,9 @@ class ClassifierGuide:
     def flops_per_call(self) -> float:
         """FLOPs of one guidance gradient for one sample (the classifier's forward and backward), counted by
         ``torch.utils.flop_counter``."""
+        if self._flops is not None:
+            return self._flops
         probe = ClassifierGuidance(lambda x, s: x, self.log_prob, 1.0, torch.zeros(1, dtype=torch.long))
         x = torch.zeros((1, *self.image_shape), device=self.device)
-        return float(count_flops(lambda: probe.gradient(x, torch.tensor(1.0, dtype=torch.float64))))
+        self._flops = float(count_flops(lambda: probe.gradient(x, torch.tensor(1.0, dtype=torch.float64))))
+        return self._flops

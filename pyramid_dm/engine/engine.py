@@ -13,12 +13,12 @@ coarser levels (its context); with one level there is no context and this is pla
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..diffusion import ClassifierFreeGuidance, Denoiser, DenoiserFn, DiffusionLoss, NoiseSchedule
+from ..diffusion import Denoiser, DiffusionLoss, NoiseSchedule
 from ..diffusion import sample as run_sampler
 from ..diffusion.layouts import Layout
 from ..errors import UserError
@@ -27,7 +27,7 @@ from ..nets.slimmable import use_width
 from ..stages import FirstStage
 from .objectives import Denoising, Objective
 from .plan import SamplingPlan
-from .step_policy import StepPolicy
+from .wrappers import LevelCall, SamplingWrapper, ordered
 
 LEVEL_TRAINING = ("all", "sample")
 
@@ -206,26 +206,6 @@ class DiffusionEngine(nn.Module):
         return self.loss(images, labels, u, [torch.stack(z).to(images.device) for z in noise], aug=aug, net=net)
 
     # ---- sampling -----------------------------------------------------------------------------------------------
-    def guided(self, denoiser: DenoiserFn, scale: float, labels, extra: dict | None = None, **options):
-        """``denoiser`` with classifier-free guidance of the given scale toward ``labels``; ``extra`` is the rest of
-        the conditioning (a pyramid level's context), shared by both branches. Without a guidance interval both
-        branches run as one batch of 2B."""
-        if not self.num_classes:
-            raise UserError(f"guidance {scale} needs a class-conditional model; this one has no classes")
-        if not self.label_dropout:
-            raise UserError(
-                f"guidance {scale}: the model was trained with label_dropout=0, so its unconditional (null-class) "
-                "branch was never trained; retrain with model.label_dropout > 0 (0.1 is typical)"
-            )
-        if labels is None:
-            raise UserError(f"guidance {scale} needs class labels to guide toward")
-        null = {**(extra or {}), **self.conditioning(torch.full_like(labels, -1))}
-        options.setdefault("batched", "interval" not in options)
-        try:
-            return ClassifierFreeGuidance(denoiser, scale, null, **options)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-
     @torch.no_grad()
     def sample(
         self,
@@ -235,51 +215,34 @@ class DiffusionEngine(nn.Module):
         labels: Tensor | None = None,
         generator: torch.Generator | None = None,
         net: nn.Module | None = None,
-        denoiser: DenoiserFn | None = None,
-        guidance: float = 1.0,
-        guidance_interval: tuple[float, float] | None = None,
-        guidance_rescale: float = 0.0,
-        guidance_batched: bool | None = None,
+        wrappers: Sequence[SamplingWrapper] = (),
         discretization: str | None = None,
-        wrap: Callable[[DenoiserFn, int], DenoiserFn] | None = None,
-        classifier=None,
-        step_policy: StepPolicy | None = None,
         return_levels: bool = False,
         **options,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Images in [-1, 1], shape (num_samples, C, H, W), generated level by level, coarse first.
 
-        ``sampler`` and ``steps`` are one for every level or one per level (default: the sampling plan's).
-        ``denoiser`` replaces the network's (single level only); ``wrap(denoiser, level)`` wraps each level's (e.g. a
-        :class:`~pyramid_dm.diffusion.CountingDenoiser`); ``guidance`` != 1 applies classifier-free guidance toward
-        ``labels``, its two branches as one batch of 2B unless ``guidance_batched`` is False (default: batched
-        without a ``guidance_interval``); ``classifier`` (a :class:`~.classifier.ClassifierGuide`) adds classifier
-        guidance toward ``labels`` on top; ``step_policy`` runs each call at its width (a slimmable network,
-        :mod:`~pyramid_dm.engine.step_policy`, checked by the caller); ``options`` go to the sampler (e.g.
-        ``eta``). ``return_levels`` also returns the generated levels (scaled latents, coarse first)."""
+        ``sampler`` and ``steps`` are one for every level or one per level (default: the sampling plan's), on the
+        ``discretization`` grid (default: the plan's, else the sampler's own); ``labels`` condition a
+        class-conditional model; ``net`` runs another copy of the network (the EMA weights); ``wrappers`` (parts of
+        :mod:`.wrappers`: guidance, classifier guidance, a step policy, counting, your own) wrap each level's
+        denoiser in the order their positions declare; ``options`` go to the sampler (e.g. ``eta``).
+        ``return_levels`` also returns the generated levels (scaled latents, coarse first)."""
         if torch.isnan(self.latent_scale).any():
             raise UserError("the latent scale is not fitted yet: train at least one step before sampling")
-        if denoiser is not None and self.num_levels > 1:
-            raise UserError("sample(denoiser=...) replaces a single level's denoiser; use wrap= for a pyramid")
         samplers, steps = self.plan.resolve(sampler, steps)
+        wrappers = ordered(wrappers)
+        for wrapper in wrappers:
+            wrapper.begin(self, num_samples, labels)
         label_cond = self.conditioning(labels)
         finished: list[Tensor] = []
         for level in range(self.num_levels):
             x = self.layout.initial_noise(self.geometry, level, finished, num_samples, generator, self.device)
-            den = denoiser or self.denoiser(level, net)
-            if step_policy is not None:
-                den = step_policy.wrap(den, level)
-            if wrap is not None:
-                den = wrap(den, level)
             aug_t, aug_noise = self.layout.sampling_augmentation(self.geometry, level, num_samples, generator, x.device)
             cond = self.level_conditioning(level, finished, aug_t, aug_noise)
-            if guidance != 1.0:
-                extra = {"interval": tuple(guidance_interval)} if guidance_interval else {}
-                if guidance_batched is not None:
-                    extra["batched"] = guidance_batched
-                den = self.guided(den, guidance, labels, cond, rescale=guidance_rescale, **extra)
-            if classifier is not None:
-                den = classifier.wrap(den, labels)
+            den, at = self.denoiser(level, net), LevelCall(self, level, num_samples, labels, cond)
+            for wrapper in wrappers:
+                den = wrapper.wrap(den, at)
             z = run_sampler(
                 den,
                 x,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..diffusion import steps_for_nfe
 from ..engine import GenerativeModel
+from ..engine.wrappers import SamplingWrapper
 from .features import FeatureExtractor, extract
 from .quality import quality_metrics
 from .sampling import sample_with_cost
@@ -24,31 +27,29 @@ def evaluate_grid(
     kid_subset_size: int = 1000,
     progress: bool = True,
     nfe_budgets: bool = False,
-    guidance: float = 1.0,
     discretization: str | None = None,
-    classifier=None,
     sampler_options: dict | None = None,
-    step_policy=None,
+    wrappers: Sequence[SamplingWrapper] = (),
 ) -> list[dict]:
     """One row per (sampler, steps): cost (:class:`~pyramid_dm.eval.sampling.SamplingCost`) and quality
     (FID/KID/precision/recall in ``extractor``'s feature space against the ``real`` features). With ``nfe_budgets``
     the ``steps`` are NFE budgets instead, turned into each sampler's step count (Heun: (NFE + 1) // 2; PC with k
-    corrector steps: NFE // (1 + k)). ``classifier`` (a :class:`~pyramid_dm.engine.ClassifierGuide`) adds classifier
-    guidance; ``sampler_options`` go to every sampler (e.g. ``snr``, ``corrector_steps``); ``step_policy`` (a
-    :class:`~pyramid_dm.engine.step_policy.StepPolicy`) runs each call at its width, costed per width."""
+    corrector steps: NFE // (1 + k)). ``sampler_options`` go to every sampler (e.g. ``snr``, ``corrector_steps``);
+    ``wrappers`` (:mod:`pyramid_dm.engine.wrappers`: guidance, classifier guidance, a step policy costed per width)
+    wrap every run, and each row records what they describe (``guidance``, ``classifier_scale``, ...)."""
     rows, sampler_options = [], dict(sampler_options or {})
     grid = [(s, steps_for_nfe(s, n, **sampler_options) if nfe_budgets else n) for s in samplers for n in steps]
     for sampler, n in tqdm(grid, desc="evaluate", disable=not progress or len(grid) == 1):
-        options = {"guidance": guidance, "discretization": discretization, "classifier": classifier, **sampler_options}
-        if step_policy is not None:
-            options["step_policy"] = step_policy
+        options = {"discretization": discretization, "wrappers": wrappers, **sampler_options}
         images, cost = sample_with_cost(model, sampler, n, num_samples, batch_size, seed, progress, **options)
         fake = extract(extractor.to(model.device), images)
         row = cost.as_dict()
         names = [sampler] if isinstance(sampler, str) else list(dict.fromkeys(sampler))  # one per level, or one
         grids = dict.fromkeys(model.plan.grid(name, discretization) for name in names)
-        row.update(sampler="/".join(names), discretization="/".join(grids), guidance=guidance)
-        row.update(classifier_scale=classifier.scale if classifier is not None else None, **sampler_options)
+        row.update(sampler="/".join(names), discretization="/".join(grids), guidance=1.0, classifier_scale=None)
+        for wrapper in wrappers:
+            row.update(wrapper.describe())
+        row.update(**sampler_options)
         row.update(num_samples=len(images), num_real=len(real))
         row.update(quality_metrics(real, fake, extractor.name, kid_subset_size))
         rows.append(row)

@@ -5,14 +5,15 @@ wall-clock, images/s, peak memory and GPU energy. Works with any :class:`~pyrami
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..diffusion import CountingDenoiser
-from ..engine import GenerativeModel
+from ..engine import ClassifierGuide, GenerativeModel
+from ..engine.wrappers import Count, SamplingWrapper, Widths, find
 from ..images import to_uint8
 from .cost import EnergyMeter, PeakMemory
 
@@ -69,25 +70,17 @@ def generate(
     seed: int = 0,
     progress: bool = True,
     labels: Tensor | None = None,
-    width_calls: list[dict[float, float]] | None = None,
+    wrappers: Sequence[SamplingWrapper] = (),
     **options,
-) -> tuple[Tensor, list[int], float]:
-    """Samples for the given evaluation batches (quantized like real PNGs, on the CPU), the network calls per sample
-    at each level (NFE) and the seconds spent generating. ``labels`` (one per sample) replaces the model's classes in
-    turn; the batch they run out in is drawn short. With ``step_policy=`` among the ``options``, a ``width_calls``
-    list is filled with each level's network calls per sample at each width (of the last batch). With ``classifier=`` (a
-    :class:`~pyramid_dm.engine.ClassifierGuide`) among the ``options``, its gradients per sample are counted in
-    ``classifier.calls`` (of the last batch), and an unconditional model is guided toward the classifier's classes
-    in turn."""
-    out, nfe, seconds = [], [], 0.0
-    guide = options.get("classifier")
+) -> tuple[Tensor, Count, float]:
+    """Samples for the given evaluation batches (quantized like real PNGs, on the CPU), the :class:`Count` of the
+    network calls per sample at each level (NFE) and the seconds spent generating. ``labels`` (one per sample)
+    replaces the model's classes in turn; the batch they run out in is drawn short. ``wrappers`` (guidance, a step
+    policy, ...: :mod:`pyramid_dm.engine.wrappers`) keep what they measured of the last batch; an unconditional
+    model guided by a classifier is guided toward the classifier's classes in turn."""
+    out, seconds, count = [], 0.0, Count()
+    guide = find(wrappers, ClassifierGuide)
     for b in tqdm(batch_indices, desc=f"{sampler} {steps} steps", disable=not progress, leave=False):
-        counters: dict[int, CountingDenoiser] = {}
-
-        def count(denoiser, level, counters=counters):
-            counters[level] = CountingDenoiser(denoiser)
-            return counters[level]
-
         if labels is None:
             batch_labels, n = model.sample_labels(b * batch_size, batch_size), batch_size
             if batch_labels is None and guide is not None:
@@ -104,19 +97,29 @@ def generate(
             steps,
             labels=batch_labels,
             generator=batch_generator(seed, b, model.device),
-            wrap=count,
+            wrappers=[*wrappers, count],
             **options,
         )
         if model.device.type == "cuda":
             torch.cuda.synchronize(model.device)
         seconds += time.perf_counter() - start
         out.append(quantize(images).cpu())
-        nfe = [counters[level].nfe for level in sorted(counters)]
-        if width_calls is not None and options.get("step_policy") is not None:
-            width_calls[:] = [{w: c / n for w, c in counters[lv].denoiser.calls.items()} for lv in sorted(counters)]
-        if guide is not None:
-            guide.calls = guide.last.calls
-    return torch.cat(out), nfe, seconds
+    return torch.cat(out), count, seconds
+
+
+def network_flops(model: GenerativeModel, nfe: list, per_call: list[float], widths: Widths | None):
+    """(network FLOPs per sample, FLOPs per call at each level, mean width): each call at the width it ran at,
+    counted by flop_counter at that width (``widths``: the step policy's record), else at full width."""
+    if widths is None:
+        return sum(k * f for k, f in zip(nfe, per_call)), per_call, None
+    calls = [{w: c / widths.num_samples for w, c in per.items()} for per in widths.calls]
+    at = {w: model.flops_per_call(width=w) for w in widths.policy.widths}
+    at.update({name: other.flops_per_call() for name, other in widths.policy.engines.items()})  # T-Stitch's models
+    network = sum(c * at[w][level] for level, per in enumerate(calls) for w, c in per.items())
+    own = [(w, c) for per in calls for w, c in per.items() if not isinstance(w, str)]
+    mean_width = sum(c * w for w, c in own) / max(sum(c for _, c in own), 1) if own else None
+    per_call = [sum(c * at[w][lv] for w, c in calls[lv].items()) / max(nfe[lv], 1) for lv in range(len(nfe))]
+    return network, per_call, mean_width
 
 
 def sample_with_cost(
@@ -127,30 +130,24 @@ def sample_with_cost(
     batch_size: int,
     seed: int = 0,
     progress: bool = True,
+    wrappers: Sequence[SamplingWrapper] = (),
     **options,
 ) -> tuple[Tensor, SamplingCost]:
-    """``num_samples`` images (rounded up to whole batches) and the measured cost of drawing them."""
+    """``num_samples`` images (rounded up to whole batches) and the measured cost of drawing them: the network
+    calls, at the widths a step policy ran them, plus what the wrappers spent beside them (a classifier's
+    gradients)."""
     batch_size = min(batch_size, num_samples)
     batches = list(range(-(-num_samples // batch_size)))
     per_call, decoder = per_sample_flops(model)
-    policy, mean_width, calls = options.get("step_policy"), None, []
     with PeakMemory(model.device) as mem, EnergyMeter(model.device) as energy:
-        images, nfe, seconds = generate(
-            model, sampler, steps, batches, batch_size, seed, progress, width_calls=calls if policy else None, **options
+        images, count, seconds = generate(
+            model, sampler, steps, batches, batch_size, seed, progress, wrappers=wrappers, **options
         )
-    n, total_nfe = len(images), sum(nfe)
-    network = sum(k * f for k, f in zip(nfe, per_call))
-    if policy is not None:  # each call at the width it ran at, counted by flop_counter at that width
-        at = {w: model.flops_per_call(width=w) for w in policy.widths}
-        at.update({name: other.flops_per_call() for name, other in policy.engines.items()})  # T-Stitch's models
-        network = sum(c * at[w][level] for level, per in enumerate(calls) for w, c in per.items())
-        own = [(w, c) for per in calls for w, c in per.items() if not isinstance(w, str)]
-        mean_width = sum(c * w for w, c in own) / max(sum(c for _, c in own), 1) if own else None
-        if len(nfe) > 1:
-            per_call = [sum(c * at[w][lv] for w, c in calls[lv].items()) / max(nfe[lv], 1) for lv in range(len(nfe))]
-    guide = options.get("classifier")
-    guide_calls = guide.calls if guide is not None else 0
-    guide_flops = guide.flops_per_call() if guide is not None else 0.0
+    n, nfe = len(images), count.nfe
+    total_nfe = sum(nfe)
+    widths, guide = find(wrappers, Widths), find(wrappers, ClassifierGuide)
+    network, per_call, mean_width = network_flops(model, nfe, per_call, widths)
+    extra = sum(w.extra_flops() for w in wrappers)
     levels = None
     if len(nfe) > 1:
         levels = [
@@ -164,7 +161,7 @@ def sample_with_cost(
         params=model.num_params(),
         gflops_per_call=network / max(total_nfe, 1) / 1e9,
         decoder_gflops=decoder / 1e9,
-        gflops_per_sample=(network + decoder + guide_calls * guide_flops) / 1e9,
+        gflops_per_sample=(network + decoder + extra) / 1e9,
         batch_size=batch_size,
         seconds_per_sample=seconds / n,
         images_per_s=n / seconds,
@@ -172,9 +169,9 @@ def sample_with_cost(
         energy_j_per_sample=None if energy.joules is None else energy.joules / n,
         device=str(model.device),
         levels=levels,
-        classifier_calls=guide_calls,
-        classifier_gflops_per_call=guide_flops / 1e9,
-        step_policy=None if policy is None else policy.name or "policy",
+        classifier_calls=guide.calls if guide is not None else 0,
+        classifier_gflops_per_call=guide.flops_per_call() / 1e9 if guide is not None else 0.0,
+        step_policy=None if widths is None else widths.describe()["step_policy"],
         mean_width=mean_width,
     )
     return images[:num_samples], cost
