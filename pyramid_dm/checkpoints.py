@@ -18,6 +18,8 @@ idempotent and needs no version number:
   which those runs never use (their ``training_noise`` is ``schedule`` or ``lognormal``); a pyramid without
   ``stage_bounds`` (trained before the pyramid_flow layout): None, which its layout ignores;
 - no ``step_aware`` (trained before step-aware supernets): None, a plain network (same weights and names).
+- no ``network`` / ``objective`` (trained before networks and objectives were named parts): ``unet`` (the only
+  network there was) and None (the objective the model's options imply, as before).
 A new format change adds a step here and a fixture checkpoint of the old format in ``tests/fixtures/``.
 """
 
@@ -108,6 +110,8 @@ def migrate(ckpt: dict, family: str | None = None) -> dict:
         for key, value in (("logit_normal_mean", 0.0), ("logit_normal_std", 1.0), ("mode_scale", 1.29)):
             hp.setdefault(key, value)  # flow matching's training densities (issue 17); unused by older runs
         hp.setdefault("step_aware", None)  # a slimmable supernet (issue 16); older networks are plain
+        hp.setdefault("network", "unet")  # networks as registered parts (issue 25): every older model is a UNet
+        hp.setdefault("objective", None)  # objectives as parts (issue 25): None is the one older runs trained
         if (family_of(ckpt) or family) == "pyramid":
             hp.setdefault("stage_bounds", None)  # pyramid_flow's stage windows; older layouts have none
         if "latent_scale" not in state:

@@ -30,7 +30,8 @@ from fixtures.make_legacy import SETTINGS as FIRST_SETTINGS
 from fixtures.make_legacy_1d0ced0 import sample_kwargs
 from fixtures.make_legacy_float64 import fixture_copy
 
-from pyramid_dm.engine import load_engine
+from pyramid_dm.engine import ClassifierGuide, load_engine
+from pyramid_dm.engine.wrappers import Guidance, Widths
 from pyramid_dm.images import to_uint8
 
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy"
@@ -52,6 +53,16 @@ def _copy(name: str, tmp_path: Path) -> Path:
     return fixture_copy(name, INDEX, tmp_path)
 
 
+def wrapped(kwargs: dict) -> dict:
+    """A setting's keywords as the fixtures recorded them (the older ``sample()``'s ``guidance``, ``step_policy``,
+    ``classifier``) in today's terms: the sampling wrappers."""
+    out = dict(kwargs)
+    scale, policy, guide = out.pop("guidance", 1.0), out.pop("step_policy", None), out.pop("classifier", None)
+    guidance = Guidance(scale, out.pop("guidance_interval", None), out.pop("guidance_rescale", 0.0))
+    out["wrappers"] = [guidance, *([Widths(policy)] if policy else []), *([guide] if guide else [])]
+    return out
+
+
 def _draw(model, labels, name: str, key: str, default_dtype=torch.float32, float64_model=False) -> torch.Tensor:
     """``model.sample`` of fixture ``name``'s setting ``key`` at the fixture seed (a float64 model also guided by a
     float64 classifier), with tensors made in ``default_dtype``."""
@@ -60,9 +71,10 @@ def _draw(model, labels, name: str, key: str, default_dtype=torch.float32, float
     try:
         classifier = str(FIXTURES / f"{name}.ckpt") if INDEX["runs"][name].get("samples_with") else None
         levels = model.engine.num_levels if hasattr(model, "engine") else model.num_levels
-        kwargs = sample_kwargs(settings(name)[key], levels, classifier)
-        if float64_model and "classifier" in kwargs:
-            kwargs["classifier"].net.double()
+        kwargs = wrapped(sample_kwargs(settings(name)[key], levels, classifier))
+        guides = [w for w in kwargs["wrappers"] if isinstance(w, ClassifierGuide)]
+        if float64_model and guides:
+            guides[0].net.double()
         g = torch.Generator().manual_seed(INDEX["seed"])
         return model.sample(INDEX["num_samples"], labels=labels, generator=g, **kwargs).double()
     finally:

@@ -29,7 +29,8 @@ def test_learning_rate_scaling_is_explicit():
     import pytest
 
     from pyramid_dm.errors import UserError
-    from pyramid_dm.models.diffusion import LR_SCALINGS, PixelDiffusion
+    from pyramid_dm.models import PixelDiffusion
+    from pyramid_dm.models.optim import LR_SCALINGS
 
     assert LR_SCALINGS["none"](8.0) == 1.0 and LR_SCALINGS["linear"](8.0) == 8.0 and LR_SCALINGS["sqrt"](4.0) == 2.0
     with pytest.raises(UserError, match="model.lr_scaling 'auto'"):

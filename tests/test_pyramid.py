@@ -290,7 +290,7 @@ def test_latent_diffusion_trains_samples_and_counts_the_decoder(runs, session_en
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "samples.json").read_text())
     assert record["family"] == "latent" and record["nfe"] == 3 and len(list(out.glob("0*.png"))) == 4
-    from pyramid_dm.commands.evaluate import build_model
+    from pyramid_dm.engine.load import build_model
 
     model = build_model(torch.load(ckpt, weights_only=True), str(ckpt), None, torch.device("cpu"))
     assert model.decoder_flops() > 0  # the cost accounting includes decoding the latent
@@ -373,7 +373,7 @@ def trained_pyramid(runs, session_env) -> Path:
 def test_generated_fine_level_agrees_with_its_coarse_condition(trained_pyramid):
     """Average-pooling the generated 8x8 level gives back the 4x4 level it was conditioned on: RMS error below 0.2
     (pixels in [-1, 1]) and below 0.4x the error against another sample's coarse level (measured: 0.11 and 0.55)."""
-    from pyramid_dm.commands.evaluate import build_model
+    from pyramid_dm.engine.load import build_model
 
     path = str(trained_pyramid)
     model = build_model(torch.load(path, weights_only=True), path, None, torch.device("cpu"))

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from helpers import run_cli
 from test_pyramid import fit
 
-from pyramid_dm.commands.evaluate import build_model
+from pyramid_dm.engine.load import build_model
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,9 @@ from ..config import load_config
 from ..data.builtin import PREFIX as BUILTIN_PREFIX
 from ..data.builtin import shard_location
 from ..data.manifest import Manifest, ShardError
-from ..diffusion import DISCRETIZATIONS, SAMPLERS, steps_for_nfe
 from ..diffusion import sample as run_sampler
-from ..engine import ClassifierGuide, check_discretization, check_sampler, per_level
+from ..diffusion import steps_for_nfe
+from ..engine import per_level
 from ..engine.load import build_model, load_checkpoint
 from ..engine.wrappers import Guidance, Widths
 from ..errors import UserError
@@ -35,51 +35,17 @@ from ..eval.evaluate import evaluate_grid
 from ..eval.features import build_features
 from ..eval.real_features import real_features
 from ..eval.report import pareto_plot, write_table
+from .args import (
+    add_checkpoint_args,
+    add_classifier_args,
+    add_run_args,
+    add_sampler_args,
+    check_sampler_args,
+    load_guide,
+    pick_device,
+    sampler_option,
+)
 from .policy_args import add_policy_args, load_policy
-
-
-def sampler_option(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` of ``--option`` (numbers as floats)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. --option eta=0.5)")
-    try:
-        return key, float(value)
-    except ValueError:
-        return key, value
-
-
-def add_classifier_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--classifier", help="a noise-conditional classifier checkpoint: classifier guidance")
-    p.add_argument(
-        "--classifier_scale", type=float, default=1.0, help="classifier guidance scale s >= 0 (with --classifier)"
-    )
-    p.add_argument(
-        "--classifier_any_schedule",
-        action="store_true",
-        help="guide a model whose noise schedule differs from the classifier's (it then extrapolates)",
-    )
-
-
-def load_guide(args, model, ckpt: dict, device, manifest: Manifest | None = None):
-    """The classifier guide of ``--classifier`` (None without), checked against the model and its data."""
-    if not args.classifier:
-        if args.classifier_scale != 1.0:
-            raise UserError("--classifier_scale needs --classifier (the classifier checkpoint that guides)")
-        return None
-    guide = ClassifierGuide(args.classifier, args.classifier_scale, device)
-    dataset = manifest.name if manifest is not None else _dataset_of(ckpt)
-    guide.check(model, dataset, any_schedule=args.classifier_any_schedule)
-    return guide
-
-
-def _dataset_of(ckpt: dict) -> str | None:
-    """The data set a checkpoint was trained on, if its shards can still be read (else None: not checked)."""
-    shards = (ckpt.get("datamodule_hyper_parameters") or {}).get("shards")
-    try:
-        return Manifest.load(shard_location(shards)).name if shards else None
-    except (ShardError, UserError, OSError):
-        return None
 
 
 def check_sampler_options(model, samplers: list, steps: list, args) -> None:
@@ -108,20 +74,13 @@ def check_sampler_options(model, samplers: list, steps: list, args) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pyramid_dm evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt_path", required=True, help="checkpoint to evaluate (its EMA weights)")
-    p.add_argument("--config", help="config with the data section (default: the run's saved config.yaml)")
-    p.add_argument(
-        "--sampler", nargs="+", help=f"one or more of {sorted(SAMPLERS)} (default: the model's own, per level)"
-    )
+    add_checkpoint_args(p, "checkpoint to evaluate (its EMA weights)")
     steps = p.add_mutually_exclusive_group()
-    steps.add_argument(
-        "--steps", nargs="+", type=int, help="one or more step counts (default: the model's own budget, per level)"
-    )
+    add_sampler_args(p, "one or more of {samplers} (default: the model's own, per level)", steps)
     steps.add_argument("--nfe", nargs="+", type=int, help="one or more NFE budgets (Heun: (NFE + 1) // 2 steps)")
     steps.add_argument(
         "--level_steps", nargs="+", type=int, help="a pyramid's steps per level, coarse first (one evaluation)"
     )
-    p.add_argument("--discretization", help=f"one of {list(DISCRETIZATIONS)} (default: each sampler's own)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
     add_classifier_args(p)
     add_policy_args(p)
@@ -138,22 +97,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--real_split", default="train", choices=["train", "val"], help="real images to compare with")
     p.add_argument("--num_real", type=int, default=None, help="real images used (default: the whole split)")
     p.add_argument("--kid_subset_size", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    add_run_args(p)
     p.add_argument("--out", type=Path, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     p.add_argument("--no_wandb", action="store_true", help="do not log to W&B")
     p.add_argument("--no_progress", action="store_true")
     args = p.parse_args(argv)
-    for name in args.sampler or []:
-        check_sampler(name, "--sampler")
+    check_sampler_args(args, steps=False)
     if args.nfe:
         args.steps = args.nfe
     if args.level_steps:
         args.steps = [args.level_steps]
     if args.steps and min(min(n) if isinstance(n, list) else n for n in args.steps) < 1:
         raise UserError(f"--{'nfe' if args.nfe else 'steps'} must be >= 1, got {args.steps}")
-    check_discretization(args.discretization, "--discretization")
     if args.num_samples < 2:
         raise UserError(f"--num_samples must be >= 2, got {args.num_samples}")
     return args
@@ -215,12 +171,6 @@ def sweep_name(args, space: str, samplers: list, steps: list) -> str:
     parts += [f"n{args.num_samples}", f"seed{args.seed}"]
     parts += [f"real-{args.real_split}{args.num_real or ''}"] * (args.real_split != "train" or bool(args.num_real))
     return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", "-".join(parts))[:200]
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def log_to_wandb(rows: list[dict], meta: dict, png: Path, out: Path, config: dict | None) -> str | None:

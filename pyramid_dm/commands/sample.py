@@ -19,30 +19,28 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..diffusion import DISCRETIZATIONS, SAMPLERS
-from ..engine import check_discretization, check_sampler, check_steps
+from ..engine.load import build_model, load_checkpoint
 from ..engine.wrappers import Guidance, Widths
 from ..errors import UserError
 from ..eval.sampling import generate
 from ..images import make_grid, save_png, to_uint8
-from .evaluate import add_classifier_args, build_model, load_checkpoint, load_guide, pick_device, sampler_option
+from .args import (
+    add_checkpoint_args,
+    add_classifier_args,
+    add_run_args,
+    add_sampler_args,
+    check_sampler_args,
+    load_guide,
+    pick_device,
+    sampler_option,
+)
 from .policy_args import add_policy_args, load_policy
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pyramid_dm sample", description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt_path", required=True, help="checkpoint to sample from (its EMA weights)")
-    p.add_argument(
-        "--sampler", nargs="+", help=f"one of {sorted(SAMPLERS)}, or one per pyramid level (default: the model's)"
-    )
-    p.add_argument(
-        "--steps",
-        type=int,
-        nargs="+",
-        help="sampling steps, or one count per pyramid level coarse first (default: the model's; Heun makes "
-        "2 * steps - 1 calls)",
-    )
-    p.add_argument("--discretization", help=f"one of {list(DISCRETIZATIONS)} (default: the sampler's own)")
+    add_checkpoint_args(p, "checkpoint to sample from (its EMA weights)", config=False)
+    add_sampler_args(p, "one of {samplers}, or one per pyramid level (default: the model's)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--guidance_interval", type=float, nargs=2, metavar=("LO", "HI"), help="guide for sigma in (LO, HI]")
     p.add_argument("--guidance_rescale", type=float, default=0.0, help="CFG rescale phi in [0, 1] (Lin et al.)")
@@ -54,8 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--num_samples", type=int, default=64)
     p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    add_run_args(p)
     p.add_argument("--no_ema", action="store_true", help="use the raw instead of the EMA weights")
     p.add_argument(
         "--out",
@@ -64,10 +61,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--overwrite", action="store_true", help="replace samples already in --out")
     args = p.parse_args(argv)
-    for name in args.sampler or []:
-        check_sampler(name, "--sampler")
-    check_discretization(args.discretization, "--discretization")
-    check_steps(args.steps or [], "--steps")
+    check_sampler_args(args)
     if args.num_samples < 1 or args.batch_size < 1:
         raise UserError(f"--num_samples and --batch_size must be >= 1, got {args.num_samples}, {args.batch_size}")
     return args

@@ -24,8 +24,7 @@ from pathlib import Path
 
 from ..checkpoints import file_sha256
 from ..data.manifest import atomic_write_bytes
-from ..diffusion import SAMPLERS, sampling_sigmas
-from ..engine import check_sampler, check_steps
+from ..diffusion import sampling_sigmas
 from ..engine.wrappers import Widths
 from ..errors import UserError
 from ..eval.features import build_features, extract
@@ -33,18 +32,16 @@ from ..eval.quality import fid
 from ..eval.real_features import real_features
 from ..eval.report import write_csv
 from ..eval.sampling import sample_with_cost
-from ..eval.step_search import SearchSpace, front, open_study, run_search, worker_identity
+from ..eval.step_search import GENOMES, SearchSpace, front, open_study, run_search, worker_identity
+from .args import add_checkpoint_args, add_run_args, add_sampler_args, check_sampler_args
 from .evaluate import load_for_command, resolve_data
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pyramid_dm search-steps", description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt_path", required=True, help="a step-aware supernet checkpoint (its EMA weights)")
-    p.add_argument("--config", help="config with the data section (default: the run's saved config.yaml)")
-    p.add_argument("--sampler", nargs="+", help=f"one of {sorted(SAMPLERS)}, or one per pyramid level")
-    p.add_argument("--steps", type=int, nargs="+", help="sampling steps, or one count per pyramid level")
-    p.add_argument("--discretization", help="the grid (default: the sampler's own)")
-    p.add_argument("--genome", default="log_snr", choices=["log_snr", "per_step"])
+    add_checkpoint_args(p, "a step-aware supernet checkpoint (its EMA weights)")
+    add_sampler_args(p, "one of {samplers}, or one per pyramid level (default: the model's)")
+    p.add_argument("--genome", default="log_snr", choices=sorted(GENOMES), help="how a policy is encoded")
     p.add_argument("--breakpoints", type=int, default=3, help="log_snr genome: breakpoints K per level")
     p.add_argument("--trials", type=int, required=True, help="finished trials in the study (all workers together)")
     p.add_argument("--population", type=int, default=16, help="NSGA-II population size")
@@ -53,15 +50,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--features", default="auto", help="FID-proxy features (as evaluate)")
     p.add_argument("--real_split", default="train", choices=["train", "val"])
     p.add_argument("--num_real", type=int, default=2000, help="real images for the FID-proxy statistics")
-    p.add_argument("--seed", type=int, default=0, help="the common noise seed of every candidate, and NSGA-II's")
+    add_run_args(p, "the common noise seed of every candidate, and NSGA-II's")
     p.add_argument("--study", type=Path, required=True, help="study directory (shared by workers; resumable)")
-    p.add_argument("--device", default="auto")
     p.add_argument("--no_wandb", action="store_true")
     p.add_argument("--no_progress", action="store_true")
     args = p.parse_args(argv)
-    for name in args.sampler or []:
-        check_sampler(name, "--sampler")
-    check_steps(args.steps or [], "--steps")
+    check_sampler_args(args)
     for key in ("trials", "population", "num_samples", "num_real"):
         if getattr(args, key) < 2:
             raise UserError(f"--{key} must be >= 2, got {getattr(args, key)}")

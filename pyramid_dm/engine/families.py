@@ -28,11 +28,11 @@ from ..diffusion import (
 from ..diffusion.layouts import Layout
 from ..diffusion.parameterization import check_pair, check_prediction
 from ..errors import UserError
-from ..nets import PyramidUNet, UNet
+from ..nets import NETWORKS, NetSpec
 from ..stages import FirstStage, IdentityStage, autoencoder_stage
 from .engine import DiffusionEngine
 from .first_stages import PYRAMID_FIRST_STAGES
-from .objectives import Denoising, Sandwich
+from .objectives import OBJECTIVES
 from .plan import SamplingPlan, per_level
 from .supernet import SandwichRule
 
@@ -55,6 +55,7 @@ class DiffusionOptions:
     num_classes: int
     class_conditional: bool
     label_dropout: float
+    network: str
     unet: dict | None
     schedule: str
     num_timesteps: int
@@ -75,6 +76,7 @@ class DiffusionOptions:
     sample_steps: int
     discretization: str | None
     step_aware: dict | None
+    objective: str | None
 
     def __post_init__(self):
         if not 0 <= self.label_dropout < 1:
@@ -85,17 +87,33 @@ class DiffusionOptions:
             raise UserError(f"model.{e}") from None
         try:
             check_prediction(self.prediction)
+            NETWORKS.lookup(self.network)
+            OBJECTIVES.lookup(self.objective_name)
         except ValueError as e:
             raise UserError(f"model: {e}") from None
+
+    @property
+    def objective_name(self) -> str:
+        """``objective``, else the sandwich rule for a step-aware supernet and the denoising loss otherwise."""
+        return self.objective or ("sandwich" if self.supernet else "denoising")
 
     @property
     def classes(self) -> int:
         return self.num_classes if self.class_conditional else 0
 
-    def net_options(self) -> dict:
-        """The network's layout (``unet``) plus its widths when it is a step-aware supernet."""
+    def net_factory(self, spec: NetSpec) -> Callable[[], nn.Module]:
+        """The registered network ``network`` built for ``spec`` from its options (``unet``), plus its widths when it
+        is a step-aware supernet."""
         widths = {"width_multipliers": list(self.supernet.widths)} if self.supernet else {}
-        return {**(self.unet or {}), **widths}
+        build, options = NETWORKS[self.network], {**(self.unet or {}), **widths}
+
+        def make() -> nn.Module:
+            try:
+                return build(spec, **options)
+            except (TypeError, ValueError) as e:  # an option the network does not take, or a value it refuses
+                raise UserError(f"model.unet (the options of network {self.network!r}): {e}") from None
+
+        return make
 
 
 @dataclass(frozen=True)
@@ -156,9 +174,9 @@ class Recipe:
     def layout(self) -> Layout:
         return NativeLayout()
 
-    def net_factory(self, geometry: LevelGeometry) -> Callable[[], nn.Module]:
-        (c, size, _), classes, unet = geometry.grid_shape(0), self.o.classes or None, self.o.net_options()
-        return lambda: UNet(in_channels=c, image_size=size, num_classes=classes, **unet)
+    def net_spec(self, geometry: LevelGeometry) -> NetSpec:
+        (c, size, _), classes = geometry.grid_shape(0), self.o.classes or None
+        return NetSpec((c,), (size,), (0,), classes)
 
     def latent_scale(self) -> float:
         """1 for pixel levels; NaN (= fit on the first training batch) for latent ones."""
@@ -213,16 +231,15 @@ class PyramidRecipe(Recipe):
     def layout(self) -> Layout:
         return LAYOUTS[self.p.layout].from_options(self.p)
 
-    def net_factory(self, geometry: LevelGeometry) -> Callable[[], nn.Module]:
-        unet, p = self.o.net_options(), self.p
-        return lambda: PyramidUNet(
-            level_channels=[c for c, _, _ in geometry.level_shapes],
-            context_channels=[geometry.context_channels(level) for level in range(geometry.num_levels)],
-            level_sizes=list(geometry.grid_sizes),
-            num_classes=self.o.classes or None,
-            shared_body=p.shared_body,
-            spade=p.spade,
-            **unet,
+    def net_spec(self, geometry: LevelGeometry) -> NetSpec:
+        return NetSpec(
+            tuple(c for c, _, _ in geometry.level_shapes),
+            tuple(geometry.grid_sizes),
+            tuple(geometry.context_channels(level) for level in range(geometry.num_levels)),
+            self.o.classes or None,
+            pyramid=True,
+            shared_body=self.p.shared_body,
+            spade=self.p.spade,
         )
 
     def latent_scale(self) -> float:
@@ -285,7 +302,7 @@ def build_engine(family: str, h: Mapping[str, Any], first_stage: dict | None = N
     except ValueError as e:
         raise UserError(f"model.{e}") from None
     try:
-        factory = recipe.net_factory(geometry)
+        factory = o.net_factory(recipe.net_spec(geometry))
         engine = DiffusionEngine(
             first_stage,
             layout,
@@ -300,7 +317,7 @@ def build_engine(family: str, h: Mapping[str, Any], first_stage: dict | None = N
             latent_scale=recipe.latent_scale(),
             level_training=recipe.level_training(),
             family=recipe.family,
-            objective=Sandwich(o.supernet) if o.supernet else Denoising(),
+            objective=OBJECTIVES[o.objective_name].from_options(o),
         )
     except ValueError as e:
         if isinstance(e, UserError):

@@ -35,6 +35,12 @@ class StepLosses:
 class Objective:
     name = "objective"
 
+    @classmethod
+    def from_options(cls, o) -> Objective:
+        """The objective for a model's options ``o`` (:class:`~.families.DiffusionOptions`); a ValueError names an
+        option it needs and lacks."""
+        return cls()
+
     def step(self, engine, images: Tensor, labels: Tensor) -> StepLosses:
         raise NotImplementedError
 
@@ -71,6 +77,12 @@ class Sandwich(Objective):
 
     def __init__(self, rule: SandwichRule):
         self.rule = rule
+
+    @classmethod
+    def from_options(cls, o) -> Sandwich:
+        if not o.supernet:
+            raise ValueError("objective 'sandwich' trains a slimmable supernet: set model.step_aware (its widths)")
+        return cls(o.supernet)
 
     def terms(self, engine, images: Tensor, labels: Tensor) -> list[tuple[float, Tensor, int | None]]:
         """(width, mean loss, level trained alone or None) of each width this step trains, each with its own

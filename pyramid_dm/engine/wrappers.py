@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -34,8 +34,7 @@ from ..diffusion import ClassifierFreeGuidance, DenoiserFn
 from ..errors import UserError
 from .step_policy import PolicyDenoiser, StepPolicy
 
-if TYPE_CHECKING:  # the engine calls the wrappers; they only read it
-    from .engine import DiffusionEngine
+DiffusionEngine = Any  # a .engine.DiffusionEngine: the engine imports this module, so it is not imported back
 
 
 @dataclass

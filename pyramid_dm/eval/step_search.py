@@ -31,15 +31,92 @@ from pathlib import Path
 
 from .. import compat
 from ..engine.step_policy import LevelPolicy, StepPolicy, log_snr
+from ..registry import Registry
 
 STUDY_NAME = "search-steps"
+
+
+class Genome:
+    """How a level's width policy is encoded as trial parameters (a registered part of :data:`GENOMES`)."""
+
+    name = "genome"
+
+    def check(self, space: SearchSpace) -> None:
+        """A ValueError if the search space does not suit this genome."""
+
+    def suggest(self, trial, space: SearchSpace, lv: int) -> dict:
+        raise NotImplementedError
+
+    def level_policy(self, params: dict, space: SearchSpace, lv: int) -> LevelPolicy:
+        raise NotImplementedError
+
+    def params(self, segments: list[tuple[float, float]], space: SearchSpace, lv: int) -> dict:
+        """Parameters of level ``lv`` having width w up to each end fraction of its range: ``[(end, w), ...]``."""
+        raise NotImplementedError
+
+    def has_pilot(self, space: SearchSpace) -> bool:
+        """Whether DDSM's pilot policies (three segments) can be written in this genome."""
+        return True
+
+
+class LogSnrGenome(Genome):
+    """K breakpoints in the budget's log-SNR range and K + 1 widths per level: serves any sampler."""
+
+    name = "log_snr"
+
+    def check(self, space):
+        if space.breakpoints < 1:
+            raise ValueError(f"--breakpoints must be >= 1, got {space.breakpoints}")
+
+    def suggest(self, trial, space, lv):
+        lo, hi = space.log_snr_range(lv)
+        k_max, widths = space.breakpoints, space.widths
+        out = {f"l{lv}_w{k}": trial.suggest_categorical(f"l{lv}_w{k}", widths) for k in range(k_max + 1)}
+        out.update({f"l{lv}_b{k}": trial.suggest_float(f"l{lv}_b{k}", lo, hi) for k in range(k_max)})
+        return out
+
+    def level_policy(self, params, space, lv):
+        ws = [params[f"l{lv}_w{k}"] for k in range(space.breakpoints + 1)]
+        return LevelPolicy(sorted(params[f"l{lv}_b{k}"] for k in range(space.breakpoints)), ws)
+
+    def params(self, segments, space, lv):
+        lo, hi = space.log_snr_range(lv)
+        k_max = space.breakpoints
+        ends = [end for end, _ in segments[:-1]][:k_max]
+        ends += [1.0] * (k_max - len(ends))
+        widths = [w for _, w in segments] + [segments[-1][1]] * (k_max + 1 - len(segments))
+        out = {f"l{lv}_w{k}": widths[k] for k in range(k_max + 1)}
+        out.update({f"l{lv}_b{k}": lo + ends[k] * (hi - lo) for k in range(k_max)})
+        return out
+
+    def has_pilot(self, space):
+        return space.breakpoints >= 2
+
+
+class PerStepGenome(Genome):
+    """One width per step of the budget (DDSM's genome): serves that sampler and step count only."""
+
+    name = "per_step"
+
+    def suggest(self, trial, space, lv):
+        return {f"l{lv}_s{i}": trial.suggest_categorical(f"l{lv}_s{i}", space.widths) for i in range(space.steps(lv))}
+
+    def level_policy(self, params, space, lv):
+        return LevelPolicy.per_step([params[f"l{lv}_s{i}"] for i in range(space.steps(lv))], space.sigmas[lv])
+
+    def params(self, segments, space, lv):
+        n = space.steps(lv)
+        return {f"l{lv}_s{i}": next(w for end, w in segments if (i + 0.5) / n < end or end >= 1) for i in range(n)}
+
+
+GENOMES: Registry[Genome] = Registry("genome", {"log_snr": LogSnrGenome(), "per_step": PerStepGenome()})
 
 
 @dataclass
 class SearchSpace:
     """The genome of a width policy for a model with ``widths`` (largest first) and ``num_levels`` levels.
     ``sigmas[l]``: level l's sampling grid (the budget's, noisiest first), which bounds the breakpoints (``log_snr``)
-    or places them between the steps (``per_step``)."""
+    or places them between the steps (``per_step``); ``genome`` names a :data:`GENOMES` part."""
 
     widths: list[float]
     sigmas: list[list[float]]
@@ -48,10 +125,8 @@ class SearchSpace:
     samplers: list[str] | None = None  # the budget's samplers per level (recorded in per_step policies)
 
     def __post_init__(self):
-        if self.genome not in ("log_snr", "per_step"):
-            raise ValueError(f"genome {self.genome!r} is not log_snr or per_step")
-        if self.genome == "log_snr" and self.breakpoints < 1:
-            raise ValueError(f"--breakpoints must be >= 1, got {self.breakpoints}")
+        self.kind = GENOMES.lookup(self.genome)
+        self.kind.check(self)
 
     @property
     def num_levels(self) -> int:
@@ -66,14 +141,7 @@ class SearchSpace:
 
     def policy(self, params: dict) -> StepPolicy:
         """The policy a trial's parameters encode."""
-        levels = []
-        for lv in range(self.num_levels):
-            if self.genome == "per_step":
-                ws = [params[f"l{lv}_s{i}"] for i in range(self.steps(lv))]
-                levels.append(LevelPolicy.per_step(ws, self.sigmas[lv]))
-            else:
-                ws = [params[f"l{lv}_w{k}"] for k in range(self.breakpoints + 1)]
-                levels.append(LevelPolicy(sorted(params[f"l{lv}_b{k}"] for k in range(self.breakpoints)), ws))
+        levels = [self.kind.level_policy(params, self, lv) for lv in range(self.num_levels)]
         steps = [self.steps(lv) for lv in range(self.num_levels)]
         return StepPolicy(levels, self.genome, budget={"samplers": list(self.samplers or []), "steps": steps})
 
@@ -81,15 +149,7 @@ class SearchSpace:
         """Draw a trial's parameters (Optuna's define-by-run) and return its policy."""
         params = {}
         for lv in range(self.num_levels):
-            if self.genome == "per_step":
-                for i in range(self.steps(lv)):
-                    params[f"l{lv}_s{i}"] = trial.suggest_categorical(f"l{lv}_s{i}", self.widths)
-            else:
-                lo, hi = self.log_snr_range(lv)
-                for k in range(self.breakpoints + 1):
-                    params[f"l{lv}_w{k}"] = trial.suggest_categorical(f"l{lv}_w{k}", self.widths)
-                for k in range(self.breakpoints):
-                    params[f"l{lv}_b{k}"] = trial.suggest_float(f"l{lv}_b{k}", lo, hi)
+            params.update(self.kind.suggest(trial, self, lv))
         return self.policy(params)
 
     def params(self, segments: Callable[[int], list[tuple[float, float]]]) -> dict:
@@ -97,27 +157,14 @@ class SearchSpace:
         steps) given by ``segments(l)`` = [(b, w), ...] (each segment's end fraction and width, in order)."""
         out = {}
         for lv in range(self.num_levels):
-            segs = segments(lv)
-            if self.genome == "per_step":
-                n = self.steps(lv)
-                for i in range(n):
-                    out[f"l{lv}_s{i}"] = next(w for end, w in segs if (i + 0.5) / n < end or end >= 1)
-            else:
-                lo, hi = self.log_snr_range(lv)
-                ends = [end for end, _ in segs[:-1]][: self.breakpoints]
-                ends += [1.0] * (self.breakpoints - len(ends))
-                widths = [w for _, w in segs] + [segs[-1][1]] * (self.breakpoints + 1 - len(segs))
-                for k in range(self.breakpoints + 1):
-                    out[f"l{lv}_w{k}"] = widths[k]
-                for k in range(self.breakpoints):
-                    out[f"l{lv}_b{k}"] = lo + ends[k] * (hi - lo)
+            out.update(self.kind.params(segments(lv), self, lv))
         return out
 
     def baselines(self) -> list[tuple[str, dict]]:
         """(name, parameters) of every uniform width and of DDSM's pilot study: a quarter of the log-SNR range (or of
         the steps) at the smallest width, the rest at full width."""
         out = [(f"uniform {w:g}", self.params(lambda lv, w=w: [(1.0, w)])) for w in self.widths]
-        if len(self.widths) > 1 and (self.genome == "per_step" or self.breakpoints >= 2):
+        if len(self.widths) > 1 and self.kind.has_pilot(self):
             full, small = self.widths[0], self.widths[-1]
             for a in (0.0, 0.25, 0.5, 0.75):
                 segs = [(a, full), (a + 0.25, small), (1.0, full)] if a > 0 else [(0.25, small), (1.0, full)]

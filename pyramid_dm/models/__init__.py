@@ -4,7 +4,8 @@ the math (``pyramid_dm.diffusion``) do the rest."""
 from ..engine import ema_net_from_checkpoint
 from .autoencoder import AutoencoderModel
 from .classifier import NoisyClassifier
-from .diffusion import DiffusionModel, PixelDiffusion, UNetArgs
+from .common import UNetArgs
+from .diffusion import DiffusionModel, PixelDiffusion
 from .latent import LatentDiffusion
 from .pyramid import PyramidDiffusion
 

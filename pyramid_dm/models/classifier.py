@@ -26,8 +26,7 @@ from ..diffusion.classifier_guidance import NoisyClassifierFn
 from ..engine.classifier import build_classifier
 from ..errors import UserError
 from ..flops import training_flops
-from .common import check_data_shape, data_batch_size, linear_warmup
-from .diffusion import UNetArgs
+from .common import UNetArgs, check_data_shape, data_batch_size, linear_warmup
 
 
 class NoisyClassifier(L.LightningModule):

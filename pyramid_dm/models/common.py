@@ -1,6 +1,9 @@
-"""What every pyramid_dm LightningModule does alike: check the data it is fitted on, read its batch size."""
+"""What every pyramid_dm LightningModule does alike: check the data it is fitted on, read its batch size; the typed
+network arguments they share."""
 
 from __future__ import annotations
+
+from typing import TypedDict
 
 import lightning as L
 import torch
@@ -33,3 +36,23 @@ def linear_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> dict:
     warmup = max(1, warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     return {"scheduler": sched, "interval": "step"}
+
+
+class UNetArgs(TypedDict, total=False):
+    """Network widths and layout (see :class:`pyramid_dm.nets.UNet`); image size and channels come from the data."""
+
+    base_channels: int
+    channel_mult: list[int]
+    num_res_blocks: int
+    attention_resolutions: list[int]
+    num_heads: int
+    dropout: float
+    norm_groups: int
+
+
+class StepAwareArgs(TypedDict, total=False):
+    """A slimmable supernet trained by the sandwich rule (DDSM; :class:`pyramid_dm.engine.supernet.SandwichRule`)."""
+
+    widths: list[float]  # width multipliers in (0, 1]; default [1, 0.75, 0.5, 0.25]
+    sandwich: int  # widths per step: largest, smallest and sandwich - 2 random middle ones (default 3)
+    distill: bool  # smaller widths also regress the largest width's detached output (default False)

@@ -4,8 +4,6 @@ does the rest. A checkpoint's state dict is the engine's plus the EMA network (`
 
 from __future__ import annotations
 
-from typing import TypedDict
-
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -17,34 +15,14 @@ from ..checkpoints import migrate, stamp
 from ..engine import BoundEngine, build_engine
 from ..engine.load import ENGINE_KEYS
 from ..errors import UserError
-from .common import check_data_shape, data_batch_size, linear_warmup
+from .common import StepAwareArgs, UNetArgs, check_data_shape, data_batch_size
 from .ema import make_ema
+from .optim import ScaledOptimizer
 
-LR_SCALINGS = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": lambda ratio: ratio**0.5}
 ENGINE_PREFIX = "engine."
 
 
-class UNetArgs(TypedDict, total=False):
-    """Network widths and layout (see :class:`pyramid_dm.nets.UNet`); image size and channels come from the data."""
-
-    base_channels: int
-    channel_mult: list[int]
-    num_res_blocks: int
-    attention_resolutions: list[int]
-    num_heads: int
-    dropout: float
-    norm_groups: int
-
-
-class StepAwareArgs(TypedDict, total=False):
-    """A slimmable supernet trained by the sandwich rule (DDSM; :class:`pyramid_dm.engine.supernet.SandwichRule`)."""
-
-    widths: list[float]  # width multipliers in (0, 1]; default [1, 0.75, 0.5, 0.25]
-    sandwich: int  # widths per step: largest, smallest and sandwich - 2 random middle ones (default 3)
-    distill: bool  # smaller widths also regress the largest width's detached output (default False)
-
-
-class DiffusionModel(L.LightningModule):
+class DiffusionModel(ScaledOptimizer, L.LightningModule):
     """Denoising diffusion on the first stage's representation of the images: one level (pixel, latent) or several
     generated coarse to fine (pyramid), by the same engine. Subclasses name their ``family`` (its recipe) and add
     the family's own options as typed arguments.
@@ -54,7 +32,8 @@ class DiffusionModel(L.LightningModule):
         class_conditional: learn a class embedding when the data has labels (label -1 means "no label").
         label_dropout: probability of training a sample without its label (the null class), so that the same network
             is also the unconditional model classifier-free guidance needs (Ho & Salimans 2022; 0.1-0.2 typical).
-        unet: network layout, :class:`UNetArgs`.
+        network: the network, by its name in :data:`~pyramid_dm.nets.NETWORKS` (``unet``, or your own registered
+            one); ``unet`` holds its options (:class:`UNetArgs` for ``unet``, a registered network's own otherwise).
         schedule: ``linear``, ``cosine``, ``sigmoid``, ``edm``, ``ve`` (NCSN's geometric noise levels, the VE SDE;
             ``schedule_options: {sigma_min, sigma_max}``, default 0.01 and 50) or ``flow`` (the straight path of flow
             matching, continuous: ``num_timesteps: 0``; ``schedule_options: {shift: s}``, s a number or ``flux`` for
@@ -83,6 +62,8 @@ class DiffusionModel(L.LightningModule):
         step_aware: train the network as a slimmable supernet (:class:`StepAwareArgs`), so that ``sample``,
             ``evaluate`` and ``search-steps`` can run a width policy over the noise levels (DDSM). Per-width train
             and validation losses are logged as ``train/loss_w<w>`` and ``val/loss_w<w>``.
+        objective: what a training step optimises, by its name in :data:`~pyramid_dm.engine.objectives.OBJECTIVES`
+            (default: ``sandwich`` with ``step_aware``, else ``denoising``).
     """
 
     family = "pixel"
@@ -97,7 +78,8 @@ class DiffusionModel(L.LightningModule):
         num_classes: int = 0,
         class_conditional: bool = True,
         label_dropout: float = 0.1,
-        unet: UNetArgs | None = None,
+        network: str = "unet",
+        unet: UNetArgs | dict | None = None,
         schedule: str = "cosine",
         num_timesteps: int = 1000,
         zero_terminal_snr: bool = False,
@@ -126,12 +108,11 @@ class DiffusionModel(L.LightningModule):
         sample_steps: int = 20,
         discretization: str | None = None,
         step_aware: StepAwareArgs | None = None,
+        objective: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        if lr_scaling not in LR_SCALINGS:
-            raise UserError(f"model.lr_scaling {lr_scaling!r} is not one of {list(LR_SCALINGS)}")
-        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
+        self.init_optimizer(optimizer, lr_scheduler)
         self.engine = build_engine(self.family, self.hparams)
         self.ema = make_ema(self.engine.net, ema_decay)
         # one mean per validation key of the objective (metric states are not persistent: not in the checkpoint)
@@ -252,40 +233,6 @@ class DiffusionModel(L.LightningModule):
         for key, metric in zip(self.val_keys, self.val_metrics):
             self.log(key, metric.compute(), prog_bar=key == "val/loss", sync_dist=False)
             metric.reset()
-
-    def effective_batch_size(self) -> int | None:
-        batch = data_batch_size(self)
-        return batch and batch * self.trainer.world_size * self.trainer.accumulate_grad_batches
-
-    def lr_factor(self) -> float:
-        h, batch = self.hparams, self.effective_batch_size()
-        return LR_SCALINGS[h.lr_scaling](batch / h.lr_reference_batch) if batch else 1.0
-
-    def effective_lr(self) -> float:
-        return self.hparams.lr * self.lr_factor()
-
-    def on_train_start(self) -> None:
-        if self.logger is not None:
-            self.logger.log_hyperparams(
-                {
-                    "world_size": self.trainer.world_size,
-                    "effective_batch_size": self.effective_batch_size(),
-                    "effective_lr": getattr(self, "base_lr", self.effective_lr()),
-                }
-            )
-
-    def configure_optimizers(self):
-        h, params = self.hparams, self.engine.net.parameters()
-        if self.optimizer_factory is None:
-            opt = torch.optim.AdamW(params, lr=self.effective_lr(), weight_decay=h.weight_decay, betas=tuple(h.betas))
-        else:
-            opt = self.optimizer_factory(params)
-            for group in opt.param_groups:
-                group["lr"] *= self.lr_factor()
-        self.base_lr = opt.param_groups[0]["lr"]  # before a scheduler changes it: what effective_lr logs
-        if self.lr_scheduler_factory is not None:
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": self.lr_scheduler_factory(opt), "interval": "step"}}
-        return {"optimizer": opt, "lr_scheduler": linear_warmup(opt, h.warmup_steps)}
 
 
 class PixelDiffusion(DiffusionModel):
