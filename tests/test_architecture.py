@@ -21,6 +21,8 @@ RANK = {
     "__main__": 7,
 }
 SIDEWAYS = {("callbacks", "eval"), ("bench", "cli")}
+# inside the math: its sub-packages, lowest first (the package's own __init__ gathers them all)
+DIFFUSION_RANK = {"schedules": 0, "parameterization": 1, "training": 2, "samplers": 2, "guidance": 2, "pyramid": 3}
 
 
 def module_name(path: Path) -> str:
@@ -105,6 +107,26 @@ def test_imports_go_down_the_layer_list():
                 continue
             if RANK[la] <= RANK[lb]:
                 bad.append(f"{a} -> {b}")
+    assert not bad, bad
+
+
+def sublayer(module: str) -> str | None:
+    """The sub-package of ``pyramid_dm.diffusion`` a module is in (None: the package itself)."""
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[1] == "diffusion" else None
+
+
+def test_the_math_sub_packages_import_downward_only():
+    mods = [m for m in MODULES if m.startswith("pyramid_dm.diffusion.")]
+    assert sorted({sublayer(m) for m in mods}) == sorted(DIFFUSION_RANK)
+    bad = [
+        f"{a} -> {b}"
+        for a in mods
+        for b in GRAPH[a]
+        if b.startswith("pyramid_dm.diffusion.")
+        and sublayer(a) != sublayer(b)
+        and DIFFUSION_RANK[sublayer(a)] <= DIFFUSION_RANK[sublayer(b)]
+    ]
     assert not bad, bad
 
 

@@ -19,9 +19,9 @@ from pyramid_dm.diffusion import (
     sample,
     sampling_sigmas,
 )
-from pyramid_dm.diffusion import pyramid_flow as pf
-from pyramid_dm.diffusion.flow import flow_time, flux_shift, logit_normal_t, mode_t
-from pyramid_dm.diffusion.layouts import PyramidFlowLayout
+from pyramid_dm.diffusion.pyramid import flow as pf
+from pyramid_dm.diffusion.pyramid.layouts import PyramidFlowLayout
+from pyramid_dm.diffusion.schedules.flow import flow_time, flux_shift, logit_normal_t, mode_t
 from pyramid_dm.errors import UserError
 from pyramid_dm.models import PixelDiffusion, PyramidDiffusion
 

@@ -158,7 +158,7 @@ def test_the_comparison_notices_a_changed_pyramid_sampling(name, change, tmp_pat
     """A deliberate change to a layout's sampling fails the float64 comparison (the one that holds the chaotic
     guided Heun setting): the Frido context perturbed as in training or zeroed; the native pyramid's context sampled
     without its conditioning augmentation (the fixture samples with ``sample_augmentation`` 0.05)."""
-    from pyramid_dm.diffusion import layouts, levels
+    from pyramid_dm.diffusion.pyramid import layouts, levels
 
     if change == "context zeroed":
         real = levels.context_of

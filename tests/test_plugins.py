@@ -121,3 +121,24 @@ def test_each_toy_part_really_runs_in_process():
         assert model.engine.training_flops(4) == 2 * Denoising().training_flops(model.engine, 4)
     finally:
         sys.path.remove(str(PLUGINS))
+
+
+def test_the_worked_example_of_docs_architecture_runs(tmp_path, session_env):
+    """docs/architecture.md's ``my_parts.py``, as written there: its network trains and its sampler samples."""
+    import re
+    import subprocess
+    import sys
+
+    text = (Path(__file__).parents[1] / "docs" / "architecture.md").read_text()
+    (tmp_path / "my_parts.py").write_text(re.search(r"`my_parts.py`.*?```python\n(.*?)```", text, re.S).group(1))
+    code = (
+        "import torch, my_parts\n"
+        "from pyramid_dm.models import PixelDiffusion\n"
+        "m = PixelDiffusion(8, 1, num_classes=3, network='tiny', unet={'hidden': 8}, sampler='damped_euler')\n"
+        "m.engine.training_loss(torch.randn(2, 1, 8, 8), torch.tensor([0, 1]))[0].backward()\n"
+        "x = m.engine.sample(2, steps=3, damping=0.9)\n"
+        "assert type(m.engine.net).__name__ == 'TinyNet' and x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()\n"
+    )
+    env = {**session_env, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]

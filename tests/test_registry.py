@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pyramid_dm.diffusion import SAMPLERS, SamplerSpec, build_schedule, nfe, sample
-from pyramid_dm.diffusion.samplers import ddim
+from pyramid_dm.diffusion.samplers.core import ddim
 from pyramid_dm.engine import BoundEngine
 from pyramid_dm.models import PixelDiffusion
 from pyramid_dm.nets import UNet

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from pyramid_dm.diffusion import TRAINING_TIMES, build_schedule, q_sample, resolution_shift
-from pyramid_dm.diffusion.schedules import ContinuousLinearSchedule, LinearSchedule, rescale_zero_terminal_snr
-from pyramid_dm.diffusion.training_times import LogNormalSigma
+from pyramid_dm.diffusion.schedules.base import ContinuousLinearSchedule, LinearSchedule, rescale_zero_terminal_snr
+from pyramid_dm.diffusion.training.times import LogNormalSigma
 
 ALL = [(name, steps) for name in ("linear", "cosine", "sigmoid") for steps in (1000, None)]
 

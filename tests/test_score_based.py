@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 from pyramid_dm.diffusion import build_schedule, sampling_sigmas
-from pyramid_dm.diffusion.classifier_guidance import ClassifierGuidance
-from pyramid_dm.diffusion.samplers import SAMPLERS, nfe, steps_for_nfe
+from pyramid_dm.diffusion.guidance.classifier import ClassifierGuidance
+from pyramid_dm.diffusion.samplers.core import SAMPLERS, nfe, steps_for_nfe
 
 SHAPE = (1, 16, 16)  # 256 dimensions: the corrector's per-sample norms are sharp (chi with 256 degrees of freedom)
 

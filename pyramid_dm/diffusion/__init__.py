@@ -1,14 +1,12 @@
 """Diffusion math in pure torch: schedules, parameterizations, losses, discretizations, samplers and guidance.
 No Lightning here."""
 
-from .discretization import DISCRETIZATIONS, sampling_sigmas, sampling_times
-from .guidance import ClassifierFreeGuidance
-from .layouts import LAYOUTS, FridoLayout, Layout, NativeLayout
-from .levels import LevelGeometry, check_resolutions
-from .losses import WEIGHTINGS, DiffusionLoss, diffusion_loss, loss_weight
+from .guidance.classifier_free import ClassifierFreeGuidance
 from .parameterization import PREDICTIONS, Denoiser, DenoiserFn, coefficients, network_input, network_target
-from .pyramid import augment_context, context_of, mix_context, snap_to, upsample_to
-from .samplers import (
+from .pyramid.context import augment_context, context_of, mix_context, snap_to, upsample_to
+from .pyramid.layouts import LAYOUTS, FridoLayout, Layout, NativeLayout
+from .pyramid.levels import LevelGeometry, check_resolutions
+from .samplers.core import (
     SAMPLERS,
     CountingDenoiser,
     SamplerSpec,
@@ -23,9 +21,11 @@ from .samplers import (
     sample,
     steps_for_nfe,
 )
-from .schedules import SCHEDULES, NoiseSchedule, build_schedule, q_sample, resolution_shift
-from .training_times import TRAINING_NOISE, TRAINING_TIMES
-from .ve import VESchedule
+from .schedules.base import SCHEDULES, NoiseSchedule, build_schedule, q_sample, resolution_shift
+from .schedules.discretization import DISCRETIZATIONS, sampling_sigmas, sampling_times
+from .schedules.ve import VESchedule
+from .training.losses import WEIGHTINGS, DiffusionLoss, diffusion_loss, loss_weight
+from .training.times import TRAINING_NOISE, TRAINING_TIMES
 
 __all__ = [
     "DISCRETIZATIONS",

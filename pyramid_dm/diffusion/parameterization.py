@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import Registry
-from .flow import flow_time
-from .schedules import NoiseSchedule
+from .schedules.base import NoiseSchedule
+from .schedules.flow import flow_time
 
 
 class Parameterization:

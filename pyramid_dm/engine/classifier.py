@@ -1,6 +1,6 @@
 """The classifier-guidance part: a trained noise-conditional classifier (:class:`pyramid_dm.models.NoisyClassifier`)
 read from its checkpoint without Lightning, checked against the model it guides, and wrapped around that model's
-denoiser (:class:`~pyramid_dm.diffusion.classifier_guidance.ClassifierGuidance`) with one scale.
+denoiser (:class:`~pyramid_dm.diffusion.guidance.classifier.ClassifierGuidance`) with one scale.
 
 It guides single-level pixel models: the classifier reads images, and a latent or pyramid level is not one."""
 
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..checkpoints import read_checkpoint, weights
-from ..diffusion.classifier_guidance import ClassifierGuidance, NoisyClassifierFn
+from ..diffusion.guidance.classifier import ClassifierGuidance, NoisyClassifierFn
 from ..errors import UserError
 from ..flops import count_flops
 from ..nets import EncoderClassifier

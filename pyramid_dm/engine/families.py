@@ -25,8 +25,8 @@ from ..diffusion import (
     build_schedule,
     resolution_shift,
 )
-from ..diffusion.layouts import Layout
 from ..diffusion.parameterization import check_pair, check_prediction
+from ..diffusion.pyramid.layouts import Layout
 from ..errors import UserError
 from ..nets import NETWORKS, NetSpec
 from ..stages import FirstStage, IdentityStage, autoencoder_stage

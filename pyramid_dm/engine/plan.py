@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..diffusion import DISCRETIZATIONS, SAMPLERS
-from ..diffusion.discretization import check_steps as check_grid_steps
+from ..diffusion.schedules.discretization import check_steps as check_grid_steps
 from ..errors import UserError
 
 
@@ -25,7 +25,7 @@ def check_discretization(name: str | None, where: str = "discretization") -> str
 
 
 def check_steps(steps: Sequence[int], where: str = "steps") -> list[int]:
-    """Each level's step count (:func:`~pyramid_dm.diffusion.discretization.check_steps`), a UserError naming
+    """Each level's step count (:func:`~pyramid_dm.diffusion.schedules.discretization.check_steps`), a UserError naming
     ``where``."""
     try:
         return [check_grid_steps(s) for s in steps]

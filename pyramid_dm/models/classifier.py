@@ -5,7 +5,7 @@ shards as the diffusion model:
 
 The network is the encoder half of the UNet (:class:`~pyramid_dm.nets.EncoderClassifier`). Each training image is
 noised at a time drawn from the diffusion model's schedule (the same ``schedule`` settings as the model's), x~ = x0 +
-sigma eps, and read through :class:`~pyramid_dm.diffusion.classifier_guidance.NoisyClassifierFn` (input x~ / sqrt(1 +
+sigma eps, and read through :class:`~pyramid_dm.diffusion.guidance.classifier.NoisyClassifierFn` (input x~ / sqrt(1 +
 sigma^2), c_noise = ln(sigma) / 4), the exact function guidance differentiates. Validation noises each image from its
 own seed (comparable across runs) and logs the accuracy per noise level (``val/acc_t<lo>-<hi>``, bins of the
 schedule's time) and on the clean images (``val/acc_clean``). The checkpoint's stamp records the data it was trained
@@ -22,7 +22,7 @@ from torchmetrics import MeanMetric
 
 from ..checkpoints import stamp
 from ..diffusion import build_schedule
-from ..diffusion.classifier_guidance import NoisyClassifierFn
+from ..diffusion.guidance.classifier import NoisyClassifierFn
 from ..engine.classifier import build_classifier
 from ..errors import UserError
 from ..flops import training_flops

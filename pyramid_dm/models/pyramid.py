@@ -21,7 +21,7 @@ class PyramidDiffusion(DiffusionModel):
             schedule for every level, the context lerped with ``frido_noise_mix`` noise) or ``pyramid_flow``
             (Pyramidal Flow Matching: the levels are the stages of one flow trajectory, each at twice the previous
             resolution, no context; needs ``schedule: flow``, ``prediction: flow``; ``stage_bounds`` are the stages'
-            nominal windows, from 1 down to 0, default equal); see :mod:`pyramid_dm.diffusion.layouts`.
+            nominal windows, from 1 down to 0, default equal); see :mod:`pyramid_dm.diffusion.pyramid.layouts`.
         level_samplers, level_steps: per-level sampler and step budget, coarse first (default: ``sampler`` and
             ``sample_steps`` for every level), e.g. ``[20, 8, 8]``.
         level_training: ``all`` (every level each step, the weighted sum) or ``sample`` (one level per step, drawn

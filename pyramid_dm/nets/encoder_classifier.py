@@ -2,7 +2,7 @@
 UNet's downsampling trunk and middle block, then GroupNorm-SiLU, global average pooling and a linear layer).
 
 A plain network of (x, c_noise) -> logits: what c_noise means (a noise level) is the guidance wrapper's business
-(:class:`~pyramid_dm.diffusion.classifier_guidance.NoisyClassifierFn`)."""
+(:class:`~pyramid_dm.diffusion.guidance.classifier.NoisyClassifierFn`)."""
 
 from __future__ import annotations
 

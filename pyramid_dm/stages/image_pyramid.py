@@ -1,14 +1,14 @@
 """A parameter-free image pyramid (cascaded diffusion, Ho et al. 2022; f-DM's downsampling signals): level l is the
 image average-pooled to ``resolutions[l]``. Pyramid diffusion on it generates a small image first and then each
 larger one conditioned on the last, all in pixel space; the finest level is the sample. The pooling and upsampling
-are the level geometry's (:class:`~pyramid_dm.diffusion.levels.LevelGeometry`)."""
+are the level geometry's (:class:`~pyramid_dm.diffusion.pyramid.levels.LevelGeometry`)."""
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from ..diffusion.levels import LevelGeometry, check_resolutions
-from ..diffusion.pyramid import upsample_to
+from ..diffusion.pyramid.context import upsample_to
+from ..diffusion.pyramid.levels import LevelGeometry, check_resolutions
 from .base import FirstStage
 
 __all__ = ["ImagePyramid", "LatentPyramid", "check_resolutions"]

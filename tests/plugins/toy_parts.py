@@ -9,14 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyramid_dm.diffusion.discretization import DISCRETIZATIONS
-from pyramid_dm.diffusion.layouts import LAYOUTS, NativeLayout
-from pyramid_dm.diffusion.losses import WEIGHTINGS, LossWeighting
 from pyramid_dm.diffusion.parameterization import PREDICTIONS, Parameterization
-from pyramid_dm.diffusion.samplers import SAMPLERS, SamplerSpec
-from pyramid_dm.diffusion.schedules import SCHEDULES, NoiseSchedule, ScheduleBuilder
-from pyramid_dm.diffusion.state import check_sigmas, start
-from pyramid_dm.diffusion.training_times import TRAINING_TIMES, TrainingTimes
+from pyramid_dm.diffusion.pyramid.layouts import LAYOUTS, NativeLayout
+from pyramid_dm.diffusion.samplers.core import SAMPLERS, SamplerSpec
+from pyramid_dm.diffusion.samplers.state import check_sigmas, start
+from pyramid_dm.diffusion.schedules.base import SCHEDULES, NoiseSchedule, ScheduleBuilder
+from pyramid_dm.diffusion.schedules.discretization import DISCRETIZATIONS
+from pyramid_dm.diffusion.training.losses import WEIGHTINGS, LossWeighting
+from pyramid_dm.diffusion.training.times import TRAINING_TIMES, TrainingTimes
 from pyramid_dm.engine.first_stages import PYRAMID_FIRST_STAGES, FirstStageSpec
 from pyramid_dm.engine.objectives import OBJECTIVES, Denoising, StepLosses
 from pyramid_dm.nets import NETWORKS, NetSpec

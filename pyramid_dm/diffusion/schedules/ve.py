@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor
 
-from .schedules import LOG_SNR_MAX, LOG_SNR_MIN, SCHEDULES, DiscreteSchedule, NoiseSchedule, ScheduleBuilder
+from .base import LOG_SNR_MAX, LOG_SNR_MIN, SCHEDULES, DiscreteSchedule, NoiseSchedule, ScheduleBuilder
 
 
 class VESchedule(NoiseSchedule):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .pyramid import context_of, snap_to, upsample_to
+from .context import context_of, snap_to, upsample_to
 
 Shape = tuple[int, int, int]
 

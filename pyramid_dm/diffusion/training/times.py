@@ -18,9 +18,9 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ..registry import Registry
-from .flow import logit_normal_t, mode_t
-from .schedules import NoiseSchedule
+from ...registry import Registry
+from ..schedules.base import NoiseSchedule
+from ..schedules.flow import logit_normal_t, mode_t
 
 
 class TrainingTimes:

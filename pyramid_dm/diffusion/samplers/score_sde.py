@@ -26,8 +26,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..parameterization import DenoiserFn
 from .langevin import check_count, check_snr, langevin_correct
-from .parameterization import DenoiserFn
 from .state import check_sigmas, noise, score, start
 
 

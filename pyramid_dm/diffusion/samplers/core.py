@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..registry import Registry
-from .discretization import sampling_sigmas
+from ...registry import Registry
+from ..parameterization import DenoiserFn
+from ..schedules.base import NoiseSchedule
+from ..schedules.discretization import sampling_sigmas
 from .flow import flow_euler
 from .langevin import ald, ald_nfe
-from .parameterization import DenoiserFn
-from .schedules import NoiseSchedule
 from .score_sde import euler_maruyama, pc, pc_nfe
 from .state import check_sigmas as _check_sigmas
 from .state import noise as _noise

@@ -20,7 +20,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from ..registry import Registry
+from ...registry import Registry
 from .karras import karras_ramp, karras_sigma
 
 LOG_SNR_MIN, LOG_SNR_MAX = -30.0, 30.0  # sigma~ in [3e-7, 3.3e6]: zero terminal SNR stays finite in float64

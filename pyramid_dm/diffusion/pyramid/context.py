@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .parameterization import expand
-from .schedules import NoiseSchedule
+from ..parameterization import expand
+from ..schedules.base import NoiseSchedule
 
 
 def upsample_to(x: Tensor, size: int) -> Tensor:

@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from ..registry import Registry
-from .parameterization import Denoiser, coefficients, expand, network_input, network_target
-from .schedules import NoiseSchedule
-from .training_times import TRAINING_TIMES, TrainingTimes
+from ...registry import Registry
+from ..parameterization import Denoiser, coefficients, expand, network_input, network_target
+from ..schedules.base import NoiseSchedule
+from .times import TRAINING_TIMES, TrainingTimes
 
 
 class LossWeighting:

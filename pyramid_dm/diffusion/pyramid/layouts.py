@@ -21,12 +21,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..registry import Registry
-from . import pyramid_flow as pf
+from ...registry import Registry
+from ..parameterization import PREDICTIONS
+from ..schedules.base import NoiseSchedule
+from . import flow as pf
+from .context import augment_context, mix_context
 from .levels import LevelGeometry
-from .parameterization import PREDICTIONS
-from .pyramid import augment_context, mix_context
-from .schedules import NoiseSchedule
 
 
 class Layout:

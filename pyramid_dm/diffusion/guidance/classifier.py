@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .parameterization import DenoiserFn, expand
+from ..parameterization import DenoiserFn, expand
 
 SIGMA_FLOOR, SIGMA_CEIL = 1e-3, 1e4  # the clean image (sigma = 0) is read as sigma = 1e-3
 

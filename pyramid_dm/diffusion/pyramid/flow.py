@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .pyramid import snap_to, upsample_to
+from .context import snap_to, upsample_to
 
 
 def check_bounds(bounds: Sequence[float], num_stages: int) -> list[float]:

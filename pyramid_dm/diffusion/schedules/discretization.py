@@ -17,9 +17,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..registry import Registry
+from ...registry import Registry
+from .base import NoiseSchedule
 from .karras import karras_sigma
-from .schedules import NoiseSchedule
 
 SPACINGS = ("leading", "trailing", "linspace")
 

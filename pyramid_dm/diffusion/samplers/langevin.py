@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from .parameterization import DenoiserFn
+from ..parameterization import DenoiserFn
 from .state import check_sigmas, noise, per_sample_norm, score, start
 
 NCSN_STEP_RATIO = 0.2  # eps / sigma_L^2 of NCSN (Song & Ermon 2019): 2e-5 at sigma_L = 0.01

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from .parameterization import DenoiserFn
+from ..parameterization import DenoiserFn
 
 
 class ClassifierFreeGuidance:

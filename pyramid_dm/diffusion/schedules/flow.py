@@ -4,7 +4,8 @@ x_t = (1 - t) x0 + t eps, t in [0, 1] (t = 1 pure noise), and the velocity v = e
 In the engine's sigma space x~ = x0 + sigma~ eps (:mod:`.schedules`) the straight path is x_t = x~ / (1 + sigma~) with
 sigma~ = t / (1 - t): a variance-preserving path up to the scale (1 - t) instead of alpha_t. So a flow model is one
 more preconditioning (the ``flow`` prediction of :mod:`.parameterization`: D = x_t - t F) and one more schedule (the
-``flow`` schedule below), and every sampler of the engine samples it; conversely :func:`flow_euler` samples any model.
+``flow`` schedule below), and every sampler of the engine samples it; conversely flow matching's Euler sampler
+(:mod:`..samplers.flow`) samples any model.
 
 - Timestep shift (SD3, Sec. 5.3.2; diffusers ``FlowMatchEulerDiscreteScheduler``): t' = s t / (1 + (s - 1) t), i.e.
   sigma~' = s sigma~, a log-SNR shift of -2 ln s. FLUX chooses s = exp(mu) from the sequence length n of the image,
@@ -21,8 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from .schedules import LOG_SNR_MAX, LOG_SNR_MIN, SCHEDULES, NoiseSchedule, ScheduleBuilder, ShiftedSchedule
-from .state import check_sigmas, start
+from .base import LOG_SNR_MAX, LOG_SNR_MIN, SCHEDULES, NoiseSchedule, ScheduleBuilder, ShiftedSchedule
 
 FLUX_SHIFT = {"base_shift": 0.5, "max_shift": 1.15, "base_seq_len": 256, "max_seq_len": 4096}
 
@@ -108,21 +108,3 @@ def flow_time(sigma) -> Tensor:
     """t = sigma~ / (1 + sigma~): where x~ lies on the straight path."""
     sigma = torch.as_tensor(sigma, dtype=torch.float64)
     return sigma / (1 + sigma)
-
-
-@torch.no_grad()
-def flow_euler(denoiser, x, sigmas, *, cond=None, generator=None, callback=None):
-    """Euler on the flow ODE dx_t / dt = v, v = (x_t - x0_hat) / t (diffusers ``FlowMatchEulerDiscreteScheduler.step``:
-    x_{t'} = x_t + (t' - t) v), for any denoiser; the state is kept as x~ = x_t / (1 - t). (For every model this is
-    the same step as deterministic DDIM: both move x_t along a straight line toward x0_hat.)"""
-    sigmas, cond = check_sigmas(sigmas), cond or {}
-    x = start(x, sigmas)
-    ts = flow_time(sigmas).tolist()
-    for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
-        x0 = denoiser(x, sigmas[i], **cond)
-        xt = x * (1 - t)
-        v = (xt - x0) / t
-        x = (xt + (t_next - t) * v) / (1 - t_next)
-        if callback:
-            callback(i, x, x0)
-    return x
