@@ -128,3 +128,21 @@ def test_callback_sampler_settings_are_checked_when_the_config_is_read():
         SampleGrid(sampler="plms")
     with pytest.raises(UserError, match="SampleQuality.steps must be >= 1"):
         SampleQuality(steps=0)
+
+
+def test_the_autoencoder_module_exposes_its_networks_options_with_the_networks_defaults():
+    """AutoencoderModel lists the network's options flat (their YAML and checkpoint names); the defaults live in the
+    network, and the module must not drift from them (only ``norm_groups`` is not exposed)."""
+    import inspect
+
+    from pyramid_dm.models import AutoencoderModel
+    from pyramid_dm.nets.autoencoder import autoencoder_options
+
+    module = inspect.signature(AutoencoderModel).parameters
+    net = autoencoder_options()
+    assert set(net) - set(module) == {"norm_groups"}
+    assert {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in net.items() if k in module} == {
+        k: tuple(module[k].default) if isinstance(module[k].default, list | tuple) else module[k].default
+        for k in net
+        if k in module
+    }

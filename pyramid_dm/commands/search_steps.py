@@ -189,7 +189,7 @@ def main(argv: list[str]) -> int:
         "steps": [int(n) for n in steps],
         "grids": grids,
         "genome": args.genome,
-        "breakpoints": args.breakpoints if args.genome == "log_snr" else None,
+        "breakpoints": args.breakpoints if GENOMES[args.genome].reads_breakpoints else None,
         "objectives": ["fid", "gflops_per_sample"],
         "features": extractor.name,
         "num_samples": args.num_samples,

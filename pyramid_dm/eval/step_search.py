@@ -40,6 +40,7 @@ class Genome:
     """How a level's width policy is encoded as trial parameters (a registered part of :data:`GENOMES`)."""
 
     name = "genome"
+    reads_breakpoints = False  # whether ``--breakpoints`` means anything to it (recorded in the study's metadata)
 
     def check(self, space: SearchSpace) -> None:
         """A ValueError if the search space does not suit this genome."""
@@ -63,6 +64,7 @@ class LogSnrGenome(Genome):
     """K breakpoints in the budget's log-SNR range and K + 1 widths per level: serves any sampler."""
 
     name = "log_snr"
+    reads_breakpoints = True
 
     def check(self, space):
         if space.breakpoints < 1:

@@ -11,6 +11,7 @@ zero-fills them), which training exercises with ``coarse_decode_prob`` so that t
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -189,20 +190,15 @@ class MultiScaleAutoencoder(nn.Module):
         return self.conv_out.weight
 
 
+def autoencoder_options() -> dict:
+    """The network's own options and their defaults (its constructor's, less the image's ``in_channels`` and
+    ``image_size``): what ``AutoencoderModel`` exposes flat in YAML and a checkpoint stores."""
+    params = inspect.signature(MultiScaleAutoencoder).parameters
+    return {k: p.default for k, p in params.items() if k not in ("in_channels", "image_size")}
+
+
 def build_autoencoder(h) -> MultiScaleAutoencoder:
-    """The network of an autoencoder run's hyperparameters (``AutoencoderModel.hparams``, or a checkpoint's)."""
-    keys = (
-        "base_channels",
-        "channel_mult",
-        "num_res_blocks",
-        "levels",
-        "latent_channels",
-        "regularizer",
-        "codebook_size",
-        "beta",
-        "ema_codebook",
-        "dead_code_after",
-    )
-    return MultiScaleAutoencoder(
-        in_channels=h["channels"], image_size=h["image_size"], **{k: h[k] for k in keys if k in h}
-    )
+    """The network of an autoencoder run's hyperparameters (``AutoencoderModel.hparams``, or a checkpoint's): every
+    option of :func:`autoencoder_options` they hold (a checkpoint from before an option existed gets its default)."""
+    options = {k: h[k] for k in autoencoder_options() if k in h}
+    return MultiScaleAutoencoder(in_channels=h["channels"], image_size=h["image_size"], **options)
