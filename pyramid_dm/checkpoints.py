@@ -46,9 +46,14 @@ def read_torch_file(path: str | Path | None, what: str = "checkpoint", hint: str
     if p is None:
         raise UserError(f"{what} is not set{hint}")
     if p.is_dir():
-        raise UserError(f"{what} {str(p)!r} is a directory; name a .ckpt file (e.g. {p}/checkpoints/last.ckpt)")
+        found = sorted(p.glob("*.ckpt")) or sorted(p.glob("checkpoints/*.ckpt"))
+        last = [f for f in found if f.name == "last.ckpt"]
+        example = f"e.g. {(last or found)[-1]}" if found else "it holds none, nor does a checkpoints/ folder in it"
+        raise UserError(f"{what} {str(p)!r} is a directory; name a .ckpt file ({example})")
     if not p.is_file():
         raise UserError(f"{what} {str(p)!r} does not exist{hint}")
+    if p.stat().st_size == 0:
+        raise UserError(f"{what} {str(p)!r} is empty (0 bytes): not a checkpoint, or a copy that never finished")
     try:
         try:  # memory-mapped: checking a large checkpoint does not read all of it into memory
             return torch.load(p, map_location="cpu", weights_only=True, mmap=True)
@@ -57,7 +62,8 @@ def read_torch_file(path: str | Path | None, what: str = "checkpoint", hint: str
                 raise
             return torch.load(p, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
     except Exception as exc:
-        raise UserError(f"{what} {str(p)!r} is not a readable PyTorch checkpoint ({exc})") from exc
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{what} {str(p)!r} is not a readable PyTorch checkpoint ({why})") from exc
 
 
 def read_checkpoint(

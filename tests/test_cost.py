@@ -46,3 +46,14 @@ def test_same_seed_same_samples_whatever_the_batch_split():
     b, _ = sample_with_cost(model, "ddim", 4, num_samples=8, batch_size=4, seed=1, progress=False)
     c, _ = sample_with_cost(model, "ddim", 4, num_samples=8, batch_size=4, seed=2, progress=False)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_a_network_whose_bottleneck_is_one_pixel_is_costed():
+    """GroupNorm cannot normalise a single 1x1 sample when channels == groups: the FLOP count of one sample must not
+    need one (issue 26: evaluate crashed on a model fit trains)."""
+    torch.manual_seed(0)
+    unet = dict(base_channels=8, channel_mult=[1, 1, 1, 1], num_res_blocks=1, attention_resolutions=[], norm_groups=8)
+    model = PixelDiffusion(8, 1, unet=unet).eval()
+    (per_call,), _ = per_sample_flops(model.for_sampling())
+    _, cost = sample_with_cost(model.for_sampling(), "ddim", 3, num_samples=3, batch_size=3, progress=False)
+    assert per_call > 0 and cost.gflops_per_sample * 1e9 == pytest.approx(3 * per_call)

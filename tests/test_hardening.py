@@ -109,7 +109,7 @@ def test_resume_paths_that_would_start_over_or_crash_are_one_line_errors(session
     (tmp_path / "ae.ckpt").write_bytes((Path(__file__).parent / "fixtures/legacy/ae_kl.ckpt").read_bytes())
     for path, message in [
         (tmp_path, "is a directory"),
-        (tmp_path / "empty.ckpt", "is not a readable PyTorch checkpoint"),
+        (tmp_path / "empty.ckpt", "is empty (0 bytes): not a checkpoint, or a copy that never finished"),
         (tmp_path / "ae.ckpt", "holds an autoencoder model (pyramid_dm.models.autoencoder.AutoencoderModel)"),
     ]:
         proc = run_cli([*base, "--exp.name", "x", "--ckpt_path", str(path), *FAST], session_env)

@@ -78,9 +78,11 @@ def test_search_steps_runs_the_users_sampler_and_schedule(plugin_env, tmp_path):
     ckpt = fit(plugin_env, tmp_path, "supernet", "configs/quickstart.yaml", *widths)
     study = tmp_path / "study"
     args = ["search-steps", "--ckpt_path", str(ckpt), "--sampler", "toy_euler", "--steps", "3", "--trials", "2"]
-    args += ["--population", "2", "--num_samples", "8", "--batch_size", "8", "--num_real", "50", "--no_progress"]
+    args += ["--population", "2", "--num_samples", "8", "--batch_size", "8", "--no_progress"]
     proc = run_cli([*args, "--no_wandb", "--study", str(study)], plugin_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the default --num_real (2000) serves the embedded digits too (1,617 training images), and says so (issue 26)
+    assert "the train split holds 1617 images; using all of them" in proc.stderr, proc.stderr[-2000:]
     meta = json.loads((study / "front.json").read_text())
     assert "toy_euler" in json.dumps(meta) and "toy_grid" in json.dumps(meta), json.dumps(meta)[:2000]
     assert len((study / "trials.csv").read_text().splitlines()) == 3

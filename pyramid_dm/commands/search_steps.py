@@ -36,6 +36,8 @@ from ..eval.step_search import GENOMES, SearchSpace, front, open_study, run_sear
 from .args import add_checkpoint_args, add_run_args, add_sampler_args, check_sampler_args
 from .evaluate import load_for_command, resolve_data
 
+DEFAULT_NUM_REAL = 2000
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pyramid_dm search-steps", description=__doc__.split("\n")[0])
@@ -49,7 +51,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=250)
     p.add_argument("--features", default="auto", help="FID-proxy features (as evaluate)")
     p.add_argument("--real_split", default="train", choices=["train", "val"])
-    p.add_argument("--num_real", type=int, default=2000, help="real images for the FID-proxy statistics")
+    p.add_argument(
+        "--num_real",
+        type=int,
+        help=f"real images for the FID-proxy statistics (default: {DEFAULT_NUM_REAL}, or the whole split if it holds "
+        "fewer)",
+    )
     add_run_args(p, "the common noise seed of every candidate, and NSGA-II's")
     p.add_argument("--study", type=Path, required=True, help="study directory (shared by workers; resumable)")
     p.add_argument("--no_wandb", action="store_true")
@@ -57,7 +64,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     check_sampler_args(args)
     for key in ("trials", "population", "num_samples", "num_real"):
-        if getattr(args, key) < 2:
+        if getattr(args, key) is not None and getattr(args, key) < 2:
             raise UserError(f"--{key} must be >= 2, got {getattr(args, key)}")
     return args
 
@@ -168,6 +175,11 @@ def main(argv: list[str]) -> int:
     samplers, steps = model.plan.resolve(args.sampler, args.steps, ("--sampler", "--steps"))
     manifest, image_size = resolve_data(config, ckpt, args.ckpt_path, config_path)
     available = manifest.count(args.real_split)
+    if args.num_real is None:  # the default serves the project's own small data sets too
+        args.num_real = min(DEFAULT_NUM_REAL, available)
+        if available < DEFAULT_NUM_REAL:
+            print(f"search-steps: the {args.real_split} split holds {available} images; using all of them "
+                  f"(default --num_real {DEFAULT_NUM_REAL})", file=sys.stderr)  # fmt: skip
     if args.num_real > available:
         raise UserError(
             f"--num_real {args.num_real}: the {args.real_split} split of {manifest.path} holds {available} images; "

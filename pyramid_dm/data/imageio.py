@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
@@ -31,6 +32,8 @@ def read_image(fp, what: str, channels: int | None = None, max_pixels: int | Non
     """The image in ``fp`` (a path or a binary file object) as an 8-bit ``L`` (channels 1) or ``RGB`` (channels 3)
     image; ``channels`` None keeps grayscale images grayscale and makes the rest RGB. ``what`` names it in errors."""
     limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if _is_empty(fp):
+        raise ImageError(f"{what}: the image is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -51,7 +54,14 @@ def read_image(fp, what: str, channels: int | None = None, max_pixels: int | Non
         message = f"{what}: its header declares {size}, over the limit of {limit:,}; it was not decoded"
         raise ImageError(message) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{what}: cannot decode image ({exc})") from exc
+        reason = re.sub(r"<[^<>]* object at 0x[0-9a-fA-F]+>|'[^']*' ?$", "", str(exc)).strip() or type(exc).__name__
+        raise ImageError(f"{what}: cannot decode image ({reason})") from exc
+
+
+def _is_empty(fp) -> bool:
+    if isinstance(fp, io.BytesIO):
+        return fp.getbuffer().nbytes == 0
+    return isinstance(fp, str | os.PathLike) and os.path.isfile(fp) and os.path.getsize(fp) == 0
 
 
 def _eight_bit(img: Image.Image, channels: int | None) -> Image.Image:

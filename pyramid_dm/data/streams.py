@@ -87,6 +87,14 @@ def open_streams(urls, handler, timeout: float):
             break
 
 
+def message_of(exn: Exception) -> str:
+    """An exception's own message, without what webdataset appends to its ``args`` (the stream object and the url,
+    which would print as a tuple with an object address)."""
+    if exn.args and isinstance(exn.args[0], str):
+        return exn.args[0]
+    return str(exn) or type(exn).__name__
+
+
 MIN_SAMPLES = 500  # a skip rate is judged only after this many samples were read
 
 
@@ -114,7 +122,7 @@ class SkipAndCount:
         n = getattr(exn, "missing", 1)  # a short shard counts its missing samples
         self.skipped += n
         self.unreported += n
-        log.warning("skipped corrupt training data (%d so far in this worker): %s", self.skipped, exn)
+        log.warning("skipped corrupt training data (%d so far in this worker): %s", self.skipped, message_of(exn))
         self.check()
         return True
 
@@ -133,9 +141,10 @@ class SkipAndCount:
 
 
 def _raise_with_culprit(exn: Exception) -> bool:
-    if isinstance(exn, UserError):
+    if isinstance(exn, ShardError | UserError):
+        exn.args = (message_of(exn),)  # webdataset appended the stream and the url
         raise exn
-    raise ShardError(f"validation data: {exn!r}") from exn
+    raise ShardError(f"validation data: {type(exn).__name__}: {message_of(exn)}") from exn
 
 
 class CountedShards:

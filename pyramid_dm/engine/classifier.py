@@ -17,6 +17,7 @@ from ..diffusion.guidance.classifier import ClassifierGuidance, NoisyClassifierF
 from ..errors import UserError
 from ..flops import count_flops
 from ..nets import EncoderClassifier
+from .engine import FLOP_BATCH
 from .wrappers import LevelCall, SamplingWrapper
 
 
@@ -134,7 +135,8 @@ class ClassifierGuide(SamplingWrapper):
         ``torch.utils.flop_counter``."""
         if self._flops is not None:
             return self._flops
-        probe = ClassifierGuidance(lambda x, s: x, self.log_prob, 1.0, torch.zeros(1, dtype=torch.long))
-        x = torch.zeros((1, *self.image_shape), device=self.device)
-        self._flops = float(count_flops(lambda: probe.gradient(x, torch.tensor(1.0, dtype=torch.float64))))
+        probe = ClassifierGuidance(lambda x, s: x, self.log_prob, 1.0, torch.zeros(FLOP_BATCH, dtype=torch.long))
+        x = torch.zeros((FLOP_BATCH, *self.image_shape), device=self.device)
+        sigma = torch.tensor(1.0, dtype=torch.float64)
+        self._flops = float(count_flops(lambda: probe.gradient(x, sigma))) / FLOP_BATCH
         return self._flops

@@ -31,6 +31,7 @@ from .plan import SamplingPlan
 from .wrappers import LevelCall, SamplingWrapper, ordered
 
 LEVEL_TRAINING = ("all", "sample")
+FLOP_BATCH = 2  # FLOPs per sample are counted on this many samples: a 1x1 bottleneck cannot normalise one
 
 
 class DiffusionEngine(nn.Module):
@@ -268,23 +269,25 @@ class DiffusionEngine(nn.Module):
     def flops_per_call(self, width: float = 1.0, net: nn.Module | None = None) -> list[float]:
         """FLOPs of one denoiser call for one sample at each level (context included), by torch's flop counter, at
         ``width`` (a slimmable network), of ``net`` (default: the engine's network); the signature of
-        :class:`~pyramid_dm.engine.GenerativeModel`'s."""
+        :class:`~pyramid_dm.engine.GenerativeModel`'s. Counted on a batch of :data:`FLOP_BATCH` and divided (a
+        network whose bottleneck is 1x1 cannot normalise a single sample)."""
         sigma = torch.tensor(1.0, dtype=torch.float64)
-        labels = self.conditioning(self.sample_labels(0, 1))
-        zeros = [torch.zeros((1, *s), device=self.device) for s in self.level_shapes]
+        labels = self.conditioning(self.sample_labels(0, FLOP_BATCH))
+        zeros = [torch.zeros((FLOP_BATCH, *s), device=self.device) for s in self.level_shapes]
         out = []
         for level in range(self.num_levels):
             den = self.denoiser(level, net)
-            z = torch.zeros((1, *self.geometry.grid_shape(level)), device=self.device)
+            z = torch.zeros((FLOP_BATCH, *self.geometry.grid_shape(level)), device=self.device)
             cond = {**labels, **self.level_conditioning(level, zeros[:level])}
             with use_width(width):
-                out.append(float(count_flops(lambda den=den, z=z, cond=cond: den(z, sigma, **cond))))
+                out.append(float(count_flops(lambda den=den, z=z, cond=cond: den(z, sigma, **cond))) / FLOP_BATCH)
         return out
 
     @torch.no_grad()
     def decoder_flops(self) -> float:
-        zeros = [torch.zeros((1, *s), device=self.device) for s in self.level_shapes]
-        return float(count_flops(lambda: self.decode(zeros)))
+        """FLOPs of decoding one sample (counted on :data:`FLOP_BATCH`)."""
+        zeros = [torch.zeros((FLOP_BATCH, *s), device=self.device) for s in self.level_shapes]
+        return float(count_flops(lambda: self.decode(zeros))) / FLOP_BATCH
 
     def trained_levels_per_step(self) -> list[tuple[int, float]]:
         """(level, expected passes per step): every level once, or one sampled level (``level_training: sample``)."""

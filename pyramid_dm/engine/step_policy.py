@@ -54,6 +54,8 @@ class LevelPolicy:
         self.widths = [w if isinstance(w, str) else float(w) for w in self.widths]
         if len(self.widths) != len(self.breakpoints) + 1:
             raise ValueError(f"{len(self.breakpoints)} breakpoints need {len(self.breakpoints) + 1} widths")
+        if not all(math.isfinite(b) for b in self.breakpoints):
+            raise ValueError(f"breakpoints must be finite numbers (log-SNR), got {self.breakpoints}")
         if sorted(self.breakpoints) != self.breakpoints:
             raise ValueError(f"breakpoints must increase (log-SNR), got {self.breakpoints}")
         bad = [w for w in self.widths if not isinstance(w, str) and not 0 < w <= 1]

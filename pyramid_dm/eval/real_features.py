@@ -25,10 +25,13 @@ from .features import FeatureExtractor, extract
 log = logging.getLogger(__name__)
 
 
-def safe_name(name: str) -> str:
-    """A manifest's (or extractor's) name as one file-name part: no path separators, no "..", nothing hidden."""
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip(".") or "data"
-    return cleaned.replace("..", "_")
+def safe_name(name: str, limit: int = 80) -> str:
+    """A manifest's (or extractor's) name as one file-name part: no path separators, no "..", nothing hidden, at most
+    ``limit`` characters (a longer name keeps its start and a hash of the whole, so that names still differ)."""
+    cleaned = (re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip(".") or "data").replace("..", "_")
+    if len(cleaned) > limit:
+        cleaned = f"{cleaned[: limit - 13]}-{hashlib.sha256(str(name).encode()).hexdigest()[:12]}"
+    return cleaned
 
 
 def cache_key(manifest: Manifest, split: str, image_size: int, limit: int | None, extractor: FeatureExtractor) -> str:

@@ -38,6 +38,8 @@ def check_bounds(bounds: Sequence[float], num_stages: int) -> list[float]:
     b = [float(v) for v in bounds]
     if len(b) != num_stages + 1:
         raise ValueError(f"{num_stages} stages need {num_stages + 1} stage bounds (from 1 down to 0), got {b}")
+    if not all(math.isfinite(v) for v in b):
+        raise ValueError(f"stage bounds must be finite numbers, got {b}")
     if b[0] != 1.0 or b[-1] != 0.0:
         raise ValueError(
             f"stage bounds must start at 1 (pure noise) and end at 0 (the data) to cover the trajectory, got {b}"

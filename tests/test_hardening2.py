@@ -1,0 +1,84 @@
+"""Hardening, round two (issue 26): each case a hostile user or a flaky cluster found, by its behaviour and message."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from pyramid_dm.engine.step_policy import StepPolicy
+from pyramid_dm.errors import UserError
+from pyramid_dm.models import PyramidDiffusion
+
+TINY_UNET = dict(base_channels=8, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[], norm_groups=4)
+
+
+# ---- 6. non-finite numbers in policies and configs ------------------------------------------------------------------
+def test_a_nan_breakpoint_in_a_policy_file_is_refused(tmp_path):
+    path = tmp_path / "p.json"
+    policy = StepPolicy.uniform(0.5).as_dict()
+    policy["levels"] = [{"breakpoints": [math.nan], "widths": [0.5, 1.0], "step_widths": None}]
+    path.write_text(json.dumps(policy))  # Python's json writes NaN, and reads it back
+    with pytest.raises(ValueError, match=r"p.json.*breakpoints must be finite numbers"):
+        StepPolicy.load(path)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_stage_bounds_are_refused(bad):
+    with pytest.raises(UserError, match="stage bounds must be finite numbers"):
+        PyramidDiffusion(8, 1, resolutions=[2, 4, 8], layout="pyramid_flow", schedule="flow", prediction="flow",
+                         num_timesteps=0, stage_bounds=[1.0, bad, 0.2, 0.0], unet=TINY_UNET)  # fmt: skip
+
+
+# ---- 8. messages -----------------------------------------------------------------------------------------------------
+def test_checkpoint_paths_that_are_not_checkpoints_say_what_to_give(tmp_path):
+    from pyramid_dm.checkpoints import read_checkpoint
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(UserError, match=rf"'{run}' is a directory; name a .ckpt file \(e.g. {run}/checkpoints/last"):
+        read_checkpoint(run, "--ckpt_path")
+    folder = run / "checkpoints"  # the folder itself: its own last.ckpt, not checkpoints/checkpoints/last.ckpt
+    with pytest.raises(UserError, match=rf"is a directory; name a .ckpt file \(e.g. {folder}/last.ckpt\)"):
+        read_checkpoint(folder, "--ckpt_path")
+    with pytest.raises(UserError, match=r"last.ckpt' is empty \(0 bytes\)"):
+        read_checkpoint(folder / "last.ckpt", "--ckpt_path")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match=r"junk.ckpt' is not a readable PyTorch checkpoint \(\w"):
+        read_checkpoint(tmp_path / "junk.ckpt", "--ckpt_path")
+
+
+def test_a_very_long_data_set_name_still_names_one_cache_file():
+    from pyramid_dm.eval.real_features import safe_name
+
+    a, b = safe_name("x" * 300), safe_name("x" * 299 + "y")
+    assert len(a) <= 80 and len(b) <= 80 and a != b and "/" not in a
+    assert safe_name("digits") == "digits"  # short names are unchanged, so existing caches stay valid
+
+
+def test_stall_and_exit_status_messages_are_one_line_without_object_addresses(caplog):
+    from pyramid_dm.data.streams import CountedShards, ShardError, SkipAndCount, _raise_with_culprit
+
+    training = CountedShards({}, "m.json", strict=False, handler=SkipAndCount(), timeout=0.5)
+    with caplog.at_level("WARNING", logger="pyramid_dm.data.datamodule"):
+        assert list(training.to_samples(iter([{"url": "pipe:sleep 5"}]))) == []
+    assert "): shard pipe:sleep 5: no data for 0.5 s, the command stalled" in caplog.text
+    assert " at 0x" not in caplog.text and "('shard" not in caplog.text
+    validation = CountedShards({}, "m.json", strict=True, handler=_raise_with_culprit, timeout=0.5)
+    with pytest.raises(ShardError) as info:
+        list(validation.to_samples(iter([{"url": "pipe:false"}])))
+    assert str(info.value) == "shard pipe:false: the command exited with status 1"
+
+
+def test_an_empty_or_undecodable_image_is_named_without_an_object_address():
+    import io
+
+    from pyramid_dm.data.imageio import ImageError, read_image
+
+    with pytest.raises(ImageError, match=r"^s.tar: sample 'a': the image is empty \(0 bytes\)$"):
+        read_image(io.BytesIO(b""), "s.tar: sample 'a'")
+    with pytest.raises(ImageError) as info:
+        read_image(io.BytesIO(b"not an image"), "s.tar: sample 'b'")
+    assert str(info.value) == "s.tar: sample 'b': cannot decode image (cannot identify image file)"
