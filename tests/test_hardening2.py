@@ -82,3 +82,46 @@ def test_an_empty_or_undecodable_image_is_named_without_an_object_address():
     with pytest.raises(ImageError) as info:
         read_image(io.BytesIO(b"not an image"), "s.tar: sample 'b'")
     assert str(info.value) == "s.tar: sample 'b': cannot decode image (cannot identify image file)"
+
+
+def test_a_missing_validation_shard_is_named(tmp_path):
+    from pyramid_dm.data.streams import CountedShards, ShardError, _raise_with_culprit
+
+    validation = CountedShards({}, "m.json", strict=True, handler=_raise_with_culprit, timeout=0.5)
+    missing = tmp_path / "val-000000.tar"
+    with pytest.raises(ShardError, match=rf"validation data: FileNotFoundError: .*'{missing}'$"):
+        list(validation.to_samples(iter([{"url": str(missing)}])))
+
+
+# ---- 9. found on the way --------------------------------------------------------------------------------------------
+def test_a_shard_with_more_samples_than_recorded_never_lowers_the_skip_count(tmp_path):
+    from pyramid_dm.data import write_shards
+    from pyramid_dm.data.sources import sklearn_digits
+    from pyramid_dm.data.streams import CountedShards, SkipAndCount
+
+    manifest = write_shards(sklearn_digits(), tmp_path, per_shard=2000, progress=False)
+    shard = sorted(tmp_path.glob("train-*.tar"))[0]
+    handler = SkipAndCount()
+    stage = CountedShards({shard.name: 10}, str(manifest), strict=False, handler=handler, timeout=5.0)
+    n = sum(1 for _ in stage(iter([{"url": str(shard)}])))
+    assert n > 10 and handler.skipped == 0  # reported (a warning), never a negative count
+
+
+def test_skips_are_logged_when_they_change_and_at_the_end(digits_shards):
+    from types import SimpleNamespace
+
+    from pyramid_dm.data.datamodule import ShardDataModule
+
+    logged = []
+    logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append((step, metrics["data/skipped"])))
+    dm = ShardDataModule(shards=str(digits_shards), batch_size=4, num_workers=0)
+    dm.trainer = SimpleNamespace(training=True, logger=logger, global_step=3)
+    dm.skips.update(0, 4)
+    dm.on_after_batch_transfer("batch", 0)
+    dm.skips.update(2, 4)  # a worker skipped two samples: logged at once, not at step 50
+    dm.on_after_batch_transfer("batch", 0)
+    dm.trainer.global_step = 7
+    dm.skips.update(0, 4)
+    dm.on_after_batch_transfer("batch", 0)
+    dm.teardown("fit")
+    assert logged == [(3, 2), (7, 2)]

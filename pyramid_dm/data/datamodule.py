@@ -153,6 +153,7 @@ class ShardDataModule(L.LightningDataModule):
                 "--val-fraction > 0 (folder, digits), or point data.init_args.val_urls at other shards"
             )
         self.skips = SkipStats()
+        self._logged_skips = 0  # the skip count last logged
         self.image_size = int(resize or self.manifest.image_size)
         if self.image_size < self.manifest.image_size:  # a reused config's resize: say so, the model follows it
             rank_zero_warn(
@@ -218,14 +219,26 @@ class ShardDataModule(L.LightningDataModule):
         return ResumableStream(loader, [shards, ds.pipeline[2]], n, h.seed, self.skips)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """During training: log the skip count and rate, and stop the run when the rate passes ``max_skip_rate``."""
+        """During training: log the skip count and rate (whenever the count changes, and every 50 steps), and stop the
+        run when the rate passes ``max_skip_rate``."""
         trainer = self.trainer
         if trainer is None or not trainer.training:
             return batch
-        if trainer.logger is not None and trainer.global_step % 50 == 0:
-            trainer.logger.log_metrics(self.skips.metrics(), step=trainer.global_step)
+        if self.skips.skipped != self._logged_skips or trainer.global_step % 50 == 0:
+            self.log_skips()
         self.skips.check(self.hparams.max_skip_rate, str(self.manifest.path))
         return batch
+
+    def log_skips(self) -> None:
+        trainer = self.trainer
+        if trainer is not None and trainer.logger is not None:
+            trainer.logger.log_metrics(self.skips.metrics(), step=trainer.global_step)
+            self._logged_skips = self.skips.skipped
+
+    def teardown(self, stage: str) -> None:
+        """The final skip count and rate, so that a short run shows what it skipped (before the loggers close)."""
+        if stage == "fit" and (self.skips.skipped or self.skips.seen):
+            self.log_skips()
 
     def val_dataloader(self):
         h = self.hparams

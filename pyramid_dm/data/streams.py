@@ -175,13 +175,15 @@ class CountedShards:
                 raise ShardError(f"the last {empty} shards read (the latest {url['url']}) yielded no sample at all")
             name = next((f for f in self.expected if f in url["url"]), None)
             if name is not None and n != self.expected[name]:
+                want = self.expected[name]
+                what = "it is corrupt or truncated" if n < want else "it is not the shard the manifest describes"
                 exc = ShardError(
-                    f"shard {url['url']} yielded {n} of the {self.expected[name]} samples that {self.manifest} "
-                    "records: it is corrupt or truncated; write the shard set again with --overwrite"
+                    f"shard {url['url']} yielded {n} of the {want} samples that {self.manifest} records: {what}; "
+                    "write the shard set again with --overwrite"
                 )
                 if self.strict:
                     raise exc
-                exc.missing = self.expected[name] - n
+                exc.missing = max(want - n, 0)  # extra samples were delivered: nothing to count as skipped
                 self.handler(exc)
 
 
