@@ -33,10 +33,12 @@ from .resume import (
     HPC_PATTERN,
     InterruptAtStepBoundary,
     RequeueAtStepBoundary,
+    RunLock,
     StepBoundaryResume,
     TidyCheckpoints,
     TrainingLeft,
     newest_checkpoint,
+    objective_changes,
     slurm_job_id,
     slurm_requeued,
     slurm_run_id,
@@ -84,6 +86,12 @@ class PyramidCLI(LightningCLI):
         parser.add_argument("--exp.project", type=str, default="pyramid_dm", help="W&B project.")
         parser.add_argument(
             "--exp.group", type=str | None, default=None, help="W&B group (default: exp.name; a sweep shares one)."
+        )
+        parser.add_argument(
+            "--exp.allow_objective_change",
+            type=bool,
+            default=False,
+            help="Resume (--ckpt_path) with model options that change what is optimised (fine-tuning); recorded.",
         )
         parser.add_argument("--defaults", type=list[str] | None, default=None, help="Config pieces loaded first.")
         for key in LINKED_FROM_DATA:
@@ -135,6 +143,8 @@ class PyramidCLI(LightningCLI):
         config = self.config_init[self.subcommand]
         root = Path(self.trainer.default_root_dir)
         ckpt_dirs = [cb.dirpath for cb in self.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+        if self.trainer.global_rank == 0:  # held until this process ends: one fit per experiment directory
+            self.run_lock = RunLock(root).acquire()
         if config.get("ckpt_path") is None and SLURMEnvironment.detect():
             # A requeued job (or one whose run holds Lightning's requeue checkpoint) resumes from the newest checkpoint
             # of its run: the hpc_ckpt of a SIGUSR1 requeue, or last.ckpt after a requeue that had no time to save.
@@ -145,6 +155,7 @@ class PyramidCLI(LightningCLI):
                     rank_zero_info(f"SLURM job {slurm_job_id()}: resuming from {newest}")
         self.check_ckpt_path(config, root, ckpt_dirs)
         resume = config.get("ckpt_path") is not None
+        changes = self.check_objective(config) if resume else {}
         for cb in self.trainer.checkpoint_callbacks:
             if not resume and isinstance(cb, ModelCheckpoint) and cb.dirpath and any(Path(cb.dirpath).glob("*.ckpt")):
                 raise UserError(
@@ -163,6 +174,30 @@ class PyramidCLI(LightningCLI):
         for logger, group, tags in self.run_loggers():
             exp = config.get("exp", {})
             logger.prepare_run(resume=resume, group=group, tags=tags, job_id=slurm_run_id(exp.get("name", "")))
+        if changes:  # allowed: recorded in the run beside the config that made them
+            record = {k: {"checkpoint": old, "now": new} for k, (old, new) in changes.items()}
+            for logger in self.trainer.loggers:
+                logger.log_hyperparams({"resumed_with_changes": record})
+
+    def check_objective(self, config) -> dict:
+        """A resumed fit must optimise what the checkpoint was trained for: model options that differ (beyond the
+        optimiser and sampling settings) are an error naming them, unless ``--exp.allow_objective_change``."""
+        ckpt = config.get("ckpt_path")
+        if not Path(str(ckpt)).is_file():
+            return {}
+        trained = read_checkpoint(ckpt, "--ckpt_path")["hyper_parameters"]
+        changes = objective_changes(dict(trained), dict(self.model.hparams))
+        if not changes:
+            return {}
+        text = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        if not (config.get("exp") or {}).get("allow_objective_change"):
+            raise UserError(
+                f"--ckpt_path {ckpt} was trained with other model options ({text}): resuming would continue under "
+                "another objective; use the run's config.yaml, or pass --exp.allow_objective_change true to "
+                "fine-tune deliberately (the changes are then recorded in the run)"
+            )
+        rank_zero_info(f"resuming {ckpt} with changed model options (allowed): {text}")
+        return changes
 
     def run_loggers(self):
         """(RunLogger, W&B group, tags) for each of the trainer's W&B loggers."""

@@ -24,6 +24,7 @@ import hashlib
 import os
 import re
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -289,3 +290,61 @@ class TidyCheckpoints(Callback):
             for path in stale:
                 rank_zero_info(f"removing {path}: left by an interrupted checkpoint save")
                 path.unlink(missing_ok=True)
+
+
+# What a resumed run may change without changing what it optimises: the optimiser, the EMA and the sampling settings
+# (and where a first stage is read from). Anything else the model was built from is its objective.
+RESUMABLE = {"lr", "lr_scaling", "lr_reference_batch", "weight_decay", "betas", "warmup_steps", "optimizer"}
+RESUMABLE |= {"lr_scheduler", "ema_decay", "sampler", "sample_steps", "discretization", "level_samplers"}
+RESUMABLE |= {"level_steps", "sample_augmentation", "autoencoder_ckpt"}
+
+
+def _plain(value):
+    """A hyperparameter as plain JSON-like data (tuples as lists), so that a config's and a checkpoint's compare."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def objective_changes(trained: dict, now: dict) -> dict[str, tuple]:
+    """The model options (``key: (checkpoint's, config's)``) a resumed run would change beyond :data:`RESUMABLE`."""
+    keys = sorted((set(trained) | set(now)) - RESUMABLE)
+    return {
+        k: (trained.get(k), now.get(k))
+        for k in keys
+        if not k.startswith("_") and _plain(trained.get(k)) != _plain(now.get(k))
+    }
+
+
+class RunLock:
+    """One ``fit`` per experiment directory at a time: an exclusive ``flock`` on ``<run>/.fit.lock``, held by rank 0
+    until the process ends (the kernel releases it when the process dies, so a crash leaves no stale lock). A second
+    ``fit`` into the same directory gets a UserError naming the directory and the holder's process id."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".fit.lock"
+        self.file = None
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise UserError(
+                f"another fit is running in {self.path.parent} ({holder}); wait for it, or train under another "
+                "--exp.name (nothing was written)"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self.file = f
+        return self

@@ -125,3 +125,105 @@ def test_skips_are_logged_when_they_change_and_at_the_end(digits_shards):
     dm.on_after_batch_transfer("batch", 0)
     dm.teardown("fit")
     assert logged == [(3, 2), (7, 2)]
+
+
+# ---- 4. a resume that changes the objective -------------------------------------------------------------------------
+def test_a_resume_that_changes_the_objective_is_refused_unless_allowed(session_env, tmp_path, digits_shards):
+    from helpers import run_cli
+
+    fast = ["--trainer.enable_progress_bar", "false", "--data.init_args.num_workers", "0"]
+    fast += ["--trainer.callbacks.every_n_steps", "100000", "--trainer.callbacks.num_samples", "4"]
+    base = ["fit", "--config", "configs/quickstart.yaml", "--exp.root", str(tmp_path), "--exp.name", "run", *fast]
+    base += ["--trainer.max_steps", "1"]
+    assert run_cli(base, session_env).returncode == 0
+    resume = [*base, "--ckpt_path", "last"]
+    proc = run_cli([*resume, "--model.init_args.prediction", "v", "--model.init_args.lr", "1e-4"], session_env)
+    assert proc.returncode == 2 and "was trained with other model options (prediction: 'eps' -> 'v')" in proc.stderr
+    assert "--exp.allow_objective_change true" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli([*resume, "--model.init_args.lr", "1e-4"], session_env)  # the optimiser may change
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    allowed = [*resume, "--model.init_args.prediction", "v", "--exp.allow_objective_change", "true"]
+    proc = run_cli(allowed, session_env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "with changed model options (allowed): prediction: 'eps' -> 'v'" in proc.stdout + proc.stderr
+
+
+# ---- 5. one run per experiment directory -----------------------------------------------------------------------------
+def test_a_second_fit_into_a_running_experiment_is_refused(session_env, tmp_path, digits_shards):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from helpers import ROOT, run_cli
+
+    args = ["fit", "--config", "configs/quickstart.yaml", "--exp.root", str(tmp_path), "--exp.name", "busy"]
+    args += ["--trainer.enable_progress_bar", "false", "--data.init_args.num_workers", "0"]
+    first = subprocess.Popen([sys.executable, "-m", "pyramid_dm", *args, "--trainer.max_steps", "100000"],
+                             cwd=ROOT, env={**os.environ, **session_env}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        lock = tmp_path / "busy" / ".fit.lock"
+        deadline = time.time() + 120
+        while time.time() < deadline and not (lock.exists() and "pid" in lock.read_text()):
+            time.sleep(0.2)
+        proc = run_cli([*args, "--trainer.max_steps", "1"], session_env)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert f"another fit is running in {tmp_path / 'busy'} (pid {first.pid} on " in proc.stderr
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.kill()
+        first.wait()
+    proc = run_cli([*args, "--trainer.max_steps", "1", "--ckpt_path", "last-if-any"], session_env)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # a killed run leaves no stale lock
+
+
+# ---- 6. studies ------------------------------------------------------------------------------------------------------
+def _synthetic_study(path):
+    from test_step_search import synthetic, synthetic_space
+
+    from pyramid_dm.eval.step_search import open_study, run_search
+
+    space = synthetic_space()
+    study = open_study(path, {"objective": "synthetic"}, space, 8, 0)
+    run_search(study, space, synthetic, 6, progress=False)
+    return space
+
+
+def test_a_journal_cut_mid_line_keeps_its_complete_records(tmp_path, capsys):
+    from optuna.trial import TrialState
+    from test_step_search import synthetic
+
+    from pyramid_dm.eval.step_search import open_study, run_search
+
+    space = _synthetic_study(tmp_path / "s")
+    journal = tmp_path / "s" / "journal.log"
+    whole = journal.read_bytes()
+    journal.write_bytes(whole[:-25])  # a worker killed inside its last write
+    study = open_study(tmp_path / "s", {"objective": "synthetic"}, space, 8, 0)
+    err = capsys.readouterr().err
+    assert f"study journal {journal}: its last record was cut mid-line" in err and journal.read_bytes().endswith(b"\n")
+    assert (tmp_path / "s" / "journal.log.cut").read_bytes() == whole[whole.rstrip(b"\n").rfind(b"\n") + 1 : -25]
+    run_search(study, space, synthetic, 8, progress=False)  # and the study goes on
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) >= 8
+
+
+def test_a_damaged_or_read_only_journal_is_named(tmp_path, monkeypatch):
+    from optuna.storages import journal as optuna_journal
+
+    from pyramid_dm.eval.step_search import open_study
+
+    space = _synthetic_study(tmp_path / "s")
+    journal = tmp_path / "s" / "journal.log"
+    lines = journal.read_bytes().split(b"\n")
+    journal.write_bytes(b"\n".join([lines[0], b'{"op_code": 1, "broken', *lines[1:]]))
+    with pytest.raises(ValueError, match=rf"study journal {journal}: line 2 of \d+ is not a complete record"):
+        open_study(tmp_path / "s", {"objective": "synthetic"}, space, 8, 0)
+    _synthetic_study(tmp_path / "r")
+
+    def read_only(self, path, *args, **kwargs):  # what opening a read-only journal raises (root ignores file modes)
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(optuna_journal.JournalFileBackend, "__init__", read_only)
+    with pytest.raises(ValueError, match=r"journal.log cannot be opened for writing \(Permission denied"):
+        open_study(tmp_path / "r", {"objective": "synthetic"}, space, 8, 0)

@@ -25,11 +25,13 @@ import json
 import math
 import os
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import compat
+from ..data.manifest import atomic_write_bytes
 from ..engine.step_policy import LevelPolicy, StepPolicy, log_snr
 from ..registry import Registry
 
@@ -231,7 +233,12 @@ def open_study(study_dir: Path, meta: dict, space: SearchSpace, population: int,
                 raise ValueError(
                     f"study {study_dir} was created for another search ({shown}); use a new --study directory"
                 )
-        storage = JournalStorage(JournalFileBackend(str(study_dir / "journal.log")))
+        journal = study_dir / "journal.log"
+        check_journal(journal)
+        try:
+            storage = JournalStorage(JournalFileBackend(str(journal)))
+        except OSError as e:
+            raise ValueError(f"study journal {journal} cannot be opened for writing ({e.strerror or e})") from None
         task = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0") or 0)  # array workers explore from different seeds
         sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed + 1000 * task)
         study = optuna.create_study(
@@ -249,6 +256,34 @@ def open_study(study_dir: Path, meta: dict, space: SearchSpace, population: int,
             tmp.replace(meta_path)
         recover_stale(study, me)
     return study
+
+
+def check_journal(path: Path) -> None:
+    """A journal whose last record was cut mid-line (a worker killed while writing) keeps its complete records: the
+    cut line is moved aside to ``<journal>.cut`` and a warning says so. A damaged record before the last is a
+    ValueError naming the file and line (the study cannot be trusted past it)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    complete, tail = lines[:-1], lines[-1]  # a well-formed journal ends with a newline: tail is empty
+    for number, line in enumerate(complete, 1):
+        try:
+            json.loads(line)
+        except ValueError:
+            raise ValueError(
+                f"study journal {path}: line {number} of {len(complete) + bool(tail)} is not a complete record; the "
+                "study cannot be read past it: start a new --study directory (the trials so far are in trials.csv)"
+            ) from None
+    if tail:
+        cut = path.with_name(path.name + ".cut")
+        cut.write_bytes(tail)
+        atomic_write_bytes(path, data[: len(data) - len(tail)])
+        print(
+            f"warning: study journal {path}: its last record was cut mid-line (a worker killed while writing); kept "
+            f"the {len(complete)} complete records and moved the cut one to {cut}",
+            file=sys.stderr,
+        )
 
 
 def recover_stale(study, me: str) -> list[int]:
