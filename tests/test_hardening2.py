@@ -227,3 +227,62 @@ def test_a_damaged_or_read_only_journal_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(optuna_journal.JournalFileBackend, "__init__", read_only)
     with pytest.raises(ValueError, match=r"journal.log cannot be opened for writing \(Permission denied"):
         open_study(tmp_path / "r", {"objective": "synthetic"}, space, 8, 0)
+
+
+# ---- 7. silent cases of the first round ------------------------------------------------------------------------------
+def test_overwrite_leaves_a_users_file_named_like_a_shard_alone(tmp_path):
+    from pyramid_dm.data import ShardError, sklearn_digits, write_shards
+
+    write_shards(sklearn_digits(), tmp_path, per_shard=2000, progress=False)
+    (tmp_path / "train-000099.tar").write_bytes(b"mine, not a shard")
+    write_shards(sklearn_digits(), tmp_path, per_shard=2000, progress=False, overwrite=True)
+    assert (tmp_path / "train-000099.tar").read_bytes() == b"mine, not a shard"
+    (tmp_path / "train-000001.tar").write_bytes(b"mine too")  # the new set below would write a shard of this name
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(ShardError, match=r"\['train-000001.tar'\] would be replaced .*\(nothing was changed\)"):
+        write_shards(sklearn_digits(), tmp_path, per_shard=500, progress=False, overwrite=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def _folder(root, classes: dict[str, int]):
+    import numpy as np
+    from PIL import Image
+
+    for name, n in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8), 30 * i, np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda r: (r / "empty").mkdir(), r"class folder\(s\) \['.*/empty'\] hold no .* image"),
+        (lambda r: (r / "loop").symlink_to("."), r"class folder .*/loop links to .*, the folder or above it"),
+        (lambda r: (r / "dotdot").symlink_to(".."), r"class folder .*/dotdot links to .*, the folder or above it"),
+    ],
+    ids=["empty", "symlink loop", "dotdot"],
+)
+def test_a_class_folder_without_images_is_refused_by_name(tmp_path, make, message):
+    from pyramid_dm.data import image_folder
+    from pyramid_dm.data.sources import SourceError
+
+    root = _folder(tmp_path / "src", {"cat": 3, "dog": 3})
+    make(root)
+    with pytest.raises(SourceError, match=message):
+        image_folder(root)
+
+
+def test_hidden_names_are_listed_as_ignored(tmp_path):
+    from pyramid_dm.data import image_folder
+
+    root = _folder(tmp_path / "src", {"cat": 3, "dog": 3})
+    (root / "...").mkdir()
+    (root / "cat" / ".thumb.png").write_bytes(b"x")
+    (root / "loop").symlink_to(root / "loop")  # not a folder at all: listed, with why
+    images = image_folder(root)
+    assert images.classes == ["cat", "dog"] and f"{root / 'loop'} (a broken or looping symlink)" in images.ignored
+    assert f"{root / '...'} (hidden name)" in images.ignored and f"{root / 'cat' / '.thumb.png'} (hidden name)" in (
+        images.ignored
+    )

@@ -90,18 +90,17 @@ def _first_pass(images: ImageSet, size: int | None, strict: bool) -> tuple[int, 
 
 
 def _own_files(out: Path) -> list[Path]:
-    """The files of the shard set in ``out``: those its manifest lists, else those named like our shards."""
+    """The files of the shard set in ``out``: those its manifest lists (a file merely named like a shard is the
+    user's), else, without a readable manifest (an unfinished set), those named like our shards; and ``.partial``
+    leftovers."""
     try:
         listed = {
             e["file"] for split in json.loads((out / MANIFEST).read_text())["splits"].values() for e in split["shards"]
         }
+        ours = lambda name: name in listed  # noqa: E731
     except (OSError, ValueError, KeyError, TypeError):
-        listed = set()
-    return [
-        p
-        for p in out.iterdir()
-        if p.is_file() and (p.name in listed or SHARD_NAME.match(p.name) or p.name.endswith(".partial"))
-    ]
+        ours = lambda name: bool(SHARD_NAME.match(name))  # noqa: E731
+    return [p for p in out.iterdir() if p.is_file() and (ours(p.name) or p.name.endswith(".partial"))]
 
 
 def _swap_in(staged: Path, out: Path) -> None:
@@ -109,8 +108,15 @@ def _swap_in(staged: Path, out: Path) -> None:
     as incomplete for the few renames that follow, never as a mixed set), then the old set's own files, then the new
     shards and last the new manifest."""
     old = _own_files(out)
-    (out / MANIFEST).unlink(missing_ok=True)
     new = {p.name for p in staged.iterdir()}
+    theirs = sorted(p.name for p in out.iterdir() if p.name in new and p not in old and p.name != MANIFEST)
+    if theirs:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise ShardError(
+            f"{out}: {theirs} would be replaced by the new set's shards of that name, but the old set did not write "
+            "them (its manifest does not list them); move them away and run again (nothing was changed)"
+        )
+    (out / MANIFEST).unlink(missing_ok=True)
     for path in old:
         if path.name not in new:
             path.unlink(missing_ok=True)

@@ -70,32 +70,59 @@ def _load_image_file(path: Path, max_pixels: int | None = None) -> np.ndarray:
     return np.array(read_image(path, str(path), max_pixels=max_pixels))
 
 
+def _stray_reason(p: Path) -> str:
+    return "a broken or looping symlink" if p.is_symlink() and not p.exists() else "beside the class folders"
+
+
 def image_folder(root: str | Path, val_fraction: float = 0.1, seed: int = 0) -> ImageSet:
     """A folder of PNG/JPEG images; one sub-folder per class (sorted names = class ids), or a flat unlabelled folder.
 
     The rule: with class sub-folders, the images directly inside each are the data (a class folder may be a symlink,
-    and is followed); folders nested deeper, files that are not PNG/JPEG, and images beside the class folders are
-    left out, and listed in ``ignored`` (``shards`` prints them). Hidden files and folders are skipped silently."""
+    and is followed); folders nested deeper, files that are not PNG/JPEG, images beside the class folders and hidden
+    names (starting with ".") are left out, and listed in ``ignored`` (``shards`` prints them). A class folder that
+    holds no image, cannot be listed (a symlink loop) or links back to the folder or above it is an error naming it:
+    it would be a class without images."""
     root = Path(root)
     if not root.is_dir():
         raise SourceError(f"image folder {root} does not exist or is not a directory")
-    visible = lambda d: sorted(p for p in d.iterdir() if not p.name.startswith("."))  # noqa: E731
-    is_image = lambda p: p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES  # noqa: E731
-    class_dirs = [d for d in visible(root) if d.is_dir()]
     ignored: list[str] = []
+
+    def listing(d: Path) -> list[Path]:
+        try:
+            entries = sorted(d.iterdir())
+        except OSError as exc:
+            raise SourceError(f"image folder {root}: cannot list {d} ({exc.strerror or exc})") from None
+        ignored.extend(f"{p} (hidden name)" for p in entries if p.name.startswith("."))
+        return [p for p in entries if not p.name.startswith(".")]
+
+    is_image = lambda p: p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES  # noqa: E731
+    top = listing(root)
+    class_dirs = [d for d in top if d.is_dir()]
     if class_dirs:
         classes = [d.name for d in class_dirs]
-        items = []
+        items, empty = [], []
         for label, d in enumerate(class_dirs):
-            for p in visible(d):
+            target = d.resolve()
+            if target == root.resolve() or target in root.resolve().parents:
+                raise SourceError(f"image folder {root}: class folder {d} links to {target}, the folder or above it")
+            found = 0
+            for p in listing(d):
                 if is_image(p):
                     items.append((p, label))
+                    found += 1
                 else:
                     ignored.append(f"{p}{'/ (nested folder)' if p.is_dir() else ' (not a PNG/JPEG image)'}")
-        ignored += [f"{p} (beside the class folders)" for p in visible(root) if not p.is_dir()]
+            if not found:
+                empty.append(str(d))
+        if empty and items:
+            raise SourceError(
+                f"image folder {root}: class folder(s) {empty} hold no {'/'.join(IMAGE_SUFFIXES)} image: each "
+                "sub-folder is a class, so add images or remove the folder"
+            )
+        ignored += [f"{p} ({_stray_reason(p)})" for p in top if not p.is_dir()]
     else:
-        classes, items = None, [(p, None) for p in visible(root) if is_image(p)]
-        ignored += [f"{p} (not a PNG/JPEG image)" for p in visible(root) if not is_image(p)]
+        classes, items = None, [(p, None) for p in top if is_image(p)]
+        ignored += [f"{p} (not a PNG/JPEG image)" for p in top if not is_image(p)]
     if not items:
         raise SourceError(f"image folder {root} holds no {'/'.join(IMAGE_SUFFIXES)} files")
     for path in ignored[:20]:
