@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from pyramid_dm.engine.step_policy import StepPolicy
 from pyramid_dm.errors import UserError
@@ -286,3 +287,34 @@ def test_hidden_names_are_listed_as_ignored(tmp_path):
     assert f"{root / '...'} (hidden name)" in images.ignored and f"{root / 'cat' / '.thumb.png'} (hidden name)" in (
         images.ignored
     )
+
+
+def test_a_non_square_image_in_a_shard_is_centre_cropped_not_stretched_and_said(caplog):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pyramid_dm.data.datamodule import decode_sample
+
+    arr = np.zeros((8, 16), np.uint8)
+    arr[:, 4:12] = 255  # the centre square is white, the sides black
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    sample = {"__key__": "k", "__url__": "wide-0.tar", "png": buf.getvalue()}
+    with caplog.at_level("WARNING"):
+        x, _, _ = decode_sample(sample, 1, 8, hflip=False)
+    assert x.shape == (1, 8, 8) and torch.all(x == 1.0)  # stretched, its sides would be black
+    assert "wide-0.tar: sample 'k' is 16x8, not square: centre-cropped to 8x8" in caplog.text
+
+
+def test_evaluate_refuses_shards_with_other_classes_than_the_model(digits_shards):
+    from types import SimpleNamespace
+
+    from pyramid_dm.commands.evaluate import resolve_data
+
+    ckpt = {"datamodule_hyper_parameters": {"shards": str(digits_shards)}}
+    with pytest.raises(UserError, match=r"trained on 3 classes but the shards .* hold 10: evaluate against the data"):
+        resolve_data(None, ckpt, "m.ckpt", model=SimpleNamespace(num_classes=3))
+    manifest, _ = resolve_data(None, ckpt, "m.ckpt", model=SimpleNamespace(num_classes=0))  # unconditional: any data
+    assert manifest.num_classes == 10

@@ -115,8 +115,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def resolve_data(config: dict | None, ckpt: dict, ckpt_path: str, config_path=None) -> tuple[Manifest, int]:
-    """The real shard set and the image size the model was trained at."""
+def resolve_data(config: dict | None, ckpt: dict, ckpt_path: str, config_path=None, model=None) -> tuple[Manifest, int]:
+    """The real shard set and the image size the model was trained at; with ``model``, checked to hold the classes a
+    class-conditional model was trained on."""
     data = ((config or {}).get("data") or {}).get("init_args")
     source = f"the config {config_path}"
     if not data:
@@ -134,6 +135,11 @@ def resolve_data(config: dict | None, ckpt: dict, ckpt_path: str, config_path=No
             "(a relative path is read from the current directory); run from the directory the run was trained in, "
             "or pass --config with a data section that names the shards"
         ) from exc
+    if model is not None and model.num_classes and manifest.num_classes != model.num_classes:
+        raise UserError(
+            f"the model was trained on {model.num_classes} classes but the shards {manifest.path} (from {source}) hold "
+            f"{manifest.num_classes}: evaluate against the data it was trained on (--config with its data section)"
+        )
     return manifest, int(data.get("resize") or manifest.image_size)
 
 
@@ -220,7 +226,7 @@ def main(argv: list[str]) -> int:
     if args.level_steps:
         per_level("--level_steps", args.level_steps, model.num_levels)
     samplers, steps = sweep(model, args)
-    manifest, image_size = resolve_data(config, ckpt, args.ckpt_path, config_path)
+    manifest, image_size = resolve_data(config, ckpt, args.ckpt_path, config_path, model)
     if (manifest.channels, image_size) != model.image_shape[:2]:
         raise UserError(
             f"{manifest.path} gives {manifest.channels}x{image_size}x{image_size} images but {args.ckpt_path} "

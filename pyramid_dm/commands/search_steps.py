@@ -173,7 +173,7 @@ def main(argv: list[str]) -> int:
             "one width only, there is nothing to search"
         )
     samplers, steps = model.plan.resolve(args.sampler, args.steps, ("--sampler", "--steps"))
-    manifest, image_size = resolve_data(config, ckpt, args.ckpt_path, config_path)
+    manifest, image_size = resolve_data(config, ckpt, args.ckpt_path, config_path, model)
     available = manifest.count(args.real_split)
     if args.num_real is None:  # the default serves the project's own small data sets too
         args.num_real = min(DEFAULT_NUM_REAL, available)

@@ -68,12 +68,28 @@ def decode_sample(
     except ImageError as exc:
         raise SampleError(str(exc)) from exc
     if img.size != (image_size, image_size):
-        img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
+        img = img.resize((image_size, image_size), Image.Resampling.BICUBIC, box=_square_box(img.size, url, key))
     x = torch.from_numpy(np.array(img, dtype=np.uint8))
     x = (x[None] if x.ndim == 2 else x.permute(2, 0, 1)).float().div(127.5).sub(1)
     if hflip and torch.rand(()) < 0.5:
         x = x.flip(-1)
     return x, label, zlib.crc32(key.encode())
+
+
+_CROPPED_WARNED: set[str] = set()  # the shards whose non-square images were reported (once per shard and process)
+
+
+def _square_box(size: tuple[int, int], url: str, key: str) -> tuple[int, int, int, int]:
+    """The centre square of an image of ``size`` (w, h): a non-square image is centre-cropped, as ``shards --size``
+    does, never stretched; the first such image of a shard is reported."""
+    w, h = size
+    side = min(w, h)
+    if w != h and url not in _CROPPED_WARNED:
+        _CROPPED_WARNED.add(url)
+        log.warning(
+            "%s: sample %r is %dx%d, not square: centre-cropped to %dx%d before resizing", url, key, w, h, side, side
+        )
+    return ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
 
 
 def read_label(sample: dict, num_classes: int | None, url: str, key: str) -> int:
