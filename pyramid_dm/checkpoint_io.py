@@ -10,11 +10,14 @@ Remote URLs (s3://, gs://, ...) keep Lightning's behaviour.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from .errors import UserError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -30,5 +33,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except (OSError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and "inline_container" not in str(exc) and "write" not in str(exc):
+                raise
+            tmp.unlink(missing_ok=True)
+            free = shutil.disk_usage(path.parent).free / 2**30
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "the write failed"
+            raise UserError(
+                f"cannot write checkpoint {path.name} in {path.parent} ({why}; {free:.2f} GiB free there): the "
+                "checkpoints already written are intact; free space (or move exp.root) and resume with --ckpt_path last"
+            ) from exc
         finally:
             tmp.unlink(missing_ok=True)

@@ -318,3 +318,36 @@ def test_evaluate_refuses_shards_with_other_classes_than_the_model(digits_shards
         resolve_data(None, ckpt, "m.ckpt", model=SimpleNamespace(num_classes=3))
     manifest, _ = resolve_data(None, ckpt, "m.ckpt", model=SimpleNamespace(num_classes=0))  # unconditional: any data
     assert manifest.num_classes == 10
+
+
+def test_ctrl_c_during_shards_is_one_line_that_says_the_set_is_safe(tmp_path, monkeypatch, capsys):
+    from pyramid_dm.cli import main
+    from pyramid_dm.commands import shards
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shards, "write_shards", interrupted)
+    assert main(["shards", "digits", "--out", str(tmp_path / "s"), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted: {tmp_path / 's'} is as it was" in err and "Traceback" not in err
+
+
+def test_a_disk_filling_up_during_a_checkpoint_save_is_one_line_and_loses_nothing(tmp_path, monkeypatch):
+    from pyramid_dm import checkpoint_io
+    from pyramid_dm.checkpoint_io import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
+
+    def full(obj, f):
+        f.write(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0: file write failed")
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", full)
+    with pytest.raises(UserError, match=rf"cannot write checkpoint last.ckpt in {tmp_path} \(the write failed; [\d.]+ "
+                       r"GiB free there\): the checkpoints already written are intact"):  # fmt: skip
+        io.save_checkpoint({"step": 2}, tmp_path / "last.ckpt")
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no .partial left

@@ -64,17 +64,25 @@ def main(argv: list[str]) -> int:
         images = idx_dataset(FASHION_MNIST_DIR)
     else:
         images = sklearn_digits(args.val_fraction, args.seed)
-    manifest = write_shards(
-        images,
-        args.out,
-        per_shard=args.per_shard,
-        size=args.size,
-        channels=args.channels,
-        overwrite=args.overwrite,
-        name=args.name,
-        progress=not args.no_progress,
-        strict=args.strict,
-    )
+    try:
+        manifest = write_shards(
+            images,
+            args.out,
+            per_shard=args.per_shard,
+            size=args.size,
+            channels=args.channels,
+            overwrite=args.overwrite,
+            name=args.name,
+            progress=not args.no_progress,
+            strict=args.strict,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: {args.out} is as it was (a set is swapped in only once complete; unfinished shards are "
+            "hidden .partial files, removed by the next run)",
+            file=sys.stderr,
+        )
+        return 130
     for path in images.ignored:
         print(f"ignored {path}", file=sys.stderr)
     written = json.loads(manifest.read_text())
