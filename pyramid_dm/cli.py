@@ -116,6 +116,22 @@ class PyramidCLI(LightningCLI):
             mismatch_hint="; pass the config it was trained with (its run's config.yaml)",
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads the checkpoint's hyperparameters into the config, importing the module its
+        ``_class_path`` names; a checkpoint is data, so that class is checked first: a ``pyramid_dm`` class, or the
+        very class the config names (the user's own choice), else nothing is imported and it is refused."""
+        sub = self.config.get("subcommand")
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt and Path(ckpt).is_file():
+            named = read_checkpoint(ckpt, "--ckpt_path")["hyper_parameters"].get("_class_path")
+            want = (self.config[sub].get("model") or {}).get("class_path")
+            if named and not str(named).startswith("pyramid_dm.") and named != want:
+                raise UserError(
+                    f"--ckpt_path {ckpt} names the model class {named!r}, which is neither a pyramid_dm class nor the "
+                    f"config's ({want}); it was not imported: use the config the run was trained with"
+                )
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         # The pieces were expanded into --config arguments already; the saved config.yaml is complete without them.
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -351,3 +351,67 @@ def test_a_disk_filling_up_during_a_checkpoint_save_is_one_line_and_loses_nothin
     monkeypatch.undo()
     assert torch.load(tmp_path / "last.ckpt", weights_only=True) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no .partial left
+
+
+# ---- 3. nothing named by a checkpoint is imported before it is checked -----------------------------------------------
+MARKER = "import pathlib\npathlib.Path('imported.txt').write_text('the module ran')\nclass Model: family = 'pixel'\n"
+
+
+def test_a_module_named_by_a_checkpoint_or_a_config_beside_it_is_not_imported(session_env, tmp_path):
+    from helpers import ROOT, run_cli
+
+    (tmp_path / "evil_marker.py").write_text(MARKER)
+    ckpt = torch.load(ROOT / "tests/fixtures/legacy/pixel.ckpt", weights_only=True)
+    ckpt["hyper_parameters"]["_class_path"] = "evil_marker.Model"
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save(ckpt, run / "checkpoints" / "last.ckpt")
+    config = str(ROOT / "configs" / "quickstart.yaml")
+    for command in ("fit", "validate"):
+        args = [
+            command,
+            "--config",
+            config,
+            "--exp.root",
+            str(tmp_path / "runs"),
+            "--ckpt_path",
+            "run/checkpoints/last.ckpt",
+        ]
+        proc = run_cli(args, session_env, cwd=tmp_path)
+        assert proc.returncode == 2 and "names the model class 'evil_marker.Model'" in proc.stderr, proc.stderr[-2000:]
+        assert not (tmp_path / "imported.txt").exists()
+    (run / "config.yaml").write_text("model:\n  class_path: evil_marker.Model\n")
+    proc = run_cli(["evaluate", "--ckpt_path", "run/checkpoints/last.ckpt", "--no_wandb"], session_env, cwd=tmp_path)
+    assert proc.returncode == 2 and "outside pyramid_dm; it was not imported" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "imported.txt").exists()
+
+
+# ---- 2. stalls end the run -----------------------------------------------------------------------------------------
+def test_an_all_stalled_training_source_fails_naming_its_shards():
+    import itertools
+    import time
+
+    from pyramid_dm.data.streams import CountedShards, ShardError, SkipAndCount
+
+    stage = CountedShards({}, "m.json", strict=False, handler=SkipAndCount(), timeout=0.5)
+    urls = itertools.cycle([{"url": "pipe:sleep 30"}, {"url": "pipe:sleep 31"}])  # resampled forever
+    start = time.monotonic()
+    with pytest.raises(ShardError, match=r"no training sample arrived for \d+ s \(3 x data.init_args.read_timeout_s "
+                       r"0.5\); these shards stalled: \['pipe:sleep 30', 'pipe:sleep 31'\]"):  # fmt: skip
+        list(stage(urls))
+    assert time.monotonic() - start < 10
+
+
+def test_a_stalled_shard_is_not_drawn_again_while_the_others_deliver(tmp_path):
+    import itertools
+
+    from pyramid_dm.data import sklearn_digits, write_shards
+    from pyramid_dm.data.streams import CountedShards, SkipAndCount
+
+    write_shards(sklearn_digits(), tmp_path, per_shard=400, progress=False)
+    good = [{"url": str(p)} for p in sorted(tmp_path.glob("train-*.tar"))]
+    handler = SkipAndCount()
+    stage = CountedShards({}, "m.json", strict=False, handler=handler, timeout=1.0)
+    urls = itertools.cycle([{"url": "pipe:sleep 30"}, *good])
+    samples = list(itertools.islice(stage(urls), 5000))  # the good shards cycle about three times (< 1 s)
+    assert len(samples) == 5000 and handler.skipped == 1  # drawn once in that time (its cool-down is 10 s), not 3x

@@ -217,7 +217,8 @@ def load_for_command(args, command: str = "evaluate"):
     config = load_config(config_path, compose=args.config is not None) if config_path else None
     ckpt = load_checkpoint(args.ckpt_path)
     device = pick_device(args.device)
-    return config_path, config, ckpt, device, build_model(ckpt, args.ckpt_path, config, device, command=command)
+    model = build_model(ckpt, args.ckpt_path, config, device, command=command, config_named=bool(args.config))
+    return config_path, config, ckpt, device, model
 
 
 def main(argv: list[str]) -> int:

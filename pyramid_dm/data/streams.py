@@ -10,6 +10,7 @@ import os
 import select
 import signal
 import subprocess
+import time
 
 import torch
 import webdataset as wds
@@ -151,25 +152,54 @@ class CountedShards:
     """Pipeline stage: tar shards -> raw samples, checking that each shard yields the sample count its manifest
     records (a clobbered tar header otherwise ends tarfile's stream early without any error). A short shard raises
     when ``strict`` (validation) and is reported to ``handler`` otherwise (training). A class, so workers can pickle it.
-    """
+
+    Stalls in training (docs/reliability.md): a shard that stalled is not drawn again by this worker for
+    :data:`COOLDOWN` x ``timeout`` seconds, and when no sample at all has arrived for :data:`NO_SAMPLE_LIMIT` x
+    ``timeout`` seconds the stream fails, naming the shards that stalled (it would otherwise skip them forever)."""
+
+    COOLDOWN = 10
+    NO_SAMPLE_LIMIT = 3
 
     def __init__(self, expected: dict[str, int], manifest: str, strict: bool, handler, timeout: float = 600.0):
         self.expected, self.manifest, self.strict, self.handler = expected, manifest, strict, handler
         self.timeout = timeout
 
-    def to_samples(self, urls):
-        streams = open_streams(urls, self.handler, self.timeout)
-        return group_by_keys(tar_file_expander(streams, handler=self.handler), handler=self.handler)
+    def to_samples(self, urls, stalled: list | None = None):
+        def handler(exn):
+            if stalled is not None and isinstance(exn, StalledShard):
+                stalled.append(exn)
+            return self.handler(exn)
+
+        streams = open_streams(urls, handler, self.timeout)
+        return group_by_keys(tar_file_expander(streams, handler=handler), handler=handler)
 
     max_empty_in_a_row = 50  # a resampled stream whose shards all fail would otherwise spin forever
 
+    def check_arrivals(self, last_sample: float, stalled: set[str]) -> None:
+        quiet = time.monotonic() - last_sample
+        if not self.strict and stalled and quiet > self.NO_SAMPLE_LIMIT * self.timeout:
+            raise ShardError(
+                f"no training sample arrived for {quiet:.0f} s ({self.NO_SAMPLE_LIMIT} x data.init_args.read_timeout_s "
+                f"{self.timeout:g}); these shards stalled: {sorted(stalled)}"
+            )
+
     def __call__(self, urls):
-        empty = 0
+        empty, last_sample = 0, time.monotonic()
+        cooling: dict[str, float] = {}  # stalled shard -> when it may be drawn again
         for url in urls:
-            n = 0
-            for sample in self.to_samples(iter([url])):
+            if cooling.get(url["url"], 0.0) > time.monotonic():
+                self.check_arrivals(last_sample, set(cooling))
+                time.sleep(min(0.05, self.timeout / 10))  # every shard may be cooling: do not spin
+                continue
+            n, stalls = 0, []
+            for sample in self.to_samples(iter([url]), stalls):
                 n += 1
+                last_sample = time.monotonic()
                 yield sample
+            if stalls and not self.strict:
+                cooling[url["url"]] = time.monotonic() + self.COOLDOWN * self.timeout
+                self.check_arrivals(last_sample, set(cooling))
+                continue  # reported as a stall already; its count is not a second problem
             empty = 0 if n else empty + 1
             if empty >= self.max_empty_in_a_row:
                 raise ShardError(f"the last {empty} shards read (the latest {url['url']}) yielded no sample at all")

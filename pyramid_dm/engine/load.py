@@ -73,10 +73,18 @@ def _family_of_class(class_path: str) -> str | None:
 
 
 def build_model(
-    ckpt: dict, ckpt_path: str, config: dict | None, device: torch.device, ema: bool = True, command: str = "evaluate"
+    ckpt: dict,
+    ckpt_path: str,
+    config: dict | None,
+    device: torch.device,
+    ema: bool = True,
+    command: str = "evaluate",
+    config_named: bool = True,
 ):
     """The engine of a read checkpoint (its EMA weights, or the raw ones), on ``device``; its family must be a
-    diffusion family and match the config's model (a latent config cannot evaluate a pixel checkpoint)."""
+    diffusion family and match the config's model (a latent config cannot evaluate a pixel checkpoint). A config the
+    user did not name (``config_named`` False: the ``config.yaml`` found beside the checkpoint) may only name a
+    ``pyramid_dm`` class: its module is never imported because a file sits next to a checkpoint."""
     migrate(ckpt)
     family = family_of(ckpt)
     if family not in DIFFUSION_FAMILIES:
@@ -86,6 +94,11 @@ def build_model(
             f"needs the checkpoint of a pixel, latent or pyramid diffusion run"
         )
     want_path = ((config or {}).get("model") or {}).get("class_path")
+    if want_path and not config_named and not want_path.startswith("pyramid_dm."):
+        raise UserError(
+            f"the config.yaml beside {ckpt_path} names the model class {want_path!r}, outside pyramid_dm; it was not "
+            "imported: pass that config with --config to use it"
+        )
     if want_path:
         want_family = _family_of_class(want_path)
         if want_family != family:
