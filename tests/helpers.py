@@ -94,3 +94,19 @@ def make_rgb_folder(root: Path, per_class: dict[str, int], size: int = 32, seed:
             img = np.where(shape[..., None], hue * rng.uniform(0.7, 1.0), background)
             Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(folder / f"{i:04d}.png")
     return root
+
+
+def run_main(args: list[str], env: dict, monkeypatch, capsys) -> tuple[int, str]:
+    """``python -m pyramid_dm ARGS`` in this process: the CLI's own code path (``cli.main``, one-line errors, exit
+    status) without a new interpreter's start-up, for the many refusals a test checks; ``env`` is set for the call.
+    Returns (exit status, stderr)."""
+    from pyramid_dm.cli import main
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    return code, capsys.readouterr().err

@@ -94,7 +94,7 @@ def _edited(src: Path, dst: Path, edit) -> Path:
     return dst
 
 
-def test_bad_guidance_and_sampler_settings_are_named(runs, session_env, tmp_path):
+def test_bad_guidance_and_sampler_settings_are_named(runs, session_env, tmp_path, monkeypatch, capsys):
     def other_data(ckpt):
         ckpt["pyramid_dm"]["data"]["dataset"] = "fashion_mnist"
 
@@ -126,9 +126,14 @@ def test_bad_guidance_and_sampler_settings_are_named(runs, session_env, tmp_path
         (runs["model"], ["--sampler", "ald", "--option", "step_size=1"], "step_size 1 is outside its valid range"),
         (runs["model"], ["--sampler", "pc", "--option", "snr=2"], "snr 2 is outside its valid range (0, 1]"),
     ]
+    from pyramid_dm.cli import main
+
+    for key, value in session_env.items():  # in this process (the command's own code path, without a new
+        monkeypatch.setenv(key, value)  # interpreter per case: the refusals all come before any sampling)
     for ckpt, extra, message in cases:
-        proc = run_cli(["sample", "--ckpt_path", str(ckpt), *base, *extra], session_env)
-        assert proc.returncode == 2 and message in proc.stderr, (extra, proc.stderr[-2000:])
+        code = main(["sample", "--ckpt_path", str(ckpt), *base, *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, (extra, err[-2000:])
     anyway = ["--classifier", str(runs["classifier"]), "--classifier_any_schedule", "--out", str(tmp_path / "ncsn")]
     proc = run_cli(["sample", "--ckpt_path", str(ncsn), *base[:-2], *anyway], session_env)
     assert proc.returncode == 0 and "warning: --classifier" in proc.stderr, proc.stderr[-2000:]

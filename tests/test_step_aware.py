@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli, wandb_inspect
+from helpers import run_cli, run_main, wandb_inspect
 
 from pyramid_dm.engine.step_policy import LevelPolicy, StepPolicy, log_snr
 from pyramid_dm.engine.wrappers import SamplingWrapper, Widths
@@ -219,40 +219,39 @@ def _ddim_sigmas(ckpt: Path, steps: int) -> list[float]:
     return sampling_sigmas(engine.schedules[0], steps, engine.plan.grid("ddim")).tolist()[:steps]
 
 
-def test_bad_step_aware_input_is_named_and_writes_nothing(trained, session_env, tmp_path, digits_shards):
+def test_bad_step_aware_input_is_named_and_writes_nothing(
+    trained, session_env, tmp_path, digits_shards, monkeypatch, capsys
+):
+    refused = lambda args: run_main(args, session_env, monkeypatch, capsys)  # noqa: E731
     ckpt = str(trained / "checkpoints" / "last.ckpt")
     base = ["search-steps", "--ckpt_path", ckpt, "--steps", "2", "--trials", "2", "--num_samples", "4"]
-    proc = run_cli([*base, "--num_real", "100000", "--study", str(tmp_path / "s1"), "--no_wandb"], session_env)
-    assert proc.returncode == 2 and "--num_real 100000: the train split of" in proc.stderr
+    code, err = refused([*base, "--num_real", "100000", "--study", str(tmp_path / "s1"), "--no_wandb"])
+    assert code == 2 and "--num_real 100000: the train split of" in err
     assert not (tmp_path / "s1").exists()
     # a study directory made for another objective (here: another sample count)
     ok = run_cli([*base, "--num_real", "50", "--study", str(tmp_path / "s2"), "--no_wandb"], session_env)
     assert ok.returncode == 0, ok.stderr[-2000:]
     other = [*base[:-1], "8", "--num_real", "50", "--study", str(tmp_path / "s2"), "--no_wandb"]
-    proc = run_cli(other, session_env)
-    assert proc.returncode == 2 and "created for another search (num_samples: 4 there, 8 here)" in proc.stderr
+    code, err = refused(other)
+    assert code == 2 and "created for another search (num_samples: 4 there, 8 here)" in err
     # a policy with a width the checkpoint was not trained at; a policy for a non-slimmable checkpoint
     sample = ["sample", "--ckpt_path", ckpt, "--num_samples", "2", "--out", str(tmp_path / "x")]
-    proc = run_cli([*sample, "--step_policy", "0.75"], session_env)
-    assert (
-        proc.returncode == 2 and "widths [0.75] are not among the checkpoint's widths [1.0, 0.5, 0.25]" in proc.stderr
-    )
-    proc = run_cli([*sample, "--step_policy", "1.5"], session_env)
-    assert proc.returncode == 2 and "(0, 1]" in proc.stderr
+    code, err = refused([*sample, "--step_policy", "0.75"])
+    assert code == 2 and "widths [0.75] are not among the checkpoint's widths [1.0, 0.5, 0.25]" in err
+    code, err = refused([*sample, "--step_policy", "1.5"])
+    assert code == 2 and "(0, 1]" in err
     policy = json.loads((tmp_path / "s2" / "front.json").read_text())["front"][0]["policy_file"]
     legacy = ROOT / "tests" / "fixtures" / "legacy" / "pixel.ckpt"  # a plain network of an older release
-    proc = run_cli(
-        ["sample", "--ckpt_path", str(legacy), "--step_policy", policy, "--out", str(tmp_path / "y")], session_env
-    )
-    assert proc.returncode == 2 and "not slimmable" in proc.stderr, proc.stderr[-2000:]
+    code, err = refused(["sample", "--ckpt_path", str(legacy), "--step_policy", policy, "--out", str(tmp_path / "y")])
+    assert code == 2 and "not slimmable" in err, err[-2000:]
     # a policy searched for other weights of the same model: refused, unless told to ignore the hash
     other_ckpt = tmp_path / "other.ckpt"
     state = torch.load(ckpt, weights_only=False)
     state["global_step"] += 1
     torch.save(state, other_ckpt)
     sample_other = ["sample", "--ckpt_path", str(other_ckpt), "--num_samples", "2", "--steps", "2"]
-    proc = run_cli([*sample_other, "--step_policy", policy, "--out", str(tmp_path / "z")], session_env)
-    assert proc.returncode == 2 and "pass --ignore_policy_hash" in proc.stderr
+    code, err = refused([*sample_other, "--step_policy", policy, "--out", str(tmp_path / "z")])
+    assert code == 2 and "pass --ignore_policy_hash" in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
     proc = run_cli(
         [*sample_other, "--step_policy", policy, "--ignore_policy_hash", "--out", str(tmp_path / "z")], session_env
