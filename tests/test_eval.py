@@ -7,10 +7,11 @@ import csv
 import json
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import execute_notebook, run_cli, wandb_inspect
+from helpers import execute_notebook, run_cli, run_main, wandb_inspect
 from PIL import Image
 
 from pyramid_dm.data import Manifest
@@ -242,7 +243,11 @@ def test_evaluate_refuses_to_overwrite_results(evaluated, checkpoint, session_en
     assert (evaluated / "results.json").read_bytes() == before
 
 
-def test_evaluate_bad_input_is_named(checkpoint, session_env, tmp_path):
+def test_evaluate_bad_input_is_named(checkpoint, session_env, tmp_path, monkeypatch, capsys):
+    def run(args, env):  # in this process: the refusals come before any sampling (helpers.run_main)
+        code, err = run_main(args, env, monkeypatch, capsys)
+        return SimpleNamespace(returncode=code, stderr=err)
+
     too_many = run(
         [
             "evaluate",
