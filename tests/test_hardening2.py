@@ -123,9 +123,11 @@ def test_skips_are_logged_when_they_change_and_at_the_end(digits_shards):
     dm.on_after_batch_transfer("batch", 0)
     dm.trainer.global_step = 7
     dm.skips.update(0, 4)
-    dm.on_after_batch_transfer("batch", 0)
+    dm.on_after_batch_transfer("batch", 0)  # unchanged, and not a 50th step: no row
+    dm.teardown("fit")  # nothing new to log either
+    dm.skips.update(1, 0)  # a worker's last report, after the last batch the module saw
     dm.teardown("fit")
-    assert logged == [(3, 2), (7, 2)]
+    assert logged == [(3, 2), (7, 3)]
 
 
 # ---- 4. a resume that changes the objective -------------------------------------------------------------------------

@@ -252,8 +252,9 @@ class ShardDataModule(L.LightningDataModule):
             self._logged_skips = self.skips.skipped
 
     def teardown(self, stage: str) -> None:
-        """The final skip count and rate, so that a short run shows what it skipped (before the loggers close)."""
-        if stage == "fit" and (self.skips.skipped or self.skips.seen):
+        """A skip count that changed after the last batch is logged before the loggers close, so that W&B shows what
+        a run skipped (a run whose count never changed adds no row)."""
+        if stage == "fit" and self.skips.skipped != self._logged_skips:
             self.log_skips()
 
     def val_dataloader(self):
