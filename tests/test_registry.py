@@ -102,3 +102,13 @@ def test_a_bound_engine_runs_its_own_network_for_the_loss_and_refuses_training_c
     with pytest.raises(AttributeError, match="training_loss trains the engine's own network"):
         bound.training_loss(images, labels)
     assert bound.flops_per_call(1.0) == engine.flops_per_call(1.0, other) == engine.flops_per_call(width=1.0)
+
+
+def test_a_network_option_it_does_not_take_is_one_line_naming_the_network():
+    from pyramid_dm.errors import UserError
+    from pyramid_dm.models import PixelDiffusion
+
+    with pytest.raises(UserError, match=r"model.unet \(the options of network 'unet'\): .*base_channel"):
+        PixelDiffusion(8, 1, unet={"base_channel": 8})  # a typo of base_channels
+    with pytest.raises(UserError, match=r"model: unknown network 'transformer'; choose one of \['unet'"):
+        PixelDiffusion(8, 1, network="transformer")
