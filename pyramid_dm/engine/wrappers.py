@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..diffusion import ClassifierFreeGuidance, DenoiserFn
+from ..diffusion import ClassifierFreeGuidance, CountingDenoiser, DenoiserFn
 from ..errors import UserError
 from .step_policy import PolicyDenoiser, StepPolicy
 
@@ -104,10 +104,11 @@ class Widths(SamplingWrapper):
     position = 10.0
 
     def __init__(self, policy: StepPolicy):
-        self.policy, self.runs = policy, {}
+        self.policy = policy
+        self.runs: dict[int, PolicyDenoiser] = {}  # filled by each ``sample`` call
 
     def begin(self, engine, num_samples, labels) -> None:
-        self.runs: dict[int, PolicyDenoiser] = {}
+        self.runs = {}
         self.num_samples = num_samples
 
     def wrap(self, denoiser, at):
@@ -122,17 +123,6 @@ class Widths(SamplingWrapper):
         return {"step_policy": self.policy.name or "policy"}
 
 
-class CountingRows:
-    """Counts the rows a denoiser evaluates (a batch of B is B; guidance's batched 2B is 2B)."""
-
-    def __init__(self, denoiser: DenoiserFn):
-        self.denoiser, self.rows = denoiser, 0
-
-    def __call__(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
-        self.rows += x.shape[0]
-        return self.denoiser(x, sigma, **cond)
-
-
 class Count(SamplingWrapper):
     """Network evaluations per sample at each level (NFE) of the last ``sample`` call: rows evaluated / samples, so a
     guided step counts 2 whether its branches run as one batch of 2B or as two calls of B."""
@@ -140,11 +130,11 @@ class Count(SamplingWrapper):
     position = 20.0
 
     def begin(self, engine, num_samples, labels) -> None:
-        self.counters: dict[int, CountingRows] = {}
+        self.counters: dict[int, CountingDenoiser] = {}
         self.num_samples = num_samples
 
     def wrap(self, denoiser, at):
-        self.counters[at.level] = CountingRows(denoiser)
+        self.counters[at.level] = CountingDenoiser(denoiser)
         return self.counters[at.level]
 
     @property

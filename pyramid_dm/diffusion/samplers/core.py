@@ -267,11 +267,13 @@ def sample(
 
 
 class CountingDenoiser:
-    """Wraps a denoiser and counts its calls: the number of function evaluations (NFE) of a sampler run."""
+    """Wraps a denoiser and counts its calls (``nfe``: the number of function evaluations of a sampler run) and the
+    rows it evaluated (``rows``: a batch of B is B; guidance's batched 2B is 2B)."""
 
     def __init__(self, denoiser: DenoiserFn):
-        self.denoiser, self.nfe = denoiser, 0
+        self.denoiser, self.nfe, self.rows = denoiser, 0, 0
 
     def __call__(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         self.nfe += 1
+        self.rows += x.shape[0]
         return self.denoiser(x, sigma, **cond)
