@@ -24,6 +24,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from .callbacks.progress import use_step_bounded_bar
+from .callbacks.stopping import StopOnSignal, StopRequested
 from .checkpoints import read_checkpoint
 from .config import config_chain
 from .errors import UserError, one_line
@@ -31,7 +32,6 @@ from .loggers import LogsBeforeCheckpoints, RunLogger
 from .registry import load_plugins
 from .resume import (
     HPC_PATTERN,
-    InterruptAtStepBoundary,
     RequeueAtStepBoundary,
     RunLock,
     StepBoundaryResume,
@@ -92,6 +92,12 @@ class PyramidCLI(LightningCLI):
             type=bool,
             default=False,
             help="Resume (--ckpt_path) with model options that change what is optimised (fine-tuning); recorded.",
+        )
+        parser.add_argument(
+            "--exp.stop_grace_s",
+            type=float,
+            default=60.0,
+            help="After SIGTERM or Ctrl-C the process ends within this many seconds, whatever it waits for.",
         )
         parser.add_argument("--defaults", type=list[str] | None, default=None, help="Config pieces loaded first.")
         for key in LINKED_FROM_DATA:
@@ -182,7 +188,7 @@ class PyramidCLI(LightningCLI):
         self.trainer.callbacks[:0] = [StepBoundaryResume()]
         self.trainer.callbacks += [
             RequeueAtStepBoundary(),
-            InterruptAtStepBoundary(),
+            StopOnSignal(grace_s=float((config.get("exp") or {}).get("stop_grace_s", 60.0))),
             LogsBeforeCheckpoints(),
             TidyCheckpoints(),
             TrainingLeft(),
@@ -318,10 +324,17 @@ def run_lightning(argv: list[str]) -> int:
     quiet()
     # Lightning's DDP launcher starts the other ranks by re-running sys.argv, so the expanded arguments go there.
     sys.argv[1:] = expand_defaults(argv)
-    cli = make_cli(save_config_callback=LoggerSaveConfigCallback, save_config_kwargs={"overwrite": True})
-    trainer = getattr(cli, "trainer", None)
-    interrupted = [cb for cb in getattr(trainer, "callbacks", []) if isinstance(cb, InterruptAtStepBoundary)]
-    return 130 if any(cb.stopped_at is not None for cb in interrupted) else 0  # 130: ended by Ctrl-C, as shells expect
+    try:
+        cli = make_cli(save_config_callback=LoggerSaveConfigCallback, save_config_kwargs={"overwrite": True})
+    except StopRequested as stop:  # left a wait for data, or a second signal
+        stop.stopper.cancel_deadline()
+        print(stop, file=sys.stderr, flush=True)
+        return stop.code
+    stoppers = [cb for cb in getattr(getattr(cli, "trainer", None), "callbacks", []) if isinstance(cb, StopOnSignal)]
+    for cb in stoppers:
+        cb.cancel_deadline()
+    # 130 / 143: ended by Ctrl-C / SIGTERM at a step's end, as shells and schedulers expect
+    return next((cb.exit_code for cb in stoppers if cb.exit_code is not None), 0)
 
 
 def find_user_error(exc: BaseException) -> UserError | None:

@@ -38,7 +38,7 @@ from . import compat
 from .errors import UserError
 
 HPC_PATTERN = "hpc_ckpt_*.ckpt"
-INTERRUPTED_KEY = "pyramid_dm_interrupted"  # in a checkpoint saved by InterruptAtStepBoundary
+INTERRUPTED_KEY = "pyramid_dm_interrupted"  # in a checkpoint saved by callbacks.stopping.StopOnSignal
 
 
 def slurm_requeued() -> bool:
@@ -96,7 +96,7 @@ class StepBoundaryResume(Callback):
         self._logging_step: int | None = None
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        if checkpoint.get(INTERRUPTED_KEY):  # saved at the end of step n by Ctrl-C: the next row is step n's
+        if checkpoint.get(INTERRUPTED_KEY):  # saved after step n by a stop signal: the next row is step n's
             self._logging_step = int(checkpoint["global_step"])
             return
         loop = compat.fit_loop_state(checkpoint)
@@ -191,59 +191,8 @@ class TrainingLeft(Callback):
             )
 
 
-class InterruptAtStepBoundary(Callback):
-    """Ctrl-C ends training at the next step boundary with a checkpoint of that step, so ``--ckpt_path last`` goes on
-    from where it stopped: no step is trained, and no W&B row logged, twice (Lightning alone stops wherever the
-    KeyboardInterrupt lands, and the resume redoes every step since the last checkpoint). A second Ctrl-C stops at once.
-
-    The checkpoint is the ``last`` one of the run's ModelCheckpoint (else ``interrupted.ckpt`` in the run directory),
-    written at the end of a batch, where Lightning's own step checkpoints are. Under DDP the ranks agree (one integer
-    all-reduced, max) before every step ends, as :class:`RequeueAtStepBoundary` does for the requeue signal.
-    """
-
-    def __init__(self):
-        self._pending = False
-        self._previous = None
-        self.stopped_at: int | None = None
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._defer)
-        except ValueError:  # not the main thread: leave Ctrl-C to Python
-            self._previous = None
-
-    def _defer(self, signum, frame) -> None:
-        if self._pending:
-            raise KeyboardInterrupt
-        self._pending = True
-        print("\nCtrl-C: stopping after this step, with a checkpoint (Ctrl-C again to stop at once)", flush=True)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        pending = self._pending
-        if trainer.world_size > 1:  # one process needs no tensor and no device sync on every step
-            flag = torch.tensor([int(pending)], device=trainer.strategy.root_device)
-            pending = bool(trainer.strategy.reduce(flag, reduce_op="max").item())
-        if not pending:
-            return
-        path = interrupt_checkpoint_path(trainer)
-        self.stopped_at = trainer.global_step
-        trainer.save_checkpoint(path, weights_only=False)
-        trainer.should_stop = True
-        rank_zero_info(f"stopped at step {trainer.global_step}: saved {path}; resume with --ckpt_path last")
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        # Lightning counts this step's logging row only after on_train_batch_end; the marker lets StepBoundaryResume
-        # start the resumed run's rows after it (without it they restart one step early, and a step shows twice)
-        if self.stopped_at is not None:
-            checkpoint[INTERRUPTED_KEY] = True
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-
-
 def interrupt_checkpoint_path(trainer) -> Path:
+    """Where a stopped run saves: the ``last`` checkpoint of its ModelCheckpoint, else ``interrupted.ckpt``."""
     for cb in trainer.checkpoint_callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.dirpath and cb.save_last:
             return Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"

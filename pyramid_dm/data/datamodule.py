@@ -8,10 +8,11 @@ integer (CRC32 of the key) used for deterministic validation noise.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import io
 import logging
 import math
-import signal
 import warnings
 import zlib
 from functools import partial
@@ -24,6 +25,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from PIL import Image
 
 from ..errors import UserError
+from ..signals import kill_loader_workers, loader_worker_signals
 from .builtin import shard_location
 from .imageio import ImageError, read_image
 from .manifest import Manifest, ShardError
@@ -32,6 +34,7 @@ from .streams import (
     ResumableStream,
     SkipAndCount,
     SkipStats,
+    Waited,
     WithSkips,
     expected_counts,
     ordered_batches,
@@ -264,25 +267,25 @@ class ShardDataModule(L.LightningDataModule):
             self.manifest, urls, self._decode(False), h.batch_size, split_by_rank=True, timeout=h.read_timeout_s
         )
         workers = min(h.num_workers, len(urls)) if isinstance(urls, list) else h.num_workers
-        return wds.WebLoader(ds, batch_size=None, num_workers=workers, **worker_options(workers))
+        return Waited(wds.WebLoader(ds, batch_size=None, num_workers=workers, **worker_options(workers)))
 
 
 def worker_options(num_workers: int) -> dict:
     """Loader workers are spawned, once (persistent), not forked from the trainer: a fork taken while
     another thread of the trainer (W&B's, the collective backend's) holds a lock can leave the worker deadlocked
     forever, and the whole DDP job with it (seen under Slurm: rank 0's only worker stuck in a futex at its start).
-    They ignore the requeue signal (:func:`ignore_requeue_signal`)."""
+    They leave Slurm's signals to the trainer and end with it (:func:`pyramid_dm.signals.loader_worker_signals`)."""
     if num_workers <= 0:
         return {}
-    return {"persistent_workers": True, "multiprocessing_context": "spawn", "worker_init_fn": ignore_requeue_signal}
+    _kill_workers_at_exit()
+    return {"persistent_workers": True, "multiprocessing_context": "spawn", "worker_init_fn": loader_worker_signals}
 
 
-def ignore_requeue_signal(worker_id: int) -> None:
-    """Slurm sends the requeue signal (SIGUSR1) to every process of the job step. Its default action would kill a
-    loader worker, and the trainer with it, before Lightning's handler has saved and requeued (seen on the test
-    cluster); the trainer alone handles it."""
-    if hasattr(signal, "SIGUSR1"):
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+@functools.lru_cache(maxsize=1)
+def _kill_workers_at_exit() -> None:
+    # registered after multiprocessing's own exit handler, so it runs first: a worker blocked in a stalled read is
+    # killed instead of waited for
+    atexit.register(kill_loader_workers)
 
 
 def read_split(

@@ -17,6 +17,7 @@ import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from ..errors import UserError
+from ..signals import pipe_child_setup, pipe_command, prepare_pipe_children, waiting_on_data
 from .manifest import Manifest, ShardError
 
 log = logging.getLogger("pyramid_dm.data.datamodule")  # the data module's: one name for all the loader's warnings
@@ -33,9 +34,15 @@ class PipeStream:
 
     def __init__(self, url: str, timeout: float):
         self.url, self.timeout = url, timeout
-        # its own process group, so that stopping it stops the whole pipeline the shell started
+        # its own process group, so that stopping it stops the whole pipeline the shell started; terminated with
+        # that group when this process ends, however it ends (pyramid_dm.signals)
+        prepare_pipe_children()
         self.proc = subprocess.Popen(
-            url[len("pipe:") :], shell=True, stdout=subprocess.PIPE, bufsize=0, start_new_session=True
+            pipe_command(url[len("pipe:") :]),
+            stdout=subprocess.PIPE,
+            bufsize=0,
+            start_new_session=True,
+            preexec_fn=pipe_child_setup,
         )
         self.fd = self.proc.stdout.fileno()
 
@@ -272,6 +279,24 @@ def ordered_batches(
     )
 
 
+class Waited:
+    """A loader whose every wait for a batch is marked as such (:func:`pyramid_dm.signals.waiting_on_data`): a stop
+    signal that arrives there (or before it) ends the run at once instead of after the wait."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):
+        batches = iter(self.loader)
+        while True:
+            with waiting_on_data():
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    return
+            yield batch
+
+
 class ResumableStream:
     """The training loader with a position Lightning saves in every checkpoint (its ``state_dict`` /
     ``load_state_dict``, the protocol Lightning calls a resumable loader).
@@ -294,7 +319,7 @@ class ResumableStream:
     def __iter__(self):
         if self.drawn >= self.n:
             self.epoch, self.drawn = self.epoch + 1, 0
-        for *batch, skipped in self.loader:  # the worker's skip count rides along (WithSkips); it stops here
+        for *batch, skipped in Waited(self.loader):  # the worker's skip count rides along (WithSkips); it stops here
             self.drawn += 1
             self.skips.update(int(skipped), len(batch[0]))
             yield tuple(batch)
