@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..registry import Registry
+from .dit import DiT
 from .pyramid_unet import PyramidUNet
 from .unet import UNet
 
@@ -50,5 +51,20 @@ def unet(spec: NetSpec, **options) -> nn.Module:
     )
 
 
+def dit(spec: NetSpec, **options) -> nn.Module:
+    """:class:`DiT`: one transformer body; a pyramid's levels each get a patch embedding (context channels
+    included), a patch size, positions and a final layer."""
+    if spec.spade or not spec.shared_body:
+        raise ValueError("dit: model.spade and model.shared_body false are UNet options; a DiT has one shared body")
+    return DiT(
+        level_channels=list(spec.level_channels),
+        level_sizes=list(spec.level_sizes),
+        context_channels=list(spec.context_channels),
+        num_classes=spec.num_classes,
+        **options,
+    )
+
+
 NETWORKS: Registry[Callable[..., nn.Module]] = Registry("network")
 NETWORKS.register("unet", unet)
+NETWORKS.register("dit", dit)

@@ -1,0 +1,220 @@
+"""DiT: a diffusion transformer over image patches (Peebles & Xie, "Scalable Diffusion Models with Transformers",
+ICCV 2023; reference code facebookresearch/DiT ``models.py``).
+
+Patchify (a p x p convolution with stride p), add fixed 2-D sin-cos positions, run ``depth`` transformer blocks
+conditioned by adaLN-Zero on the noise embedding plus the class embedding, then a modulated final layer back to
+patches. The adaLN projections and the final layer start at zero, so the network outputs zero at initialisation and
+every block starts as the identity. Attention runs through ``scaled_dot_product_attention`` (flash / memory-efficient
+kernels where the device has them). No learned sigma: the engine's parameterization needs one output per input
+channel. It knows nothing about diffusion: ``c_noise`` is a per-sample scalar, embedded sinusoidally after
+multiplying by ``time_scale``, like :class:`~pyramid_dm.nets.unet.UNet`.
+
+Pyramids: one transformer body serves every level (:data:`level_channels` > 1 entry); each level has its own patch
+embedding (its latent's channels plus its context's, so the coarser levels' context enters as extra input channels
+before patchify: the context is already on the level's grid, so concatenation costs no tokens, where context tokens
+would lengthen every attention), its own patch size, final layer and positions (computed for its grid), and a learned
+level embedding plus an embedding of the context's augmentation noise level added to the conditioning.
+
+Against diffusers' ``DiTTransformer2DModel`` with the same weights the outputs agree (``tests/test_dit.py``); the one
+difference is diffusers' timestep features (``downscale_freq_shift=1``), where this follows the DiT code (0).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .unet import sinusoidal_embedding
+
+
+@functools.lru_cache(maxsize=32)
+def sincos_positions(dim: int, grid: int) -> Tensor:
+    """(grid * grid, dim) fixed 2-D positions of DiT/MAE: for the token at row i, column j, the 1-D sin-cos features
+    of j then of i, each [sin, cos] over dim / 4 frequencies 1 / 10000^(k / (dim / 4))."""
+    if dim % 4:
+        raise ValueError(f"dit: hidden_size {dim} must be a multiple of 4 for 2-D sin-cos positions")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    pos = torch.arange(grid, dtype=torch.float64)
+    rows, cols = torch.meshgrid(pos, pos, indexing="ij")
+
+    def one_d(p: Tensor) -> Tensor:
+        out = p.reshape(-1)[:, None] * omega[None]
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    return torch.cat([one_d(cols), one_d(rows)], dim=1).float()
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.to_q, self.to_k, self.to_v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, d = x.shape
+        q, k, v = (f(x).view(b, n, self.heads, -1).transpose(1, 2) for f in (self.to_q, self.to_k, self.to_v))
+        return self.to_out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    """Pre-norm attention and MLP, each modulated (shift, scale) and gated by the conditioning (adaLN-Zero)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))  # zero-initialised by DiT
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=1)
+        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
+        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, patch: int, channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, patch * patch * channels)  # both zero-initialised by DiT
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.ada(F.silu(c)).chunk(2, dim=1)
+        return self.proj(modulate(self.norm(x), shift, scale))
+
+
+class DiT(nn.Module):
+    """Args:
+    level_channels / level_sizes: each level's channels and grid side, coarse first (one entry: pixel or latent).
+    context_channels: each level's context channels (0: none); defaults to none.
+    num_classes: class-conditional (the null class, for guidance, is ``num_classes``) or None.
+    patch_size: one for all levels, or one per level; it must divide the level's side.
+    hidden_size, depth, num_heads, mlp_ratio: the transformer (DiT-S is 384, 12, 6, 4).
+    """
+
+    def __init__(
+        self,
+        level_channels: Sequence[int],
+        level_sizes: Sequence[int],
+        context_channels: Sequence[int] | None = None,
+        num_classes: int | None = None,
+        patch_size: int | Sequence[int] = 2,
+        hidden_size: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        time_channels: int = 256,
+        time_scale: float = 1000.0,
+    ):
+        super().__init__()
+        levels = len(level_channels)
+        context = list(context_channels) if context_channels is not None else [0] * levels
+        patches = [patch_size] * levels if isinstance(patch_size, int) else list(patch_size)
+        if not len(level_sizes) == len(context) == len(patches) == levels:
+            raise ValueError("dit: level_channels, level_sizes, context_channels, patch_size: one entry per level")
+        for lv, (size, p) in enumerate(zip(level_sizes, patches)):
+            if p < 1 or size % p:
+                raise ValueError(f"dit: patch_size {p} does not divide level {lv}'s side {size}")
+        if hidden_size % num_heads:
+            raise ValueError(f"dit: hidden_size {hidden_size} does not split into num_heads {num_heads} heads")
+        sincos_positions(hidden_size, 1)  # checks hidden_size
+        self.level_channels, self.context_channels, self.patches = list(level_channels), context, patches
+        self.grids = [size // p for size, p in zip(level_sizes, patches)]
+        self.num_classes, self.time_channels, self.time_scale = num_classes, time_channels, time_scale
+        self.embed_patches = nn.ModuleList(
+            nn.Conv2d(c + k, hidden_size, p, stride=p) for c, k, p in zip(level_channels, context, patches)
+        )
+        self.time_mlp = nn.Sequential(
+            nn.Linear(time_channels, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
+        self.class_emb = nn.Embedding(num_classes + 1, hidden_size) if num_classes else None
+        self.level_emb = nn.Embedding(levels, hidden_size) if levels > 1 else None
+        self.aug_mlp = (
+            nn.Sequential(nn.Linear(time_channels, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+            if any(context)
+            else None
+        )
+        self.blocks = nn.ModuleList(Block(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.finals = nn.ModuleList(FinalLayer(hidden_size, p, c) for c, p in zip(level_channels, patches))
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """DiT's: xavier linears and patch embeddings, N(0, 0.02) embeddings and noise MLPs, then adaLN-Zero (every
+        modulation and the final layers at zero)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        for conv in self.embed_patches:
+            nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
+            nn.init.zeros_(conv.bias)
+        for emb in (self.class_emb, self.level_emb):
+            if emb is not None:
+                nn.init.normal_(emb.weight, std=0.02)
+        for mlp in (self.time_mlp, self.aug_mlp):
+            if mlp is not None:
+                nn.init.normal_(mlp[0].weight, std=0.02)
+                nn.init.normal_(mlp[2].weight, std=0.02)
+        zeroed = [block.ada[1] for block in self.blocks] + [m for f in self.finals for m in (f.ada, f.proj)]
+        for layer in zeroed:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def condition(self, c_noise: Tensor, class_labels: Tensor | None, level: int, aug_t: Tensor | None) -> Tensor:
+        b = c_noise.shape[0]
+        c = self.time_mlp(sinusoidal_embedding(c_noise * self.time_scale, self.time_channels))
+        if self.class_emb is not None:
+            if class_labels is None:
+                class_labels = torch.full((b,), self.num_classes, device=c.device, dtype=torch.long)
+            c = c + self.class_emb(class_labels)
+        if self.level_emb is not None:
+            c = c + self.level_emb(torch.full((b,), level, device=c.device, dtype=torch.long))
+        if self.context_channels[level]:
+            aug = torch.zeros(b, device=c.device, dtype=c.dtype) if aug_t is None else aug_t.to(c.device, c.dtype)
+            c = c + self.aug_mlp(sinusoidal_embedding(aug.expand(b) * self.time_scale, self.time_channels))
+        return c
+
+    def forward(
+        self,
+        x: Tensor,
+        c_noise: Tensor,
+        class_labels: Tensor | None = None,
+        *,
+        level: int = 0,
+        context: Tensor | None = None,
+        aug_t: Tensor | None = None,
+    ) -> Tensor:
+        """Level ``level``'s output for its noisy latent ``x`` (B, C, H, W), given ``context`` (B, context channels,
+        H, W) noised at ``aug_t`` (None = clean); a tensor shaped like ``x``."""
+        want, got = self.context_channels[level], 0 if context is None else context.shape[1]
+        if got != want:
+            raise ValueError(f"dit: level {level} takes a context of {want} channels, got {got}")
+        b, _, h, w = x.shape
+        p = self.patches[level]
+        if h != w:
+            raise ValueError(f"dit: level {level}'s input is {h}x{w}; it takes square inputs")
+        if h % p:
+            raise ValueError(f"dit: level {level}'s {h}x{w} input does not split into {p}x{p} patches")
+        if want:
+            x = torch.cat([x, context.to(x.dtype)], dim=1)
+        tokens = self.embed_patches[level](x).flatten(2).transpose(1, 2)
+        tokens = tokens + sincos_positions(tokens.shape[-1], h // p).to(tokens)
+        c = self.condition(c_noise.expand(b), class_labels, level, aug_t).to(tokens.dtype)
+        for block in self.blocks:
+            tokens = block(tokens, c)
+        out = self.finals[level](tokens, c)  # (B, N, p * p * C)
+        channels, g = self.level_channels[level], h // p
+        out = out.reshape(b, g, g, p, p, channels).permute(0, 5, 1, 3, 2, 4)
+        return out.reshape(b, channels, h, w)
