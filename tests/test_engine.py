@@ -40,7 +40,7 @@ def _randomised(model):
 
 # ---- the loss is computed through the samplers' denoiser ------------------------------------------------------------
 @pytest.mark.parametrize("prediction", PREDICTIONS)
-@pytest.mark.parametrize("weighting", ["uniform", "min_snr", "edm"])
+@pytest.mark.parametrize("weighting", ["uniform", "min_snr", "edm", "soft_min_snr"])
 def test_the_loss_through_d_on_the_x0_scale_equals_the_network_target_form(prediction, weighting):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1))

@@ -75,6 +75,13 @@ def test_weightings_on_the_x0_scale():
     assert torch.allclose(loss_weight("v", sigma, "min_snr"), w_x0 / (snr + 1))  # min(SNR, g) / (SNR + 1)
     assert torch.equal(loss_weight("eps", sigma), torch.ones(4, dtype=torch.float64))
     assert torch.allclose(loss_weight("edm", sigma, "edm"), torch.ones(4, dtype=torch.float64))
+    # soft-min-SNR (HDiT): k-diffusion's weight on an EDM network's MSE, (sigma sd)^2 / (sigma^2 + sd^2)^2, with
+    # gamma = 1 / sd^2; on the x0 scale a smooth min(SNR, gamma): below both, approaching each at its end
+    sd = 0.5
+    k_diffusion = (sigma * sd) ** 2 / (sigma**2 + sd**2) ** 2
+    assert torch.allclose(loss_weight("edm", sigma, "soft_min_snr", gamma=1 / sd**2), k_diffusion)
+    soft = loss_weight("eps", sigma, "soft_min_snr") / coefficients("eps", sigma)[1] ** 2
+    assert (soft < w_x0).all() and soft[0] / snr[0] > 0.9 and soft[-1] / 5.0 > 0.9
 
 
 def test_bad_names_and_pairs_are_clear_errors():

@@ -48,7 +48,8 @@ class DiffusionModel(ScaledOptimizer, L.LightningModule):
         training_noise: ``schedule`` (t uniform on the schedule), ``lognormal`` (EDM: ln sigma ~ N(mean, std^2)),
             ``logit_normal`` (SD3: t = sigmoid(logit_normal_mean + logit_normal_std z)) or ``mode`` (SD3's mode
             density with ``mode_scale``).
-        loss_weighting: ``uniform`` (the network's own MSE), ``min_snr`` (with ``min_snr_gamma``) or ``edm``.
+        loss_weighting: ``uniform`` (the network's own MSE), ``min_snr`` or ``soft_min_snr`` (with ``min_snr_gamma``),
+            or ``edm``.
         lr, weight_decay, betas, warmup_steps: the default optimizer, AdamW with a linear learning-rate warm-up.
         optimizer, lr_scheduler: replace it from YAML (LightningCLI callables), e.g. ``optimizer: {class_path:
             torch.optim.SGD, init_args: {lr: 0.01}}``; the scheduler is stepped every optimizer step.

@@ -6,6 +6,12 @@ Weightings are stated on the x0-MSE ||D - x0||^2 and applied to the network's ow
             DDPM's L_simple)
   min_snr:  x0-weight min(SNR, gamma) (Hang et al., ICCV 2023): min(SNR, gamma) / SNR on eps, / (SNR + 1) on v
   edm:      x0-weight (sigma^2 + sd^2) / (sigma sd)^2 (Karras et al. 2022, EDMLoss): unweighted for edm networks
+  soft_min_snr: x0-weight 1 / (sigma^2 + 1 / gamma), a smooth min(SNR, gamma) (Crowson et al., "Scalable
+            High-Resolution Pixel-Space Image Synthesis with Hourglass Diffusion Transformers", ICML 2024; k-diffusion
+            ``layers.Denoiser`` weighting ``soft-min-snr``, which is this with gamma = 1 / sd^2), the weighting the
+            transformer bodies train with; gamma is ``min_snr_gamma``
+Flow matching's time distributions (``logit_normal``, SD3's shifts) are training times (:mod:`.times`), weighted
+``uniform`` on the velocity.
 """
 
 from __future__ import annotations
@@ -64,8 +70,15 @@ class EDMWeighting(LossWeighting):
         return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2 * c_out**2
 
 
+class SoftMinSNR(MinSNR):
+    name = "soft_min_snr"
+
+    def weight(self, sigma, c_out, sigma_data):
+        return c_out**2 / (sigma**2 + 1.0 / self.gamma)
+
+
 WEIGHTINGS: Registry[type[LossWeighting]] = Registry("loss weighting")
-for _cls in (Uniform, MinSNR, EDMWeighting):
+for _cls in (Uniform, MinSNR, EDMWeighting, SoftMinSNR):
     WEIGHTINGS.register(_cls.name, _cls)
 
 
