@@ -141,3 +141,51 @@ def test_a_pyramid_with_a_dit_body_fits_samples_and_refuses_a_resume_with_anothe
     unet = [a if a != "dit" else "unet" for a in args[:-1]] + ['{"base_channels": 16}']
     code, err = run_main([*unet, "--trainer.max_steps", "12", "--ckpt_path", "last"], session_env, monkeypatch, capsys)
     assert code == 2 and "network: 'dit' -> 'unet'" in err, err
+
+
+@pytest.mark.parametrize("width", [0.5, 0.25])
+def test_a_dit_sub_width_is_a_plain_smaller_dit_of_the_sliced_weights(width):
+    from pyramid_dm.nets.slimmable import slim_channels
+
+    torch.manual_seed(0)
+    full = tiny(num_heads=8, hidden_size=64, width_multipliers=[1.0, 0.5, 0.25])
+    with torch.no_grad():
+        for p in full.parameters():
+            p.normal_(0, 0.3)
+    heads, hidden = round(8 * width), slim_channels(256, width)
+    small = tiny(num_heads=heads, head_dim=8, hidden_size=64, mlp_ratio=hidden / 64)
+    state = {}
+    for name, value in full.state_dict().items():
+        if ".attn.to_out.weight" in name or name.endswith("mlp.2.weight"):
+            value = value[:, : heads * 8 if "attn" in name else hidden]
+        elif ".attn.to_" in name and ".to_out." not in name:
+            value = value[: heads * 8]
+        elif ".mlp.0." in name:
+            value = value[:hidden]
+        state[name] = value
+    small.load_state_dict(state)
+    x, t, labels = torch.randn(2, 3, 16, 16), torch.rand(2), torch.tensor([3, 10])
+    assert torch.equal(full(x, t, labels, width=width), small(x, t, labels))
+    plain = tiny(num_heads=8, hidden_size=64)
+    plain.load_state_dict(full.state_dict())
+    assert torch.equal(full(x, t, labels, width=1.0), plain(x, t, labels))  # width 1: the plain network, bit for bit
+    with pytest.raises(ValueError, match="dit: width 0.05 leaves no whole head of num_heads 8"):
+        tiny(num_heads=8, width_multipliers=[1.0, 0.05])
+    with pytest.raises(ValueError, match="has no width_multipliers"):
+        plain(x, t, labels, width=0.5)
+
+
+def test_a_step_aware_dit_trains_every_width_by_the_sandwich_rule():
+    from pyramid_dm.models import PixelDiffusion
+    from pyramid_dm.nets.slimmable import current_width
+
+    torch.manual_seed(0)
+    body = {"hidden_size": 32, "depth": 1, "num_heads": 4, "patch_size": 2}
+    model = PixelDiffusion(8, 1, num_classes=10, network="dit", unet=body, step_aware={"widths": [1.0, 0.5, 0.25]})
+    seen = []
+    model.engine.net.register_forward_pre_hook(lambda *_: seen.append(current_width()))
+    terms = model.engine.objective.terms(model.engine, torch.randn(4, 1, 8, 8), torch.arange(4))
+    assert sorted(w for w, _, _ in terms) == [0.25, 0.5, 1.0] and seen == [w for w, _, _ in terms]
+    sum(loss for _, loss, _ in terms).backward()
+    engine = model.engine
+    assert engine.flops_per_call(width=0.25)[0] < engine.flops_per_call(width=1.0)[0]

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .slimmable import SlimLinear, check_widths, current_width, use_width
 from .unet import sinusoidal_embedding
 
 
@@ -52,29 +53,44 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
+def heads_at(heads: int, width: float) -> int:
+    """Heads kept at a width multiplier: ``heads * width`` rounded, whole heads only."""
+    return heads if width >= 1 else int(heads * width + 0.5)
+
+
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    """Multi-head self-attention; at a width below 1 (slimmable) it runs the prefix of its heads."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int):
         super().__init__()
-        self.heads = heads
-        self.to_q, self.to_k, self.to_v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.to_out = nn.Linear(dim, dim)
+        self.heads, self.head_dim, inner = heads, head_dim, heads * head_dim
+        self.to_q, self.to_k, self.to_v = nn.Linear(dim, inner), nn.Linear(dim, inner), nn.Linear(dim, inner)
+        self.to_out = nn.Linear(inner, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, n, d = x.shape
-        q, k, v = (f(x).view(b, n, self.heads, -1).transpose(1, 2) for f in (self.to_q, self.to_k, self.to_v))
-        return self.to_out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d))
+        b, n, _ = x.shape
+        heads = heads_at(self.heads, current_width())
+        kept = heads * self.head_dim
+        q, k, v = (
+            F.linear(x, f.weight[:kept], f.bias[:kept]).view(b, n, heads, -1).transpose(1, 2)
+            for f in (self.to_q, self.to_k, self.to_v)
+        )
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, kept)
+        return F.linear(out, self.to_out.weight[:, :kept], self.to_out.bias)
 
 
 class Block(nn.Module):
     """Pre-norm attention and MLP, each modulated (shift, scale) and gated by the conditioning (adaLN-Zero)."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, heads: int, head_dim: int, mlp_ratio: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, heads)
+        self.attn = Attention(dim, heads, head_dim)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        hidden = round(dim * mlp_ratio)  # slimmable: a prefix of the hidden units below width 1
+        self.mlp = nn.Sequential(
+            SlimLinear(dim, hidden, slim_in=False), nn.GELU(approximate="tanh"), SlimLinear(hidden, dim, slim_out=False)
+        )
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))  # zero-initialised by DiT
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
@@ -101,7 +117,11 @@ class DiT(nn.Module):
     context_channels: each level's context channels (0: none); defaults to none.
     num_classes: class-conditional (the null class, for guidance, is ``num_classes``) or None.
     patch_size: one for all levels, or one per level; it must divide the level's side.
-    hidden_size, depth, num_heads, mlp_ratio: the transformer (DiT-S is 384, 12, 6, 4).
+    hidden_size, depth, num_heads, mlp_ratio: the transformer (DiT-S is 384, 12, 6, 4); ``head_dim`` defaults to
+        hidden_size / num_heads.
+    width_multipliers: a slimmable supernet (step-aware models): at width w every block runs the first
+        round(num_heads w) heads and the first slim(hidden w) MLP units (multiples of 8); the residual stream, the
+        embeddings and the final layers stay whole. At width 1 it is the plain network, bit for bit.
     """
 
     def __init__(
@@ -115,8 +135,10 @@ class DiT(nn.Module):
         depth: int = 12,
         num_heads: int = 6,
         mlp_ratio: float = 4.0,
+        head_dim: int | None = None,
         time_channels: int = 256,
         time_scale: float = 1000.0,
+        width_multipliers: Sequence[float] | None = None,
     ):
         super().__init__()
         levels = len(level_channels)
@@ -127,8 +149,14 @@ class DiT(nn.Module):
         for lv, (size, p) in enumerate(zip(level_sizes, patches)):
             if p < 1 or size % p:
                 raise ValueError(f"dit: patch_size {p} does not divide level {lv}'s side {size}")
-        if hidden_size % num_heads:
+        if head_dim is None and hidden_size % num_heads:
             raise ValueError(f"dit: hidden_size {hidden_size} does not split into num_heads {num_heads} heads")
+        head_dim = head_dim or hidden_size // num_heads
+        widths = check_widths(width_multipliers, "dit: width_multipliers") if width_multipliers else None
+        self.width_multipliers = widths
+        for w in self.width_multipliers or []:
+            if heads_at(num_heads, w) < 1:
+                raise ValueError(f"dit: width {w} leaves no whole head of num_heads {num_heads}")
         sincos_positions(hidden_size, 1)  # checks hidden_size
         self.level_channels, self.context_channels, self.patches = list(level_channels), context, patches
         self.grids = [size // p for size, p in zip(level_sizes, patches)]
@@ -146,7 +174,7 @@ class DiT(nn.Module):
             if any(context)
             else None
         )
-        self.blocks = nn.ModuleList(Block(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(hidden_size, num_heads, head_dim, mlp_ratio) for _ in range(depth))
         self.finals = nn.ModuleList(FinalLayer(hidden_size, p, c) for c, p in zip(level_channels, patches))
         self._init_weights()
 
@@ -195,9 +223,15 @@ class DiT(nn.Module):
         level: int = 0,
         context: Tensor | None = None,
         aug_t: Tensor | None = None,
+        width: float | None = None,
     ) -> Tensor:
         """Level ``level``'s output for its noisy latent ``x`` (B, C, H, W), given ``context`` (B, context channels,
-        H, W) noised at ``aug_t`` (None = clean); a tensor shaped like ``x``."""
+        H, W) noised at ``aug_t`` (None = clean), at ``width`` (None: the caller's context); shaped like ``x``."""
+        if width is not None:
+            with use_width(width):
+                return self.forward(x, c_noise, class_labels, level=level, context=context, aug_t=aug_t)
+        if current_width() < 1 and self.width_multipliers is None:
+            raise ValueError(f"dit: asked for width {current_width()}, but this network has no width_multipliers")
         want, got = self.context_channels[level], 0 if context is None else context.shape[1]
         if got != want:
             raise ValueError(f"dit: level {level} takes a context of {want} channels, got {got}")
