@@ -2,6 +2,7 @@
 # Seconds per 1000 training steps of every own-data config (configs/own/*: pixel, pyramid, autoencoder, latent at 32,
 # 64 and 128 px), as `fit` runs them, on a generated folder of RGB images (README: "Your own images").
 #   benchmarks/own_data_times.sh OUT_DIR [STEPS] [extra fit options...]
+#   KINDS="pixel_dit pyramid_dit" benchmarks/own_data_times.sh OUT_DIR 3    # other configs (configs/own/KIND_SIZE.yaml)
 # Writes OUT_DIR/steps_<size>.json; `python -m pyramid_dm bench steps` does the timing (validation, sample callbacks,
 # checkpoints and W&B excluded; the first 3 steps untimed).
 set -euo pipefail
@@ -17,8 +18,11 @@ PY
 mkdir -p "$out"
 for size in 32 64 128; do
   python3 -m pyramid_dm shards folder "$work/images" --out "$work/shards$size" --size "$size" --no-progress
-  python3 -m pyramid_dm bench steps --steps "$steps" --json "$out/steps_$size.json" \
-    --config "configs/own/pixel_$size.yaml" --config "configs/own/pyramid_$size.yaml" \
-    --config "configs/own/autoencoder_$size.yaml" --config "configs/own/latent_$size.yaml" \
+  configs=()
+  for kind in ${KINDS:-pixel pyramid autoencoder latent}; do
+    [ -e "configs/own/${kind}_$size.yaml" ] && configs+=(--config "configs/own/${kind}_$size.yaml")
+  done
+  [ ${#configs[@]} -gt 0 ] || continue
+  python3 -m pyramid_dm bench steps --steps "$steps" --json "$out/steps_$size.json" "${configs[@]}" \
     -- --data.init_args.shards "$work/shards$size" "$@"
 done

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import ROOT, run_cli, run_main
 
 from pyramid_dm.nets.dit import DiT
 
@@ -124,7 +125,6 @@ def test_attention_flops_are_counted_on_the_cpu_as_on_the_meta_device():
 def test_a_pyramid_with_a_dit_body_fits_samples_and_refuses_a_resume_with_another_backbone(
     session_env, tmp_path, monkeypatch, capsys
 ):
-    from helpers import run_cli, run_main
 
     body = '{"hidden_size": 32, "depth": 1, "num_heads": 2, "patch_size": [1, 2]}'
     args = ["fit", "--config", "configs/pyramid/digits.yaml", "--exp.root", str(tmp_path),
@@ -189,3 +189,16 @@ def test_a_step_aware_dit_trains_every_width_by_the_sandwich_rule():
     sum(loss for _, loss, _ in terms).backward()
     engine = model.engine
     assert engine.flops_per_call(width=0.25)[0] < engine.flops_per_call(width=1.0)[0]
+
+
+@pytest.mark.parametrize("name", ["pixel_dit_32", "pixel_dit_64", "pixel_dit_128", "pyramid_dit_64", "pyramid_dit_128"])
+def test_the_own_data_dit_configs_build_a_dit_of_256_tokens_per_level(name, digits_shards, monkeypatch):
+    from pyramid_dm.cli import expand_defaults, make_cli
+
+    monkeypatch.setattr("sys.argv", ["pyramid_dm"])  # the arguments are given below, not pytest's
+    config = str(ROOT / "configs" / "own" / f"{name}.yaml")
+    args = expand_defaults(["--config", config, "--data.init_args.shards", str(digits_shards)])
+    cli = make_cli(subcommands=False, run=False, args=args)
+    net = cli.model.engine.net
+    assert type(net).__name__ == "DiT" and [g * g for g in net.grids] == [256] * len(net.grids)
+    assert cli.model.hparams.loss_weighting == "soft_min_snr" and len(net.blocks) == 12
