@@ -4,6 +4,7 @@ consistent; everything the run started ends with it (issue 26, item 1)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,14 +21,33 @@ from pyramid_dm.eval.history import run_history
 STOP_BOUND_S = 30  # stated in docs/reliability.md: a few seconds when no step is in flight; this allows a loaded CI
 
 
+def processes() -> list[tuple[int, int, str]]:
+    """(pid, process group, command line) of every process, read from /proc (no procps needed)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if fields[0] != "Z":  # a zombie (killed, not yet reaped by its new parent) has ended
+            out.append((int(entry.name), int(fields[2]), cmdline))
+    return out
+
+
 def pids_running(pattern: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+    """Processes whose command line matches the regular expression ``pattern``."""
+    return [pid for pid, _, cmd in processes() if re.search(pattern, cmd)]
+
+
+def alive(pid: int) -> bool:
+    return any(p == pid for p, _, _ in processes())
 
 
 def pids_running_in_group(pgid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split() if alive(int(p))]
+    return [pid for pid, group, _ in processes() if group == pgid]
 
 
 def wait_until(test, seconds: float) -> bool:
@@ -37,17 +57,6 @@ def wait_until(test, seconds: float) -> bool:
             return True
         time.sleep(0.1)
     return test()
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (killed, not yet reaped by its new parent) has ended too
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_a_pipe_command_and_a_loader_worker_end_with_the_process_that_started_them(session_env):
