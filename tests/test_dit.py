@@ -122,25 +122,32 @@ def test_attention_flops_are_counted_on_the_cpu_as_on_the_meta_device():
     assert on_cpu == on_meta and on_cpu > 2 * attention  # two blocks' attention among them
 
 
-def test_a_pyramid_with_a_dit_body_fits_samples_and_refuses_a_resume_with_another_backbone(
-    session_env, tmp_path, monkeypatch, capsys
-):
+BODIES = {
+    "dit": ('{"hidden_size": 32, "depth": 1, "num_heads": 2, "patch_size": [1, 2]}', ".blocks.0.attn.to_q"),
+    "hdit": ('{"widths": [32, 64], "depths": [1, 1], "window": 2, "head_dim": 16, "mapping_width": 32, '
+             '"patch_size": [1, 2]}', ".down.0.0.attn.qkv"),
+}  # fmt: skip
 
-    body = '{"hidden_size": 32, "depth": 1, "num_heads": 2, "patch_size": [1, 2]}'
+
+@pytest.mark.parametrize("network", sorted(BODIES))
+def test_a_pyramid_with_a_transformer_body_fits_samples_and_refuses_a_resume_with_another_backbone(
+    network, session_env, tmp_path, monkeypatch, capsys
+):
+    body, weight = BODIES[network]
     args = ["fit", "--config", "configs/pyramid/digits.yaml", "--exp.root", str(tmp_path),
             "--data.init_args.num_workers", "0", "--trainer.val_check_interval", "5",
-            "--model.init_args.network", "dit", "--model.init_args.unet", body]  # fmt: skip
+            "--model.init_args.network", network, "--model.init_args.unet", body]  # fmt: skip
     fit = run_cli([*args, "--trainer.max_steps", "10"], session_env)
     assert fit.returncode == 0, fit.stderr[-2000:]
     last = tmp_path / "pyramid-digits" / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, weights_only=False)
-    assert ckpt["hyper_parameters"]["network"] == "dit" and any(".blocks.0.attn.to_q" in k for k in ckpt["state_dict"])
+    assert ckpt["hyper_parameters"]["network"] == network and any(weight in k for k in ckpt["state_dict"])
     out = tmp_path / "s.png"
     sample = run_cli(["sample", "--ckpt_path", str(last), "--num_samples", "4", "--out", str(out)], session_env)
     assert sample.returncode == 0 and out.exists(), sample.stderr[-2000:]
-    unet = [a if a != "dit" else "unet" for a in args[:-1]] + ['{"base_channels": 16}']
+    unet = [a if a != network else "unet" for a in args[:-1]] + ['{"base_channels": 16}']
     code, err = run_main([*unet, "--trainer.max_steps", "12", "--ckpt_path", "last"], session_env, monkeypatch, capsys)
-    assert code == 2 and "network: 'dit' -> 'unet'" in err, err
+    assert code == 2 and f"network: '{network}' -> 'unet'" in err, err
 
 
 @pytest.mark.parametrize("width", [0.5, 0.25])

@@ -32,8 +32,9 @@ class DiffusionModel(ScaledOptimizer, L.LightningModule):
         class_conditional: learn a class embedding when the data has labels (label -1 means "no label").
         label_dropout: probability of training a sample without its label (the null class), so that the same network
             is also the unconditional model classifier-free guidance needs (Ho & Salimans 2022; 0.1-0.2 typical).
-        network: the network, by its name in :data:`~pyramid_dm.nets.NETWORKS` (``unet``, or your own registered
-            one); ``unet`` holds its options (:class:`UNetArgs` for ``unet``, a registered network's own otherwise).
+        network: the network, by its name in :data:`~pyramid_dm.nets.NETWORKS` (``unet``, ``dit``, ``hdit``, or
+            your own registered one); ``unet`` holds its options (:class:`UNetArgs` for ``unet``, a registered
+            network's own otherwise).
         schedule: ``linear``, ``cosine``, ``sigmoid``, ``edm``, ``ve`` (NCSN's geometric noise levels, the VE SDE;
             ``schedule_options: {sigma_min, sigma_max}``, default 0.01 and 50) or ``flow`` (the straight path of flow
             matching, continuous: ``num_timesteps: 0``; ``schedule_options: {shift: s}``, s a number or ``flux`` for

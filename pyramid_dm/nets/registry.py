@@ -16,6 +16,7 @@ from torch import nn
 
 from ..registry import Registry
 from .dit import DiT
+from .hdit import HourglassDiT
 from .pyramid_unet import PyramidUNet
 from .unet import UNet
 
@@ -51,20 +52,30 @@ def unet(spec: NetSpec, **options) -> nn.Module:
     )
 
 
-def dit(spec: NetSpec, **options) -> nn.Module:
-    """:class:`DiT`: one transformer body; a pyramid's levels each get a patch embedding (context channels
-    included), a patch size, positions and a final layer."""
-    if spec.spade or not spec.shared_body:
-        raise ValueError("dit: model.spade and model.shared_body false are UNet options; a DiT has one shared body")
-    return DiT(
-        level_channels=list(spec.level_channels),
-        level_sizes=list(spec.level_sizes),
-        context_channels=list(spec.context_channels),
-        num_classes=spec.num_classes,
-        **options,
+def _transformer(cls: type[nn.Module], name: str):
+    def build(spec: NetSpec, **options) -> nn.Module:
+        if spec.spade or not spec.shared_body:
+            raise ValueError(f"{name}: model.spade and model.shared_body false are UNet options; it has one body")
+        return cls(
+            level_channels=list(spec.level_channels),
+            level_sizes=list(spec.level_sizes),
+            context_channels=list(spec.context_channels),
+            num_classes=spec.num_classes,
+            **options,
+        )
+
+    build.__doc__ = (
+        f":class:`{cls.__name__}`: one transformer body; a pyramid's levels each get a patch embedding (context "
+        "channels included), a patch size and an output layer."
     )
+    return build
+
+
+dit = _transformer(DiT, "dit")
+hdit = _transformer(HourglassDiT, "hdit")
 
 
 NETWORKS: Registry[Callable[..., nn.Module]] = Registry("network")
 NETWORKS.register("unet", unet)
 NETWORKS.register("dit", dit)
+NETWORKS.register("hdit", hdit)
