@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .levels import PerLevel
 from .slimmable import SlimLinear, check_widths, current_width, use_width
 from .unet import sinusoidal_embedding
 
@@ -111,7 +112,7 @@ class FinalLayer(nn.Module):
         return self.proj(modulate(self.norm(x), shift, scale))
 
 
-class DiT(nn.Module):
+class DiT(PerLevel):
     """Args:
     level_channels / level_sizes: each level's channels and grid side, coarse first (one entry: pixel or latent).
     context_channels: each level's context channels (0: none); defaults to none.
@@ -141,14 +142,8 @@ class DiT(nn.Module):
         width_multipliers: Sequence[float] | None = None,
     ):
         super().__init__()
-        levels = len(level_channels)
-        context = list(context_channels) if context_channels is not None else [0] * levels
-        patches = [patch_size] * levels if isinstance(patch_size, int) else list(patch_size)
-        if not len(level_sizes) == len(context) == len(patches) == levels:
-            raise ValueError("dit: level_channels, level_sizes, context_channels, patch_size: one entry per level")
-        for lv, (size, p) in enumerate(zip(level_sizes, patches)):
-            if p < 1 or size % p:
-                raise ValueError(f"dit: patch_size {p} does not divide level {lv}'s side {size}")
+        self.setup_levels("dit", level_channels, level_sizes, context_channels, patch_size, num_classes, hidden_size)
+        context, patches = self.context_channels, self.patches
         if head_dim is None and hidden_size % num_heads:
             raise ValueError(f"dit: hidden_size {hidden_size} does not split into num_heads {num_heads} heads")
         head_dim = head_dim or hidden_size // num_heads
@@ -158,17 +153,14 @@ class DiT(nn.Module):
             if heads_at(num_heads, w) < 1:
                 raise ValueError(f"dit: width {w} leaves no whole head of num_heads {num_heads}")
         sincos_positions(hidden_size, 1)  # checks hidden_size
-        self.level_channels, self.context_channels, self.patches = list(level_channels), context, patches
         self.grids = [size // p for size, p in zip(level_sizes, patches)]
-        self.num_classes, self.time_channels, self.time_scale = num_classes, time_channels, time_scale
+        self.time_channels, self.time_scale = time_channels, time_scale
         self.embed_patches = nn.ModuleList(
             nn.Conv2d(c + k, hidden_size, p, stride=p) for c, k, p in zip(level_channels, context, patches)
         )
         self.time_mlp = nn.Sequential(
             nn.Linear(time_channels, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
         )
-        self.class_emb = nn.Embedding(num_classes + 1, hidden_size) if num_classes else None
-        self.level_emb = nn.Embedding(levels, hidden_size) if levels > 1 else None
         self.aug_mlp = (
             nn.Sequential(nn.Linear(time_channels, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
             if any(context)
@@ -203,12 +195,7 @@ class DiT(nn.Module):
     def condition(self, c_noise: Tensor, class_labels: Tensor | None, level: int, aug_t: Tensor | None) -> Tensor:
         b = c_noise.shape[0]
         c = self.time_mlp(sinusoidal_embedding(c_noise * self.time_scale, self.time_channels))
-        if self.class_emb is not None:
-            if class_labels is None:
-                class_labels = torch.full((b,), self.num_classes, device=c.device, dtype=torch.long)
-            c = c + self.class_emb(class_labels)
-        if self.level_emb is not None:
-            c = c + self.level_emb(torch.full((b,), level, device=c.device, dtype=torch.long))
+        c = self.add_label_and_level(c, class_labels, level)
         if self.context_channels[level]:
             aug = torch.zeros(b, device=c.device, dtype=c.dtype) if aug_t is None else aug_t.to(c.device, c.dtype)
             c = c + self.aug_mlp(sinusoidal_embedding(aug.expand(b) * self.time_scale, self.time_channels))
@@ -232,17 +219,9 @@ class DiT(nn.Module):
                 return self.forward(x, c_noise, class_labels, level=level, context=context, aug_t=aug_t)
         if current_width() < 1 and self.width_multipliers is None:
             raise ValueError(f"dit: asked for width {current_width()}, but this network has no width_multipliers")
-        want, got = self.context_channels[level], 0 if context is None else context.shape[1]
-        if got != want:
-            raise ValueError(f"dit: level {level} takes a context of {want} channels, got {got}")
         b, _, h, w = x.shape
         p = self.patches[level]
-        if h != w:
-            raise ValueError(f"dit: level {level}'s input is {h}x{w}; it takes square inputs")
-        if h % p:
-            raise ValueError(f"dit: level {level}'s {h}x{w} input does not split into {p}x{p} patches")
-        if want:
-            x = torch.cat([x, context.to(x.dtype)], dim=1)
+        x = self.level_input(x, level, context)
         tokens = self.embed_patches[level](x).flatten(2).transpose(1, 2)
         tokens = tokens + sincos_positions(tokens.shape[-1], h // p).to(tokens)
         c = self.condition(c_noise.expand(b), class_labels, level, aug_t).to(tokens.dtype)

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .levels import PerLevel
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, cond_dim: int | None = None, eps: float = 1e-6):
@@ -150,7 +152,7 @@ def fourier_features(x: Tensor, weight: Tensor) -> Tensor:
     return torch.cat([f.cos(), f.sin()], dim=-1)
 
 
-class HourglassDiT(nn.Module):
+class HourglassDiT(PerLevel):
     """Args:
     level_channels / level_sizes / context_channels / num_classes: as :class:`~pyramid_dm.nets.dit.DiT`.
     patch_size: one for all levels or one per level.
@@ -179,16 +181,13 @@ class HourglassDiT(nn.Module):
         time_scale: float = 1.0,
     ):
         super().__init__()
-        levels = len(level_channels)
-        context = list(context_channels) if context_channels is not None else [0] * levels
-        patches = [patch_size] * levels if isinstance(patch_size, int) else list(patch_size)
-        if not len(level_sizes) == len(context) == len(patches) == levels or len(widths) != len(depths):
-            raise ValueError("hdit: one level_size, context_channels and patch_size per level; one depth per width")
+        self.setup_levels("hdit", level_channels, level_sizes, context_channels, patch_size, num_classes, mapping_width)
+        context, patches = self.context_channels, self.patches
+        if len(widths) != len(depths):
+            raise ValueError(f"hdit: one depth per width, got widths {list(widths)} and depths {list(depths)}")
         stages = len(widths)
         for lv, (size, p) in enumerate(zip(level_sizes, patches)):
-            grid = size // p if p >= 1 and size % p == 0 else None
-            if grid is None:
-                raise ValueError(f"hdit: patch_size {p} does not divide level {lv}'s side {size}")
+            grid = size // p
             if grid % (2 ** (stages - 1)) or (stages > 1 and window > grid):
                 raise ValueError(
                     f"hdit: level {lv}'s {grid}x{grid} tokens do not halve {stages - 1} times into whole stages, or "
@@ -200,12 +199,9 @@ class HourglassDiT(nn.Module):
                         f"hdit: the window {window} does not tile stage {i}'s {grid >> i}x{grid >> i} tokens of "
                         f"level {lv}"
                     )
-        self.level_channels, self.context_channels, self.patches = list(level_channels), context, patches
-        self.num_classes, self.time_scale = num_classes, time_scale
+        self.time_scale = time_scale
         c = mapping_width
         self.register_buffer("fourier", torch.randn(c // 2) * 4, persistent=True)  # the noise's Fourier features
-        self.class_emb = nn.Embedding(num_classes + 1, c) if num_classes else None
-        self.level_emb = nn.Embedding(levels, c) if levels > 1 else None
         self.aug_in = nn.Linear(c, c, bias=False) if any(context) else None
         self.time_in = nn.Linear(c, c, bias=False)
         mapping = []
@@ -239,12 +235,7 @@ class HourglassDiT(nn.Module):
         b = c_noise.shape[0]
         dtype = self.time_in.weight.dtype
         cond = self.time_in(fourier_features(c_noise.to(dtype) * self.time_scale, self.fourier))
-        if self.class_emb is not None:
-            if class_labels is None:
-                class_labels = torch.full((b,), self.num_classes, device=cond.device, dtype=torch.long)
-            cond = cond + self.class_emb(class_labels)
-        if self.level_emb is not None:
-            cond = cond + self.level_emb(torch.full((b,), level, device=cond.device, dtype=torch.long))
+        cond = self.add_label_and_level(cond, class_labels, level)
         if self.context_channels[level]:
             aug = torch.zeros(b, device=cond.device, dtype=dtype) if aug_t is None else aug_t.to(cond.device, dtype)
             cond = cond + self.aug_in(fourier_features(aug.expand(b), self.fourier))
@@ -264,15 +255,8 @@ class HourglassDiT(nn.Module):
         aug_t: Tensor | None = None,
     ) -> Tensor:
         """Level ``level``'s output for its noisy latent ``x`` (B, C, H, W), given ``context`` noised at ``aug_t``."""
-        want, got = self.context_channels[level], 0 if context is None else context.shape[1]
-        if got != want:
-            raise ValueError(f"hdit: level {level} takes a context of {want} channels, got {got}")
-        b, _, h, w = x.shape
-        p = self.patches[level]
-        if h % p or w % p:
-            raise ValueError(f"hdit: level {level}'s {h}x{w} input does not split into {p}x{p} patches")
-        if want:
-            x = torch.cat([x, context.to(x.dtype)], dim=1)
+        b, p = x.shape[0], self.patches[level]
+        x = self.level_input(x, level, context)
         cond = self.condition(c_noise.expand(b), class_labels, level, aug_t).to(x.dtype)
         tokens = self.embed[level](F.pixel_unshuffle(x, p).permute(0, 2, 3, 1))  # (B, H/p, W/p, D)
         skips = []
