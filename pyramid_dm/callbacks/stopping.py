@@ -134,9 +134,7 @@ class StopOnSignal(Callback):
         trainer, name = self._trainer, signal.Signals(self.signum).name
         trained = self._start_step is not None and trainer.global_step > self._start_step
         if trained and trainer.world_size == 1:
-            path = interrupt_checkpoint_path(trainer)
-            self.stopped_at = trainer.global_step
-            trainer.save_checkpoint(path, weights_only=False)
+            path = self._save(trainer)
             message = f"{name} while waiting for data: stopped at step {trainer.global_step}: saved {path}"
             raise StopRequested(self, self.exit_code, f"{message}; resume with --ckpt_path last")
         if trainer.global_step == 0:
@@ -164,11 +162,16 @@ class StopOnSignal(Callback):
         if self.signum is None:  # another rank got it
             self.signum = signal.SIGTERM
         stop_at_next_wait(None)
+        path = self._save(trainer)
+        trainer.should_stop = True
+        rank_zero_info(f"stopped at step {trainer.global_step}: saved {path}; resume with --ckpt_path last")
+
+    def _save(self, trainer):
+        """The checkpoint of the step the run stops at (marked by :meth:`on_save_checkpoint`); its path."""
         path = interrupt_checkpoint_path(trainer)
         self.stopped_at = trainer.global_step
         trainer.save_checkpoint(path, weights_only=False)
-        trainer.should_stop = True
-        rank_zero_info(f"stopped at step {trainer.global_step}: saved {path}; resume with --ckpt_path last")
+        return path
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         # Lightning counts this step's logging row only after on_train_batch_end; the marker lets StepBoundaryResume
