@@ -20,6 +20,7 @@ as extra input channels; a level's size must reach the lowest stage with whole w
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -66,6 +67,24 @@ def grid_positions(h: int, w: int, device) -> tuple[Tensor, Tensor]:
     return rr.reshape(-1), cc.reshape(-1)
 
 
+@functools.lru_cache(maxsize=64)
+def shifted_window_mask(h: int, w: int, ws: int, s: int, device) -> Tensor:
+    """Swin's mask for a cyclic shift of ``s`` with windows of ``ws``: a token attends only to tokens that were its
+    neighbours before the roll. (1, windows, 1, ws*ws, ws*ws), True: attend; built once per grid and device."""
+    region = torch.zeros(h, w, device=device, dtype=torch.long)
+    for i, rs in enumerate((slice(0, h - ws), slice(h - ws, h - s), slice(h - s, h))):
+        for j, cs in enumerate((slice(0, w - ws), slice(w - ws, w - s), slice(w - s, w))):
+            region[rs, cs] = 3 * i + j
+    r = region.view(h // ws, ws, w // ws, ws).permute(0, 2, 1, 3).reshape(-1, ws * ws)
+    return (r[:, :, None] == r[:, None, :])[None, :, None]
+
+
+def geglu(x: Tensor) -> Tensor:
+    """GEGLU (Shazeer 2020): the first half of the features gated by the GELU of the second."""
+    a, gate = x.chunk(2, dim=-1)
+    return a * F.gelu(gate)
+
+
 class Attention(nn.Module):
     """Self-attention over a (B, H, W, D) grid with axial RoPE: global, or in (shifted) windows of ``window``."""
 
@@ -100,7 +119,7 @@ class Attention(nn.Module):
         pw = pos.view(h // ws, ws, w // ws, ws, 2).permute(0, 2, 1, 3, 4).reshape(-1, ws * ws, 2)
         pr, pc = pw[:, None, :, 0], pw[:, None, :, 1]  # (nW, 1, ws*ws): broadcast over the batch and the heads
         q, k = axial_rope(q, pr, pc, self.freqs), axial_rope(k, pr, pc, self.freqs)
-        mask = self._mask(h, w, s, x.device) if s else None
+        mask = shifted_window_mask(h, w, self.window, s, x.device) if s else None
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nW, heads, ws*ws, hd)
         y = y.transpose(2, 3).reshape(b, h // ws, w // ws, ws, ws, d).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, d)
         if s:
@@ -113,16 +132,6 @@ class Attention(nn.Module):
         t = t.view(b, h // ws, ws, w // ws, ws, self.heads, self.head_dim).permute(0, 1, 3, 5, 2, 4, 6)
         return t.reshape(b, (h // ws) * (w // ws), self.heads, ws * ws, self.head_dim)
 
-    def _mask(self, h: int, w: int, s: int, device) -> Tensor:
-        """Swin's mask for the cyclic shift: a token attends only to tokens that were neighbours before the roll."""
-        ws = self.window
-        region = torch.zeros(h, w, device=device, dtype=torch.long)
-        for i, rs in enumerate((slice(0, h - ws), slice(h - ws, h - s), slice(h - s, h))):
-            for j, cs in enumerate((slice(0, w - ws), slice(w - ws, w - s), slice(w - s, w))):
-                region[rs, cs] = 3 * i + j
-        r = region.view(h // ws, ws, w // ws, ws).permute(0, 2, 1, 3).reshape(-1, ws * ws)
-        return (r[:, :, None] == r[:, None, :])[None, :, None]  # (1, nW, 1, ws*ws, ws*ws), True: attend
-
 
 class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, cond_dim: int):
@@ -133,8 +142,7 @@ class FeedForward(nn.Module):
         nn.init.zeros_(self.down.weight)
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        a, gate = self.up(self.norm(x, cond)).chunk(2, dim=-1)
-        return x + self.down(a * F.gelu(gate))  # GEGLU
+        return x + self.down(geglu(self.up(self.norm(x, cond))))
 
 
 class Layer(nn.Module):
@@ -277,8 +285,7 @@ class HourglassDiT(PerLevel):
 
 class _GEGLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
-        a, gate = x.chunk(2, dim=-1)
-        return a * F.gelu(gate)
+        return geglu(x)
 
 
 def _merge(t: Tensor) -> Tensor:
