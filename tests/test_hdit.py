@@ -129,3 +129,54 @@ def test_a_pyramid_hourglass_takes_each_levels_context_and_patch():
 def test_sizes_that_do_not_tile_are_clear_errors(kw, message):
     with pytest.raises(ValueError, match=message):
         small(**kw)
+
+
+def sliced_copy(net: HourglassDiT, width: float) -> HourglassDiT:
+    """A plain hourglass (no width_multipliers) holding ``net``'s weights sliced by hand to ``width``: every attention
+    layer keeps its first round(heads w) heads of q, k and v (and those columns of the output projection), every
+    GEGLU its first slim(hidden w) units of the value half and of the gate half (and those columns of ``down``)."""
+    import copy
+
+    from pyramid_dm.nets.hdit import FeedForward
+    from pyramid_dm.nets.slimmable import slim_channels
+
+    def linear(weight: torch.Tensor) -> torch.nn.Linear:
+        layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        layer.weight = torch.nn.Parameter(weight.clone())
+        return layer
+
+    out = copy.deepcopy(net)
+    out.width_multipliers = None
+    for module in out.modules():
+        if isinstance(module, Attention):
+            heads = round(module.heads * width)
+            kept, dim = heads * module.head_dim, module.qkv.in_features
+            module.qkv = linear(module.qkv.weight.view(3, dim, dim)[:, :kept].reshape(3 * kept, dim))
+            module.out = linear(module.out.weight[:, :kept])
+            module.heads = heads
+        elif isinstance(module, FeedForward):
+            hidden = module.down.in_features
+            k = slim_channels(hidden, width)
+            module.up = linear(torch.cat([module.up.weight[:k], module.up.weight[hidden : hidden + k]]))
+            module.down = linear(module.down.weight[:, :k])
+    return out
+
+
+@pytest.mark.parametrize("width", [0.5, 0.25])
+def test_an_hourglass_sub_width_is_a_plain_smaller_hourglass_of_the_sliced_weights(width):
+    sizes = {"head_dim": 8, "widths": [32, 64], "depths": [2, 2], "mlp_ratio": 2.0}
+    torch.manual_seed(0)
+    full = small(**sizes, width_multipliers=[1.0, 0.5, 0.25])
+    randomise(full)
+    x, t, labels = torch.randn(2, 3, 32, 32), torch.rand(2), torch.tensor([3, 10])
+    reference = sliced_copy(full, width)
+    assert sum(p.numel() for p in reference.parameters()) < sum(p.numel() for p in full.parameters())
+    assert torch.equal(full(x, t, labels, width=width), reference(x, t, labels))
+    plain = small(**sizes)
+    plain.load_state_dict(full.state_dict())
+    assert torch.equal(full(x, t, labels, width=1.0), plain(x, t, labels))  # width 1: the plain network, bit for bit
+    assert not torch.allclose(full(x, t, labels, width=width), plain(x, t, labels))
+    with pytest.raises(ValueError, match="hdit: width 0.1 leaves no whole head of num_heads 4"):
+        small(**sizes, width_multipliers=[1.0, 0.1])
+    with pytest.raises(ValueError, match="not slimmable"):
+        plain(x, t, labels, width=0.5)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .levels import PerLevel
-from .slimmable import SlimLinear, check_widths, current_width, use_width
+from .slimmable import SlimLinear, at_width, check_heads, check_widths, current_width, heads_at
 from .unet import sinusoidal_embedding
 
 
@@ -52,11 +52,6 @@ def sincos_positions(dim: int, grid: int) -> Tensor:
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
-
-
-def heads_at(heads: int, width: float) -> int:
-    """Heads kept at a width multiplier: ``heads * width`` rounded, whole heads only."""
-    return heads if width >= 1 else int(heads * width + 0.5)
 
 
 class Attention(nn.Module):
@@ -149,9 +144,7 @@ class DiT(PerLevel):
         head_dim = head_dim or hidden_size // num_heads
         widths = check_widths(width_multipliers, "dit: width_multipliers") if width_multipliers else None
         self.width_multipliers = widths
-        for w in self.width_multipliers or []:
-            if heads_at(num_heads, w) < 1:
-                raise ValueError(f"dit: width {w} leaves no whole head of num_heads {num_heads}")
+        check_heads("dit", widths, [num_heads])
         sincos_positions(hidden_size, 1)  # checks hidden_size
         self.grids = [size // p for size, p in zip(level_sizes, patches)]
         self.time_channels, self.time_scale = time_channels, time_scale
@@ -214,11 +207,10 @@ class DiT(PerLevel):
     ) -> Tensor:
         """Level ``level``'s output for its noisy latent ``x`` (B, C, H, W), given ``context`` (B, context channels,
         H, W) noised at ``aug_t`` (None = clean), at ``width`` (None: the caller's context); shaped like ``x``."""
-        if width is not None:
-            with use_width(width):
-                return self.forward(x, c_noise, class_labels, level=level, context=context, aug_t=aug_t)
-        if current_width() < 1 and self.width_multipliers is None:
-            raise ValueError(f"dit: asked for width {current_width()}, but this network has no width_multipliers")
+        with at_width(self.width_multipliers, width):
+            return self._forward(x, c_noise, class_labels, level, context, aug_t)
+
+    def _forward(self, x, c_noise, class_labels, level, context, aug_t) -> Tensor:
         b, _, h, w = x.shape
         p = self.patches[level]
         x = self.level_input(x, level, context)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .levels import PerLevel
+from .slimmable import SlimLinear, at_width, check_heads, check_widths, current_width, heads_at
 
 
 class RMSNorm(nn.Module):
@@ -101,14 +102,17 @@ class Attention(nn.Module):
         self.register_buffer("freqs", torch.linspace(math.log(math.pi), math.log(10 * math.pi), n).exp(), False)
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        b, h, w, d = x.shape
-        q, k, v = self.qkv(self.norm(x, cond)).chunk(3, dim=-1)
+        b, h, w, _ = x.shape
+        heads = heads_at(self.heads, current_width())  # slimmable: a prefix of the heads of q, k and v
+        d = heads * self.head_dim
+        weight = self.qkv.weight.view(3, -1, self.qkv.in_features)[:, :d].reshape(3 * d, -1)
+        q, k, v = F.linear(self.norm(x, cond), weight).chunk(3, dim=-1)
         rows, cols = grid_positions(h, w, x.device)
         if self.window is None:
-            q, k, v = (t.reshape(b, h * w, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+            q, k, v = (t.reshape(b, h * w, heads, -1).transpose(1, 2) for t in (q, k, v))
             q, k = axial_rope(q, rows, cols, self.freqs), axial_rope(k, rows, cols, self.freqs)
             y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h, w, d)
-            return x + self.out(y)
+            return x + F.linear(y, self.out.weight[:, :d])
         s = self.window // 2 if self.shift else 0
         pos = torch.stack([rows.view(h, w), cols.view(h, w)], dim=-1)
         if s:
@@ -124,21 +128,22 @@ class Attention(nn.Module):
         y = y.transpose(2, 3).reshape(b, h // ws, w // ws, ws, ws, d).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, d)
         if s:
             y = y.roll((s, s), dims=(1, 2))
-        return x + self.out(y)
+        return x + F.linear(y, self.out.weight[:, :d])
 
     def _windows(self, t: Tensor) -> Tensor:
-        b, h, w, _ = t.shape
-        ws = self.window
-        t = t.view(b, h // ws, ws, w // ws, ws, self.heads, self.head_dim).permute(0, 1, 3, 5, 2, 4, 6)
-        return t.reshape(b, (h // ws) * (w // ws), self.heads, ws * ws, self.head_dim)
+        b, h, w, d = t.shape
+        ws, heads = self.window, d // self.head_dim
+        t = t.view(b, h // ws, ws, w // ws, ws, heads, self.head_dim).permute(0, 1, 3, 5, 2, 4, 6)
+        return t.reshape(b, (h // ws) * (w // ws), heads, ws * ws, self.head_dim)
 
 
 class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, cond_dim: int):
         super().__init__()
         self.norm = RMSNorm(dim, cond_dim)
-        self.up = nn.Linear(dim, 2 * hidden, bias=False)
-        self.down = nn.Linear(hidden, dim, bias=False)
+        # slimmable: a prefix of the hidden units, of the value and of the gate half alike
+        self.up = SlimLinear(dim, 2 * hidden, bias=False, out_parts=((hidden, True), (hidden, True)), slim_in=False)
+        self.down = SlimLinear(hidden, dim, bias=False, slim_out=False)
         nn.init.zeros_(self.down.weight)
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
@@ -167,6 +172,9 @@ class HourglassDiT(PerLevel):
     widths, depths: per stage, highest resolution first (e.g. [128, 256], [2, 2]); every stage but the last runs
         local attention in windows of ``window`` tokens per side (shifted every other layer), the last global.
     head_dim, mlp_ratio: attention heads of ``head_dim`` (a multiple of 8); GEGLU hidden units ``width * mlp_ratio``.
+    width_multipliers: a slimmable supernet (step-aware models): at width w every layer runs the first
+        round(heads w) heads and the first slim(hidden w) GEGLU units (multiples of 8), as :class:`~.dit.DiT`; the
+        token streams, merges, splits and the mapping network stay whole. At width 1 it is the plain network.
     mapping_width, mapping_depth: the mapping network that turns the noise, class, level and augmentation embeddings
         into the conditioning of every AdaRMSNorm; the noise enters as random Fourier features of ``c_noise *
         time_scale`` (frequencies ~ N(0, 4^2), fixed and saved with the weights).
@@ -187,6 +195,7 @@ class HourglassDiT(PerLevel):
         mapping_width: int = 256,
         mapping_depth: int = 2,
         time_scale: float = 1.0,
+        width_multipliers: Sequence[float] | None = None,
     ):
         super().__init__()
         self.setup_levels("hdit", level_channels, level_sizes, context_channels, patch_size, num_classes, mapping_width)
@@ -207,6 +216,9 @@ class HourglassDiT(PerLevel):
                         f"hdit: the window {window} does not tile stage {i}'s {grid >> i}x{grid >> i} tokens of "
                         f"level {lv}"
                     )
+        widths_ok = check_widths(width_multipliers, "hdit: width_multipliers") if width_multipliers else None
+        self.width_multipliers = widths_ok
+        check_heads("hdit", self.width_multipliers, [w // head_dim for w in widths])
         self.time_scale = time_scale
         c = mapping_width
         self.register_buffer("fourier", torch.randn(c // 2) * 4, persistent=True)  # the noise's Fourier features
@@ -261,8 +273,14 @@ class HourglassDiT(PerLevel):
         level: int = 0,
         context: Tensor | None = None,
         aug_t: Tensor | None = None,
+        width: float | None = None,
     ) -> Tensor:
-        """Level ``level``'s output for its noisy latent ``x`` (B, C, H, W), given ``context`` noised at ``aug_t``."""
+        """Level ``level``'s output for its noisy latent ``x`` (B, C, H, W), given ``context`` noised at ``aug_t``,
+        at ``width`` (None: the caller's context)."""
+        with at_width(self.width_multipliers, width):
+            return self._forward(x, c_noise, class_labels, level, context, aug_t)
+
+    def _forward(self, x, c_noise, class_labels, level, context, aug_t) -> Tensor:
         b, p = x.shape[0], self.patches[level]
         x = self.level_input(x, level, context)
         cond = self.condition(c_noise.expand(b), class_labels, level, aug_t).to(x.dtype)

@@ -18,6 +18,7 @@ The width is a context, read by every layer at call time: ``with use_width(0.5):
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import math
 from collections.abc import Iterator, Sequence
@@ -55,6 +56,36 @@ def use_width(width: float) -> Iterator[None]:
 
 def current_width() -> float:
     return _WIDTH.get()
+
+
+def at_width(widths: Sequence[float] | None, width: float | None):
+    """The context running a network built for ``widths`` (its ``width_multipliers``; None: not slimmable) at
+    ``width`` (None: the caller's, e.g. a step policy's ``use_width``), which must be one it was built for: a network
+    built without ``width_multipliers`` runs at width 1 only, and refuses a narrower ambient width rather than
+    silently running a slice of itself."""
+    allowed = list(widths or [1.0])
+    asked = current_width() if width is None else float(width)
+    if asked != 1 and asked not in allowed:
+        if widths is None and asked < 1:
+            raise ValueError(
+                f"width {asked} asked of a network that is not slimmable (built without width_multipliers): "
+                "it runs at width 1 only"
+            )
+        raise ValueError(f"width {asked} is not one of this network's widths {allowed}")
+    return contextlib.nullcontext() if width is None else use_width(width)
+
+
+def heads_at(heads: int, width: float) -> int:
+    """Attention heads kept at a width multiplier: ``heads * width`` rounded, whole heads only."""
+    return heads if width >= 1 else int(heads * width + 0.5)
+
+
+def check_heads(name: str, widths: Sequence[float] | None, heads: Sequence[int]) -> None:
+    """Every width must leave at least one whole head of every attention layer's ``heads``."""
+    for w in widths or []:
+        for n in heads:
+            if heads_at(n, w) < 1:
+                raise ValueError(f"{name}: width {w} leaves no whole head of num_heads {n}")
 
 
 def slim_channels(channels: int, width: float, divisor: int = 8) -> int:

@@ -9,7 +9,6 @@ sub-networks (``forward(..., width=w)`` or ``use_width``); at width 1 it is exac
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 
@@ -17,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .slimmable import Parts, SlimConv2d, SlimEmbedding, SlimLinear, check_widths, current_width, use_width
+from .slimmable import Parts, SlimConv2d, SlimEmbedding, SlimLinear, at_width, check_widths
 from .slimmable import group_norm as slim_norm
 
 
@@ -198,23 +197,8 @@ class UNet(nn.Module):
         self.conv_out = None if headless else SlimConv2d(ch, out, 3, padding=1, slim_out=False)
 
     def at_width(self, width: float | None):
-        """The context running this network at ``width`` (None: the caller's, e.g. a step policy's ``use_width``),
-        which must be one it was built for: a network built without ``width_multipliers`` runs at width 1 only, and
-        refuses a narrower ambient width rather than silently running a slice of itself."""
-        allowed = self.width_multipliers or [1.0]
-        if width is None:
-            ambient = current_width()
-            if ambient < 1 and ambient not in allowed:
-                if self.width_multipliers is None:
-                    raise ValueError(
-                        f"width {ambient} asked of a network that is not slimmable (built without width_multipliers): "
-                        "it runs at width 1 only"
-                    )
-                raise ValueError(f"width {ambient} is not one of this network's widths {allowed}")
-            return contextlib.nullcontext()
-        if float(width) not in allowed:
-            raise ValueError(f"width {width} is not one of this network's widths {allowed}")
-        return use_width(width)
+        """:func:`.slimmable.at_width` for this network's widths."""
+        return at_width(self.width_multipliers, width)
 
     def embed(self, c_noise: Tensor, class_labels: Tensor | None) -> Tensor:
         emb = self.time_mlp(sinusoidal_embedding(c_noise * self.time_scale, self.time_channels))
