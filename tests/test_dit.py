@@ -204,14 +204,42 @@ def test_a_step_aware_transformer_trains_every_width_by_the_sandwich_rule(networ
     assert engine.flops_per_call(width=0.25)[0] < engine.flops_per_call(width=1.0)[0]
 
 
-@pytest.mark.parametrize("name", ["pixel_dit_32", "pixel_dit_64", "pixel_dit_128", "pyramid_dit_64", "pyramid_dit_128"])
-def test_the_own_data_dit_configs_build_a_dit_of_256_tokens_per_level(name, digits_shards, monkeypatch):
-    from pyramid_dm.cli import expand_defaults, make_cli
+OWN_TRANSFORMERS = [f"{family}_{body}_{size}" for family in ("pixel", "pyramid", "latent") for body in ("dit", "hdit")
+                    for size in (32, 64, 128)]  # fmt: skip
 
-    monkeypatch.setattr("sys.argv", ["pyramid_dm"])  # the arguments are given below, not pytest's
-    config = str(ROOT / "configs" / "own" / f"{name}.yaml")
-    args = expand_defaults(["--config", config, "--data.init_args.shards", str(digits_shards)])
-    cli = make_cli(subcommands=False, run=False, args=args)
-    net = cli.model.engine.net
-    assert type(net).__name__ == "DiT" and [g * g for g in net.grids] == [256] * len(net.grids)
-    assert cli.model.hparams.loss_weighting == "soft_min_snr" and len(net.blocks) == 12
+
+@pytest.mark.parametrize("name", OWN_TRANSFORMERS)
+def test_the_own_data_transformer_configs_build_bodies_whose_tokens_do_not_grow_with_the_image(
+    name, digits_shards, monkeypatch
+):
+    """A DiT keeps 256 tokens per level (64 at an 8x8 latent or level), an hourglass keeps its global bottom stage
+    at 8x8 tokens or fewer; both train with soft-min-SNR. Pixel and pyramid configs are built as ``fit`` builds them;
+    a latent config's body is built at its autoencoder's 4 x s/4 x s/4 latent (the autoencoder is not trained here)."""
+    from omegaconf import OmegaConf
+
+    from pyramid_dm.cli import expand_defaults, make_cli
+    from pyramid_dm.nets import NETWORKS
+    from pyramid_dm.nets.registry import NetSpec
+
+    family, body, size = name.split("_")
+    config = ROOT / "configs" / "own" / f"{name}.yaml"
+    if family == "latent":
+        args = OmegaConf.load(config).model.init_args
+        assert args.loss_weighting == "soft_min_snr"
+        latent = int(size) // 4
+        net = NETWORKS.get(args.network)(NetSpec((4,), (latent,), (0,), 3), **OmegaConf.to_container(args.unet))
+        sizes = [latent]
+    else:
+        monkeypatch.setattr("sys.argv", ["pyramid_dm"])  # the arguments are given below, not pytest's
+        args = expand_defaults(["--config", str(config), "--data.init_args.shards", str(digits_shards)])
+        cli = make_cli(subcommands=False, run=False, args=args)
+        net = cli.model.engine.net
+        sizes = [s for _, s, _ in cli.model.engine.level_shapes]
+        assert cli.model.hparams.loss_weighting == "soft_min_snr"
+    grids = [s // p for s, p in zip(sizes, net.patches)]
+    if body == "dit":
+        assert type(net).__name__ == "DiT" and len(net.blocks) == 12
+        assert [g * g for g in grids] == [min(256, s * s) for s in sizes], grids
+    else:
+        assert type(net).__name__ == "HourglassDiT"
+        assert all(g >> len(net.down) <= 8 for g in grids), grids
