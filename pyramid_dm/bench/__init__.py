@@ -1,4 +1,5 @@
-"""``python -m pyramid_dm bench {unet,ddp,fid-floor,guidance,steps}``; the others are described in their modules.
+"""``python -m pyramid_dm bench {unet,backbones,ddp,fid-floor,guidance,steps}``; the others are described in their
+modules.
 
 ``bench unet``: one UNet training step (forward + backward) against diffusers' UNet2DModel.
 
@@ -124,10 +125,12 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--resize", type=int, default=None)
     f.add_argument("--num", type=int, nargs="+", default=[1000], help="val images compared (one row per value)")
     f.add_argument("--features", default="auto")
+    from .backbones import add_parser as add_backbones_parser
     from .ddp import add_parser as add_ddp_parser
     from .guidance import add_parser as add_guidance_parser
     from .steps import add_parser as add_steps_parser
 
+    add_backbones_parser(sub)
     add_ddp_parser(sub)
     add_guidance_parser(sub)
     add_steps_parser(sub)
@@ -150,6 +153,10 @@ def main(argv: list[str]) -> int:
         from .steps import bench_steps
 
         bench_steps(args)
+    elif args.what == "backbones":
+        from .backbones import bench_backbones
+
+        bench_backbones(args)
     elif args.what == "ddp":
         from .ddp import bench_ddp
 
