@@ -67,11 +67,16 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         heads = heads_at(self.heads, current_width())
         kept = heads * self.head_dim
-        q, k, v = (
-            F.linear(x, f.weight[:kept], f.bias[:kept]).view(b, n, heads, -1).transpose(1, 2)
-            for f in (self.to_q, self.to_k, self.to_v)
-        )
+        if heads == self.heads:  # the whole layers: no slices, whose backward would copy every gradient
+            q, k, v = (f(x).view(b, n, heads, -1).transpose(1, 2) for f in (self.to_q, self.to_k, self.to_v))
+        else:
+            q, k, v = (
+                F.linear(x, f.weight[:kept], f.bias[:kept]).view(b, n, heads, -1).transpose(1, 2)
+                for f in (self.to_q, self.to_k, self.to_v)
+            )
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, kept)
+        if heads == self.heads:
+            return self.to_out(out)
         return F.linear(out, self.to_out.weight[:, :kept], self.to_out.bias)
 
 
@@ -214,7 +219,9 @@ class DiT(PerLevel):
         b, _, h, w = x.shape
         p = self.patches[level]
         x = self.level_input(x, level, context)
-        tokens = self.embed_patches[level](x).flatten(2).transpose(1, 2)
+        # contiguous: a transposed stream would stay transposed through every residual add, and each LayerNorm
+        # (forward and backward) would copy it
+        tokens = self.embed_patches[level](x).flatten(2).transpose(1, 2).contiguous()
         tokens = tokens + sincos_positions(tokens.shape[-1], h // p).to(tokens)
         c = self.condition(c_noise.expand(b), class_labels, level, aug_t).to(tokens.dtype)
         for block in self.blocks:
