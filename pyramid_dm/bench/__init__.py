@@ -63,6 +63,22 @@ def time_steps(fn, n: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / n
 
 
+def images_per_s(fns: dict, args, device: torch.device, dtype, batch: int) -> dict[str, float]:
+    """Images/s of each training step in ``fns`` (name -> step of ``batch`` images): ``args.warmup`` untimed steps
+    each, then ``args.rounds`` rounds of ``args.steps`` steps, alternating between them so that all see the same
+    machine state; the median round. ``args.compile``: each step through ``torch.compile``."""
+    if args.compile:
+        fns = {k: torch.compile(f) for k, f in fns.items()}
+    times = {k: [] for k in fns}
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        for fn in fns.values():
+            time_steps(fn, args.warmup, device)
+        for _ in range(args.rounds):
+            for name, fn in fns.items():
+                times[name].append(time_steps(fn, args.steps, device))
+    return {k: batch / statistics.median(v) for k, v in times.items()}
+
+
 def bench_unet(args) -> float:
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
@@ -81,16 +97,7 @@ def bench_unet(args) -> float:
         x = x.contiguous(memory_format=torch.channels_last)
     dtype = {"fp32": None, "bf16": torch.bfloat16}[args.dtype]
     fns = {"ours": step_fn(ours, x, t, False), "diffusers": step_fn(theirs, x, t, True)}
-    if args.compile:
-        fns = {k: torch.compile(f) for k, f in fns.items()}
-    times = {k: [] for k in fns}
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        for fn in fns.values():
-            time_steps(fn, args.warmup, device)
-        for _ in range(args.rounds):  # alternate, so that both see the same machine state
-            for name, fn in fns.items():
-                times[name].append(time_steps(fn, args.steps, device))
-    ips = {k: args.batch / statistics.median(v) for k, v in times.items()}
+    ips = images_per_s(fns, args, device, dtype, args.batch)
     for name, value in ips.items():
         print(f"{name:10s} {value:10.1f} images/s  (median of {args.rounds} rounds x {args.steps} steps)")
     if device.type == "cuda":

@@ -15,14 +15,13 @@ from __future__ import annotations
 import datetime
 import functools
 import json
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
-from . import time_steps
+from . import images_per_s
 
 BODIES = {"unet": ("pixel", None), "dit2": ("pixel_dit", 2), "dit4": ("pixel_dit", 4), "hdit": ("pixel_hdit", None)}
 CLASSES = 10
@@ -111,17 +110,8 @@ def bench_backbones(args) -> list[dict]:
             for name, net in nets.items():
                 net.to(device).train()
                 fns[name] = training_step(net, x, t, labels, name == "diffusers")
-                if args.compile:
-                    fns[name] = torch.compile(fns[name])
-            times = {name: [] for name in fns}
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                for fn in fns.values():
-                    time_steps(fn, args.warmup, device)
-                for _ in range(args.rounds):  # alternate, so that both see the same machine state
-                    for name, fn in fns.items():
-                        times[name].append(time_steps(fn, args.steps, device))
+            ips = images_per_s(fns, args, device, dtype, batch)
             flops = training_flops(functools.partial(build, network, options, size), (3, size, size), 1)
-            ips = {name: batch / statistics.median(v) for name, v in times.items()}
             row = {
                 "size": size,
                 "body": body,
