@@ -1,5 +1,6 @@
 """``bench backbones`` (benchmarks/BACKBONES.md) on tiny bodies: a row per size and body with the FLOPs that
-flop_counter counts, the diffusers DiT timed beside each DiT, and a clear error for a size without a config."""
+flop_counter counts, the diffusers DiT timed beside each DiT, and a clear error for a size without a config; and
+``bench unet`` beside diffusers' UNet2DModel."""
 
 from __future__ import annotations
 
@@ -36,3 +37,11 @@ def test_bench_backbones_rows_flops_and_the_diffusers_peer(tmp_path, session_env
     assert rows[32, "dit4"]["train_gflops_per_image"] < rows[32, "dit2"]["train_gflops_per_image"] / 3
     code, err = run_main([*args[:4], "--sizes", "64"], session_env, monkeypatch, capsys)
     assert code != 0 and "pixel_64.yaml" in err and "--configs" in err, err
+
+
+def test_bench_unet_times_ours_beside_diffusers():
+    from pyramid_dm.bench import bench_unet, parser
+
+    args = ["unet", "--image-size", "16", "--batch", "2", "--base", "32", "--mult", "1", "2", "--blocks", "1",
+            "--attn", "--rounds", "1", "--steps", "1", "--warmup", "1"]  # fmt: skip
+    assert bench_unet(parser().parse_args(args)) > 0
