@@ -189,7 +189,9 @@ def test_a_dit_sub_width_is_a_plain_smaller_dit_of_the_sliced_weights(width):
         ("hdit", {"widths": [32, 64], "depths": [1, 1], "head_dim": 8, "patch_size": 2, "mapping_width": 32}),
     ],
 )
-def test_a_step_aware_transformer_trains_every_width_by_the_sandwich_rule(network, body):
+def test_a_step_aware_transformer_trains_every_width_by_the_sandwich_rule_and_samples_under_a_policy(network, body):
+    from pyramid_dm.engine.step_policy import LevelPolicy, StepPolicy
+    from pyramid_dm.engine.wrappers import Widths
     from pyramid_dm.models import PixelDiffusion
     from pyramid_dm.nets.slimmable import current_width
 
@@ -202,6 +204,11 @@ def test_a_step_aware_transformer_trains_every_width_by_the_sandwich_rule(networ
     sum(loss for _, loss, _ in terms).backward()
     engine = model.engine
     assert engine.flops_per_call(width=0.25)[0] < engine.flops_per_call(width=1.0)[0]
+    # sampled under a step policy: the noisy steps (log-SNR below 0) at width 0.25, the rest at full width
+    policy = Widths(StepPolicy([LevelPolicy([0.0], [0.25, 1.0])]))
+    seen.clear()
+    engine.sample(2, "dpmpp_2m", 6, labels=torch.tensor([1, 2]), wrappers=[policy])
+    assert set(seen) == {0.25, 1.0} and sum(policy.calls[0].values()) == 2 * 6
 
 
 OWN_TRANSFORMERS = [f"{family}_{body}_{size}" for family in ("pixel", "pyramid", "latent") for body in ("dit", "hdit")
