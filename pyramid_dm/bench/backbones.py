@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from . import images_per_s
+from .timing import images_per_s
 
 BODIES = {"unet": ("pixel", None), "dit2": ("pixel_dit", 2), "dit4": ("pixel_dit", 4), "hdit": ("pixel_hdit", None)}
 CLASSES = 10
