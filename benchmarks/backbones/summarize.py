@@ -22,11 +22,8 @@ def speed(path: Path) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        peer = (
-            f"{r['diffusers_images_per_s']:.2f} | **{r['ratio_vs_diffusers']:.2f}x**"
-            if r["ratio_vs_diffusers"]
-            else "| "
-        )
+        ratio = r["ratio_vs_diffusers"]
+        peer = f"{r['diffusers_images_per_s']:.2f} | {ratio:.2f}x" if ratio else "- | -"
         print(
             f"| {r['size']} | {r['body']} | {r['batch']} | {r['params'] / 1e6:.1f} | "
             f"{r['train_gflops_per_image']:.1f} | "
@@ -55,34 +52,34 @@ def quality() -> None:
             times[m[1], int(m[2])] = (int(m[3]), float(m[4]))
     print(
         "| body | training steps (batch 32) | training TFLOPs | train s | sampler steps | GFLOPs/sample | "
-        "FID-proxy per training seed (mean of 2 sampling seeds) | mean | spread |"
+        "FID-proxy: training seed 0 (sampling 0, 1) | training seed 1 (sampling 0, 1) | mean | "
+        "sampling spread | training spread |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for body in NAMES:
         for steps in (20, 10):
-            fids, per_sample = [], None
+            per_seed, per_sample = {}, None
             for seed in (0, 1):
-                runs = []
                 for sample in (0, 1):
                     path = HERE / f"{body}-seed{seed}-sample{sample}" / "results.json"
-                    if not path.exists():
-                        continue
-                    data = json.loads(path.read_text())
-                    row = next(r for r in data["rows"] if r["steps"] == steps)
-                    runs.append(row["fid_fmnist_clf"])
-                    per_sample = row["gflops_per_sample"]
-                if runs:
-                    fids.append(statistics.mean(runs))
-            if not fids:
+                    if path.exists():
+                        row = next(r for r in json.loads(path.read_text())["rows"] if r["steps"] == steps)
+                        per_seed.setdefault(seed, []).append(row["fid_fmnist_clf"])
+                        per_sample = row["gflops_per_sample"]
+            if not per_seed:
                 continue
             done = [times[body, s] for s in (0, 1) if (body, s) in times]
             train_steps = done[0][0] if done else 0
             total = train_steps * 32 * training_gflops_per_image(body) / 1e3
             seconds = " / ".join(f"{t:.0f}" for _, t in done)
-            spread = max(fids) - min(fids) if len(fids) > 1 else float("nan")
+            cells = [", ".join(f"{f:.2f}" for f in per_seed[s]) if s in per_seed else "pending" for s in (0, 1)]
+            values = [f for fs in per_seed.values() for f in fs]
+            sampling = max(max(fs) - min(fs) for fs in per_seed.values())
+            means = [statistics.mean(fs) for fs in per_seed.values()]
+            training = f"{max(means) - min(means):.2f}" if len(means) > 1 else "-"
             print(
                 f"| {NAMES[body]} | {train_steps} | {total:.1f} | {seconds} | {steps} | {per_sample:.2f} | "
-                f"{' / '.join(f'{f:.2f}' for f in fids)} | {statistics.mean(fids):.2f} | {spread:.2f} |"
+                f"{cells[0]} | {cells[1]} | {statistics.mean(values):.2f} | {sampling:.2f} | {training} |"
             )
 
 
