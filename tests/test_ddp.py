@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -90,10 +91,20 @@ def test_two_process_ddp_fit_through_the_cli(session_env, tmp_path):
     assert config["effective_lr"] == config["lr"]  # no silent learning-rate scaling with more GPUs
 
 
-def test_two_rank_ddp_trains_a_step_aware_supernet(session_env, tmp_path):
-    """The sandwich rule under DDP (gloo): every width's sliced parameters get gradients on every rank (no unused
-    parameters), per-width losses reach W&B, the supernet checkpoint is written."""
+BODIES = {
+    "unet": [],
+    "dit": ["--model.init_args.network", "dit", "--model.init_args.unet", "{hidden_size: 32, depth: 1, num_heads: 4}"],
+    "hdit": ["--model.init_args.network", "hdit", "--model.init_args.unet",
+             "{widths: [32, 64], depths: [1, 1], head_dim: 8, patch_size: 1, mapping_width: 32}"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("network", sorted(BODIES))
+def test_two_rank_ddp_trains_a_step_aware_supernet(network, session_env, tmp_path):
+    """The sandwich rule under DDP (gloo), for each body: every width's sliced parameters get gradients on every rank
+    (no unused parameters), per-width losses reach W&B, the supernet checkpoint is written."""
     args = ["fit", "--config", "configs/quickstart.yaml", "--exp.root", str(tmp_path), "--trainer.max_steps", "3"]
+    args += BODIES[network]
     args += ["--trainer.val_check_interval", "3", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
     args += ["--trainer.strategy", "ddp", "--data.init_args.num_workers", "0", "--trainer.enable_progress_bar", "false"]
     args += ["--trainer.log_every_n_steps", "1", "--model.init_args.step_aware", "{widths: [1.0, 0.5, 0.25]}"]
@@ -102,6 +113,7 @@ def test_two_rank_ddp_trains_a_step_aware_supernet(session_env, tmp_path):
     run = tmp_path / "quickstart"
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 3 and ckpt["hyper_parameters"]["step_aware"]["widths"] == [1.0, 0.5, 0.25]
+    assert ckpt["hyper_parameters"]["network"] == network
     summary = wandb_inspect(next((run / "wandb").glob("offline-run-*")))["summary"]
     assert summary["train/loss_w0.25"] > 0 and summary["val/loss_w0.5"] > 0 and summary["val/loss_w0.25"] > 0
 
