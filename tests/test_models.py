@@ -146,3 +146,20 @@ def test_the_autoencoder_module_exposes_its_networks_options_with_the_networks_d
         for k in net
         if k in module
     }
+
+
+def test_the_fused_optimizer_switch_picks_the_kernel_and_steps_like_the_default():
+    """``fused_optimizer``: None is on only for weights on a GPU (so off here), True/False as given; one AdamW step
+    with the fused kernel moves the weights as the default one does."""
+    steps = {}
+    for fused in (None, True):
+        torch.manual_seed(0)
+        model = _tiny(fused_optimizer=fused, warmup_steps=0)
+        model.effective_lr = lambda: 1e-3  # no Trainer here to read the batch size from
+        opt = model.configure_optimizers()["optimizer"]
+        assert opt.param_groups[0]["fused"] is (fused is True)
+        loss, _ = model.engine.training_loss(PATTERN.float().expand(4, -1, -1, -1), torch.zeros(4, dtype=torch.long))
+        loss.backward()
+        opt.step()
+        steps[fused] = torch.cat([p.detach().flatten() for p in model.net.parameters()])
+    torch.testing.assert_close(steps[True], steps[None], rtol=1e-5, atol=1e-6)

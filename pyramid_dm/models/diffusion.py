@@ -51,7 +51,9 @@ class DiffusionModel(ScaledOptimizer, L.LightningModule):
             density with ``mode_scale``).
         loss_weighting: ``uniform`` (the network's own MSE), ``min_snr`` or ``soft_min_snr`` (with ``min_snr_gamma``),
             or ``edm``.
-        lr, weight_decay, betas, warmup_steps: the default optimizer, AdamW with a linear learning-rate warm-up.
+        lr, weight_decay, betas, warmup_steps: the default optimizer, AdamW with a linear learning-rate warm-up;
+            ``fused_optimizer``: its fused kernel (one kernel for all parameters' updates), None: on when the
+            weights are on a GPU.
         optimizer, lr_scheduler: replace it from YAML (LightningCLI callables), e.g. ``optimizer: {class_path:
             torch.optim.SGD, init_args: {lr: 0.01}}``; the scheduler is stepped every optimizer step.
         lr_scaling: ``none`` (default: the learning rate is used as given, whatever the number of GPUs), ``linear``
@@ -103,6 +105,7 @@ class DiffusionModel(ScaledOptimizer, L.LightningModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 500,
+        fused_optimizer: bool | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float = 0.999,

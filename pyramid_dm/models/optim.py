@@ -13,7 +13,7 @@ LR_SCALINGS = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt":
 
 class ScaledOptimizer:
     """Mixed into a LightningModule whose hparams hold ``lr``, ``lr_scaling``, ``lr_reference_batch``,
-    ``weight_decay``, ``betas`` and ``warmup_steps``, and whose ``engine.net`` is what trains."""
+    ``weight_decay``, ``betas``, ``warmup_steps`` and ``fused_optimizer``, and whose ``engine.net`` is what trains."""
 
     def init_optimizer(self, optimizer, lr_scheduler) -> None:
         if self.hparams.lr_scaling not in LR_SCALINGS:
@@ -44,7 +44,13 @@ class ScaledOptimizer:
     def configure_optimizers(self):
         h, params = self.hparams, self.engine.net.parameters()
         if self.optimizer_factory is None:
-            opt = torch.optim.AdamW(params, lr=self.effective_lr(), weight_decay=h.weight_decay, betas=tuple(h.betas))
+            params = list(params)
+            fused = h.fused_optimizer
+            if fused is None:  # auto: the fused kernel where the weights are on a GPU (PyTorch's own default is off)
+                fused = bool(params) and params[0].device.type == "cuda"
+            opt = torch.optim.AdamW(
+                params, lr=self.effective_lr(), weight_decay=h.weight_decay, betas=tuple(h.betas), fused=fused
+            )
         else:
             opt = self.optimizer_factory(params)
             for group in opt.param_groups:
