@@ -67,17 +67,17 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         heads = heads_at(self.heads, current_width())
         kept = heads * self.head_dim
-        if heads == self.heads:  # the whole layers: no slices, whose backward would copy every gradient
-            q, k, v = (f(x).view(b, n, heads, -1).transpose(1, 2) for f in (self.to_q, self.to_k, self.to_v))
-        else:
-            q, k, v = (
-                F.linear(x, f.weight[:kept], f.bias[:kept]).view(b, n, heads, -1).transpose(1, 2)
-                for f in (self.to_q, self.to_k, self.to_v)
-            )
+        full = heads == self.heads  # whole weights at full width: a slice's backward would copy every gradient
+
+        def kept_rows(t: Tensor) -> Tensor:
+            return t if full else t[:kept]
+
+        q, k, v = (
+            F.linear(x, kept_rows(f.weight), kept_rows(f.bias)).view(b, n, heads, -1).transpose(1, 2)
+            for f in (self.to_q, self.to_k, self.to_v)
+        )
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, kept)
-        if heads == self.heads:
-            return self.to_out(out)
-        return F.linear(out, self.to_out.weight[:, :kept], self.to_out.bias)
+        return F.linear(out, self.to_out.weight if full else self.to_out.weight[:, :kept], self.to_out.bias)
 
 
 class Block(nn.Module):

@@ -105,14 +105,16 @@ class Attention(nn.Module):
         b, h, w, _ = x.shape
         heads = heads_at(self.heads, current_width())  # slimmable: a prefix of the heads of q, k and v
         d = heads * self.head_dim
-        weight = self.qkv.weight.view(3, -1, self.qkv.in_features)[:, :d].reshape(3 * d, -1)
+        weight, out = self.qkv.weight, self.out.weight  # whole at full width: a slice's backward copies the gradient
+        if heads != self.heads:
+            weight, out = weight.view(3, -1, weight.shape[1])[:, :d].reshape(3 * d, -1), out[:, :d]
         q, k, v = F.linear(self.norm(x, cond), weight).chunk(3, dim=-1)
         rows, cols = grid_positions(h, w, x.device)
         if self.window is None:
             q, k, v = (t.reshape(b, h * w, heads, -1).transpose(1, 2) for t in (q, k, v))
             q, k = axial_rope(q, rows, cols, self.freqs), axial_rope(k, rows, cols, self.freqs)
             y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h, w, d)
-            return x + F.linear(y, self.out.weight[:, :d])
+            return x + F.linear(y, out)
         s = self.window // 2 if self.shift else 0
         pos = torch.stack([rows.view(h, w), cols.view(h, w)], dim=-1)
         if s:
@@ -128,7 +130,7 @@ class Attention(nn.Module):
         y = y.transpose(2, 3).reshape(b, h // ws, w // ws, ws, ws, d).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, d)
         if s:
             y = y.roll((s, s), dims=(1, 2))
-        return x + F.linear(y, self.out.weight[:, :d])
+        return x + F.linear(y, out)
 
     def _windows(self, t: Tensor) -> Tensor:
         b, h, w, d = t.shape
@@ -216,8 +218,9 @@ class HourglassDiT(PerLevel):
                         f"hdit: the window {window} does not tile stage {i}'s {grid >> i}x{grid >> i} tokens of "
                         f"level {lv}"
                     )
-        widths_ok = check_widths(width_multipliers, "hdit: width_multipliers") if width_multipliers else None
-        self.width_multipliers = widths_ok
+        self.width_multipliers = None
+        if width_multipliers:
+            self.width_multipliers = check_widths(width_multipliers, "hdit: width_multipliers")
         check_heads("hdit", self.width_multipliers, [w // head_dim for w in widths])
         self.time_scale = time_scale
         c = mapping_width
