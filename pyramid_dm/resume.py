@@ -244,7 +244,7 @@ class TidyCheckpoints(Callback):
 # What a resumed run may change without changing what it optimises: the optimiser, the EMA and the sampling settings
 # (and where a first stage is read from). Anything else the model was built from is its objective.
 RESUMABLE = {"lr", "lr_scaling", "lr_reference_batch", "weight_decay", "betas", "warmup_steps", "optimizer"}
-RESUMABLE |= {"fused_optimizer"}
+RESUMABLE |= {"fused_optimizer", "speed"}
 RESUMABLE |= {"lr_scheduler", "ema_decay", "sampler", "sample_steps", "discretization", "level_samplers"}
 RESUMABLE |= {"level_steps", "sample_augmentation", "autoencoder_ckpt"}
 

@@ -143,8 +143,11 @@ def test_a_resume_that_changes_the_objective_is_refused_unless_allowed(session_e
     proc = run_cli([*resume, "--model.init_args.prediction", "v", "--model.init_args.lr", "1e-4"], session_env)
     assert proc.returncode == 2 and "was trained with other model options (prediction: 'eps' -> 'v')" in proc.stderr
     assert "--exp.allow_objective_change true" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli([*resume, "--model.init_args.lr", "1e-4"], session_env)  # the optimiser may change
+    # the optimiser and the speed switches may change (checkpointed blocks keep the state dict's keys)
+    speed = "{activation_checkpointing: true, channels_last: true}"
+    proc = run_cli([*resume, "--model.init_args.lr", "1e-4", "--model.init_args.speed", speed], session_env)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "training speed switches: channels_last, activation_checkpointing(" in proc.stdout + proc.stderr
     allowed = [*resume, "--model.init_args.prediction", "v", "--exp.allow_objective_change", "true"]
     proc = run_cli(allowed, session_env)
     assert proc.returncode == 0, proc.stderr[-2000:]

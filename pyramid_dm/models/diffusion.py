@@ -7,6 +7,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import MeanMetric
 
@@ -18,6 +19,7 @@ from ..errors import UserError
 from .common import StepAwareArgs, UNetArgs, check_data_shape, data_batch_size
 from .ema import make_ema
 from .optim import ScaledOptimizer
+from .speed import SpeedArgs, apply_speed, check_speed
 
 ENGINE_PREFIX = "engine."
 
@@ -68,12 +70,16 @@ class DiffusionModel(ScaledOptimizer, L.LightningModule):
             and validation losses are logged as ``train/loss_w<w>`` and ``val/loss_w<w>``.
         objective: what a training step optimises, by its name in :data:`~pyramid_dm.engine.objectives.OBJECTIVES`
             (default: ``sandwich`` with ``step_aware``, else ``denoising``).
+        speed: how the training step runs (:class:`~pyramid_dm.models.speed.SpeedArgs`: ``compile``,
+            ``channels_last``, ``activation_checkpointing``, ``matmul_precision``), applied when ``fit`` starts; none
+            changes what is optimised.
     """
 
     family = "pixel"
     # Lightning's ThroughputMonitor reads this; set from the training FLOPs in on_fit_start. None (validate, test): no
     # FLOPs metrics, and no warning that the attribute is missing.
     flops_per_batch: int | None = None
+    speed_applied: list[str] | None = None  # the speed switches turned on when fit started (once per module)
 
     def __init__(
         self,
@@ -114,9 +120,11 @@ class DiffusionModel(ScaledOptimizer, L.LightningModule):
         discretization: str | None = None,
         step_aware: StepAwareArgs | None = None,
         objective: str | None = None,
+        speed: SpeedArgs | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        check_speed(speed)
         self.init_optimizer(optimizer, lr_scheduler)
         self.engine = build_engine(self.family, self.hparams)
         self.ema = make_ema(self.engine.net, ema_decay)
@@ -199,6 +207,12 @@ class DiffusionModel(ScaledOptimizer, L.LightningModule):
                 f"{self.engine.image_shape}: the model (or its checkpoint) was built for other data; point "
                 "data.shards at matching shards or set data.init_args.resize"
             )
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.speed_applied is None:
+            self.speed_applied = apply_speed(self.engine.net, self.hparams.speed, self.ema.module)
+            if self.speed_applied:
+                rank_zero_info(f"training speed switches: {', '.join(self.speed_applied)}")
 
     def on_fit_start(self) -> None:
         batch_size = data_batch_size(self)

@@ -125,6 +125,8 @@ class DiT(PerLevel):
         embeddings and the final layers stay whole. At width 1 it is the plain network, bit for bit.
     """
 
+    checkpoint_units = (Block,)  # what activation checkpointing wraps (nets/checkpointing.py)
+
     def __init__(
         self,
         level_channels: Sequence[int],
@@ -222,7 +224,9 @@ class DiT(PerLevel):
         # contiguous: a transposed stream would stay transposed through every residual add, and each LayerNorm
         # (forward and backward) would copy it
         tokens = self.embed_patches[level](x).flatten(2).transpose(1, 2).contiguous()
-        tokens = tokens + sincos_positions(tokens.shape[-1], h // p).to(tokens)
+        # traced (not looked up in the cache, which Dynamo would warn of) inside a compiled graph
+        positions = sincos_positions.__wrapped__ if torch.compiler.is_compiling() else sincos_positions
+        tokens = tokens + positions(tokens.shape[-1], h // p).to(tokens)
         c = self.condition(c_noise.expand(b), class_labels, level, aug_t).to(tokens.dtype)
         for block in self.blocks:
             tokens = block(tokens, c)

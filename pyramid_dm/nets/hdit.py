@@ -182,6 +182,8 @@ class HourglassDiT(PerLevel):
         time_scale`` (frequencies ~ N(0, 4^2), fixed and saved with the weights).
     """
 
+    checkpoint_units = (Layer,)  # what activation checkpointing wraps (nets/checkpointing.py)
+
     def __init__(
         self,
         level_channels: Sequence[int],

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .slimmable import SlimConv2d, SlimEmbedding, SlimLinear
-from .unet import UNet, sinusoidal_embedding
+from .unet import ResBlock, SelfAttention, UNet, sinusoidal_embedding
 
 
 class PyramidUNet(nn.Module):
@@ -31,6 +31,8 @@ class PyramidUNet(nn.Module):
         ``spade_channels``).
     unet: the body's layout (``base_channels``, ``channel_mult``, ... of :class:`UNet`).
     """
+
+    checkpoint_units = (ResBlock, SelfAttention)  # its body's blocks (nets/checkpointing.py)
 
     def __init__(
         self,

@@ -13,7 +13,8 @@ C' / (C / G) groups (DDSM keeps 32 groups, which leaves one channel per group at
 where C / G does not divide C'.
 
 The width is a context, read by every layer at call time: ``with use_width(0.5): net(x, t)`` (or the network's
-``width=`` argument), never module attributes mutated by callers; contexts nest and are per thread.
+``width=`` argument), never module attributes mutated by callers; contexts nest and are per thread (a compiled
+network's are process-wide, see ``_TRACED_WIDTH``).
 """
 
 from __future__ import annotations
@@ -44,18 +45,29 @@ def check_widths(widths: Sequence[float], what: str = "widths") -> list[float]:
     return out
 
 
+# TorchDynamo cannot trace a ContextVar, so every width read would split a compiled network into one graph per
+# layer. A plain module global mirrors the innermost width: compiled code reads that one (Dynamo guards on its value,
+# so a compiled supernet is recompiled once per width it runs at). The mirror is process-wide: a compiled network
+# must not run at different widths in concurrent threads; eager code reads the per-thread context.
+_TRACED_WIDTH = 1.0
+
+
 @contextmanager
 def use_width(width: float) -> Iterator[None]:
     """Run slimmable layers at ``width`` inside the block."""
-    token = _WIDTH.set(float(width))
+    global _TRACED_WIDTH
+    outer, _TRACED_WIDTH = _TRACED_WIDTH, float(width)
+    token = None if torch.compiler.is_compiling() else _WIDTH.set(float(width))
     try:
         yield
     finally:
-        _WIDTH.reset(token)
+        _TRACED_WIDTH = outer
+        if token is not None:
+            _WIDTH.reset(token)
 
 
 def current_width() -> float:
-    return _WIDTH.get()
+    return _TRACED_WIDTH if torch.compiler.is_compiling() else _WIDTH.get()
 
 
 def at_width(widths: Sequence[float] | None, width: float | None):

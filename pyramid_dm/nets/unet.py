@@ -135,6 +135,8 @@ class UNet(nn.Module):
             network equal to a sub-width of a supernet keeps the supernet's.
     """
 
+    checkpoint_units = (ResBlock, SelfAttention)  # what activation checkpointing wraps (nets/checkpointing.py)
+
     def __init__(
         self,
         in_channels: int = 3,
