@@ -1,4 +1,4 @@
-"""``python -m pyramid_dm bench {unet,backbones,ddp,fid-floor,guidance,steps}``; the others are described in their
+"""``python -m pyramid_dm bench {unet,backbones,train,ddp,fid-floor,guidance,steps}``; the others are described in their
 modules.
 
 ``bench unet``: one UNet training step (forward + backward) against diffusers' UNet2DModel.
@@ -109,11 +109,13 @@ def parser() -> argparse.ArgumentParser:
     from .ddp import add_parser as add_ddp_parser
     from .guidance import add_parser as add_guidance_parser
     from .steps import add_parser as add_steps_parser
+    from .train import add_parser as add_train_parser
 
     add_backbones_parser(sub)
     add_ddp_parser(sub)
     add_guidance_parser(sub)
     add_steps_parser(sub)
+    add_train_parser(sub)
     return p
 
 
@@ -137,6 +139,10 @@ def main(argv: list[str]) -> int:
         from .backbones import bench_backbones
 
         bench_backbones(args)
+    elif args.what == "train":
+        from .train import bench_train
+
+        bench_train(args)
     elif args.what == "ddp":
         from .ddp import bench_ddp
 
