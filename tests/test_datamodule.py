@@ -13,6 +13,7 @@ import torch
 
 from pyramid_dm.data import SampleError, ShardDataModule, ShardError
 from pyramid_dm.data.datamodule import decode_sample
+from pyramid_dm.errors import UserError
 
 
 @pytest.fixture
@@ -181,3 +182,15 @@ def test_the_training_stream_resumes_where_it_stopped(digits_shards):
     rest = dm.train_dataloader()
     rest.load_state_dict({**state, "drawn": len(rest) - 2})
     assert sum(1 for _ in rest) == 2  # the interrupted epoch ends where it would have
+
+
+def test_pinned_memory_and_prefetch_reach_both_loaders(shards):
+    """``pin_memory`` (None: on only with a GPU, so off here) and ``prefetch_factor`` (with workers) are the options
+    the train and validation loaders are built with; a prefetch below 1 is refused by name."""
+    dm = make(shards, num_workers=1, prefetch_factor=4)
+    val = dm.val_dataloader().loader.pipeline[0]  # the torch DataLoader inside webdataset's WebLoader
+    assert val.pin_memory is torch.cuda.is_available() and val.prefetch_factor == 4
+    assert make(shards, num_workers=0, pin_memory=True).val_dataloader().loader.pipeline[0].pin_memory
+    assert dm.loader_options(0) == {"pin_memory": torch.cuda.is_available()}  # no workers: nothing to prefetch
+    with pytest.raises(UserError, match="data.prefetch_factor must be >= 1, got 0"):
+        make(shards, prefetch_factor=0)
