@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from ..data import imageio
 from ..data.shards import write_shards
@@ -15,10 +16,13 @@ EPILOG = """sources:
   idx PATH            MNIST-format directory (train-*-ubyte[.gz], t10k-*-ubyte[.gz]); t10k becomes val
   fashion-mnist       idx at /usr/share/datasets/fashion-mnist (apt-get install dataset-fashion-mnist)
   digits              scikit-learn's 1,797 8x8 digits
+  encode SHARDS       a shard set again, each sample with its latents from --autoencoder CKPT added, so that latent
+                      and latent-pyramid training skip the encoder (--hflip: also the mirrored images' latents)
 
 examples:
   python -m pyramid_dm shards folder ~/my_images --out shards/mine --size 64
   python -m pyramid_dm shards fashion-mnist --out shards/fashion_mnist --per-shard 2500
+  python -m pyramid_dm shards encode shards/mine --autoencoder runs/ae/checkpoints/last.ckpt --out shards/mine_latents
 """
 
 
@@ -29,8 +33,8 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("source", choices=["folder", "idx", "fashion-mnist", "digits"])
-    p.add_argument("path", nargs="?", help="input folder for 'folder' and 'idx'")
+    p.add_argument("source", choices=["folder", "idx", "fashion-mnist", "digits", "encode"])
+    p.add_argument("path", nargs="?", help="input folder for 'folder' and 'idx'; the shard set for 'encode'")
     p.add_argument("--out", required=True, help="output directory for the shards and manifest.json")
     p.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default 1000)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction for folder/digits (default 0.1)")
@@ -47,7 +51,47 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image (default: skip, count)")
     p.add_argument("--max-pixels", type=int, help="reject images whose header declares more pixels (default 2^25)")
     p.add_argument("--no-progress", action="store_true")
+    e = p.add_argument_group("encode")
+    e.add_argument("--autoencoder", help="the autoencoder checkpoint (stage one) whose latents to store")
+    e.add_argument("--hflip", action="store_true", help="also store the latents of each image mirrored")
+    e.add_argument("--batch", type=int, default=256, help="images encoded at once")
+    e.add_argument("--device", default="auto", help="where the autoencoder runs (auto: a GPU if there is one)")
     return p
+
+
+def encode(args) -> int:
+    import torch
+
+    from ..data.encoded import write_encoded_shards
+    from ..data.manifest import Manifest
+    from ..errors import UserError
+    from ..stages import AutoencoderStage, load_autoencoder_checkpoint
+
+    if not args.autoencoder:
+        parser().error("source 'encode' needs --autoencoder CKPT")
+    manifest = Manifest.load(args.path)
+    ae = load_autoencoder_checkpoint(args.autoencoder, "autoencoder")
+    stage = AutoencoderStage(ae["hparams"], ae["state_dict"])
+    want = (manifest.channels, manifest.image_size, manifest.image_size)
+    if tuple(stage.image_shape) != want:
+        raise UserError(
+            f"--autoencoder {args.autoencoder} was trained on {stage.image_shape} (C, H, W) images but {manifest.path} "
+            f"holds {want}: encode shards of the images it was trained on"
+        )
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
+    stage.to(device)
+    record = {
+        "autoencoder": str(args.autoencoder),
+        "autoencoder_sha256": stage.fingerprint(),
+        "level_shapes": [list(s) for s in stage.level_shapes],
+    }
+    encode_batch = lambda x: stage.pack(stage.encode(x.to(device))).float().cpu()  # noqa: E731
+    out = write_encoded_shards(
+        manifest, Path(args.out), encode_batch, record, args.hflip, args.batch, args.overwrite, not args.no_progress
+    )
+    print(f"wrote {out} (latents {record['level_shapes']} of {args.autoencoder})")
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -56,6 +100,8 @@ def main(argv: list[str]) -> int:
         parser().error(f"source {args.source!r} needs a PATH")
     if args.max_pixels:
         imageio.MAX_PIXELS = args.max_pixels
+    if args.source == "encode":
+        return encode(args)
     if args.source == "folder":
         images = image_folder(args.path, args.val_fraction, args.seed)
     elif args.source == "idx":

@@ -27,6 +27,7 @@ from PIL import Image
 from ..errors import UserError
 from ..signals import kill_loader_workers, loader_worker_signals
 from .builtin import shard_location
+from .encoded import FLIPPED, LATENTS, encoded_record
 from .imageio import ImageError, read_image
 from .manifest import Manifest, ShardError
 from .streams import (
@@ -77,6 +78,22 @@ def decode_sample(
     if hflip and torch.rand(()) < 0.5:
         x = x.flip(-1)
     return x, label, zlib.crc32(key.encode())
+
+
+def decode_latent_sample(
+    sample: dict, size: int, hflip: bool, num_classes: int | None = None
+) -> tuple[torch.Tensor, int, int]:
+    """Raw webdataset sample of encoded shards (:mod:`.encoded`) -> (packed levels (D,), label or -1, seed); with
+    ``hflip``, the stored latents of the mirrored image for half the samples."""
+    key, url = sample.get("__key__", "?"), sample.get("__url__", "?")
+    use = FLIPPED if hflip and torch.rand(()) < 0.5 else LATENTS
+    if use not in sample:
+        raise SampleError(f"{url}: sample {key!r} has no .{use} (shards encode writes one for every sample)")
+    latents = np.load(io.BytesIO(sample[use]), allow_pickle=False)
+    if latents.shape != (size,):
+        raise SampleError(f"{url}: sample {key!r} holds {latents.shape} latent values, not the manifest's {size}")
+    label = read_label(sample, num_classes, url, key)
+    return torch.from_numpy(latents), label, zlib.crc32(key.encode())
 
 
 _CROPPED_WARNED: set[str] = set()  # the shards whose non-square images were reported (once per shard and process)
@@ -190,6 +207,17 @@ class ShardDataModule(L.LightningDataModule):
             )
         self.channels = self.manifest.channels
         self.num_classes = self.manifest.num_classes
+        self.encoded = encoded_record(self.manifest)  # latents of a first stage beside the images (shards encode)
+        if self.encoded is not None and hflip and not self.encoded["hflip"]:
+            raise UserError(
+                f"data.init_args.hflip: {self.manifest.path} holds latents encoded without flipped copies; encode the "
+                "shards again with `shards encode --hflip`, or set hflip false"
+            )
+        if self.encoded is not None and resize not in (None, self.manifest.image_size):
+            raise UserError(
+                f"data.init_args.resize: {self.manifest.path} holds latents of {self.manifest.image_size} px images; "
+                "resize the images first (`shards folder --size`), then encode those shards"
+            )
         self.dataset_name = self.manifest.name
 
     def setup(self, stage: str | None = None) -> None:
@@ -213,6 +241,9 @@ class ShardDataModule(L.LightningDataModule):
         return h.train_batches_per_epoch or max(1, math.ceil(self.manifest.count("train") / per_rank))
 
     def _decode(self, hflip: bool):
+        if self.encoded is not None:
+            size = sum(c * h * w for c, h, w in self.encoded["level_shapes"])
+            return partial(decode_latent_sample, size=size, hflip=hflip, num_classes=self.num_classes)
         return partial(
             decode_sample,
             channels=self.channels,

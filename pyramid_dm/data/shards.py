@@ -58,16 +58,24 @@ def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     tar.addfile(info, io.BytesIO(payload))
 
 
-def _write_shard(path: Path, samples: list[tuple[str, bytes, int | None]]) -> dict:
+def write_tar(path: Path, samples: list[list[tuple[str, bytes]]]) -> dict:
+    """One shard of ``samples`` (each its members: (name, bytes)), written atomically; its manifest entry."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, png, label in samples:
-            _add(tar, f"{key}.png", png)
-            if label is not None:
-                _add(tar, f"{key}.cls", str(label).encode())
+        for members in samples:
+            for name, payload in members:
+                _add(tar, name, payload)
     data = buf.getvalue()
     atomic_write_bytes(path, data)
     return {"file": path.name, "count": len(samples), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _write_shard(path: Path, samples: list[tuple[str, bytes, int | None]]) -> dict:
+    members = [
+        [(f"{key}.png", png)] + ([(f"{key}.cls", str(label).encode())] if label is not None else [])
+        for key, png, label in samples
+    ]
+    return write_tar(path, members)
 
 
 def _first_pass(images: ImageSet, size: int | None, strict: bool) -> tuple[int, int]:
@@ -126,6 +134,19 @@ def _swap_in(staged: Path, out: Path) -> None:
     shutil.rmtree(staged, ignore_errors=True)
 
 
+def output_folder(out: Path, overwrite: bool) -> Path:
+    """Where a new set for ``out`` is written: ``out`` itself when it holds no set, else (``overwrite``) the staging
+    folder inside it, swapped in by :func:`_swap_in` once complete; without ``overwrite`` a set there is an error."""
+    if out.is_dir():
+        shutil.rmtree(out / STAGING, ignore_errors=True)  # an earlier replacement that never finished
+    existing = sorted(out.glob("*.tar")) + ([out / MANIFEST] if (out / MANIFEST).exists() else [])
+    if existing and not overwrite:
+        raise ShardError(f"{out} already holds shards ({existing[0].name}, ...); pass --overwrite to replace them")
+    target = out / STAGING if existing else out
+    target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
 def write_shards(
     images: ImageSet,
     out_dir: str | Path,
@@ -143,13 +164,7 @@ def write_shards(
     out = Path(out_dir)
     if per_shard < 1:
         raise ShardError(f"per_shard must be >= 1, got {per_shard}")
-    if out.is_dir():
-        shutil.rmtree(out / STAGING, ignore_errors=True)  # an earlier replacement that never finished
-    existing = sorted(out.glob("*.tar")) + ([out / MANIFEST] if (out / MANIFEST).exists() else [])
-    if existing and not overwrite:
-        raise ShardError(f"{out} already holds shards ({existing[0].name}, ...); pass --overwrite to replace them")
-    target = out / STAGING if existing else out
-    target.mkdir(parents=True, exist_ok=True)
+    target = output_folder(out, overwrite)
     image_size, auto_channels = _first_pass(images, size, strict)
     channels = channels or auto_channels
     if channels not in (1, 3):

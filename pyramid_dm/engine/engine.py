@@ -89,9 +89,15 @@ class DiffusionEngine(nn.Module):
     def grid_size(self, level: int) -> int:
         return self.geometry.grid_sizes[level]
 
+    def stage_levels(self, batch: Tensor) -> list[Tensor]:
+        """The first stage's levels of a batch of images (B, C, H, W), or of a batch it already encoded (B, D): the
+        packed levels that ``shards encode`` wrote, read by the data module instead of the images."""
+        return self.first_stage.unpack(batch) if batch.ndim == 2 else self.first_stage.encode(batch)
+
     def encode(self, images: Tensor) -> list[Tensor]:
-        """The first stage's levels, each multiplied by its latent scale (unit variance for diffusion)."""
-        levels = self.first_stage.encode(images)
+        """The first stage's levels, each multiplied by its latent scale (unit variance for diffusion); ``images``
+        may be a batch of encoded levels (:meth:`stage_levels`)."""
+        levels = self.stage_levels(images)
         scale = self.latent_scale
         if torch.isnan(scale).any():  # not fitted yet (validation before the first training step): local estimate
             scale = torch.stack([1 / z.float().std().clamp(min=1e-8) for z in levels])
@@ -111,7 +117,7 @@ class DiffusionEngine(nn.Module):
         stats = torch.stack(
             [
                 torch.stack([z.double().sum(), z.double().pow(2).sum(), z.new_tensor(z.numel(), dtype=torch.float64)])
-                for z in self.first_stage.encode(images)
+                for z in self.stage_levels(images)
             ]
         )
         if all_reduce_sum is not None:

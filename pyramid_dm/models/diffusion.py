@@ -200,7 +200,28 @@ class DiffusionModel(ScaledOptimizer, L.LightningModule):
                 "trained with (the same first stage and resolutions)"
             )
 
+    def check_encoded_data(self) -> None:
+        """Latents from ``shards encode`` must come from this model's own first stage (the same weights)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        record = getattr(dm, "encoded", None)
+        if record is None:
+            return
+        mine, theirs = self.engine.first_stage.fingerprint(), record["autoencoder_sha256"]
+        if mine is None:
+            raise UserError(
+                f"data.shards: {dm.manifest.path} holds latents of the autoencoder {record['autoencoder']}, but this "
+                f"{self.family} model diffuses images, not its latents: point data.shards at image shards"
+            )
+        if mine != theirs:
+            raise UserError(
+                f"data.shards: {dm.manifest.path} holds latents of another autoencoder ({record['autoencoder']}, "
+                f"weights sha256 {theirs[:12]}) than this model's first stage (sha256 {mine[:12]}): encode the shards "
+                "again with `shards encode --autoencoder` set to model.autoencoder_ckpt, or read the image shards"
+            )
+
     def check_batch(self, images: Tensor) -> None:
+        if images.ndim == 2:  # encoded latents: checked against the first stage when fit starts
+            return
         if tuple(images.shape[1:]) != self.engine.image_shape:
             raise UserError(
                 f"data images have shape {tuple(images.shape[1:])} (C, H, W) but the model expects "
@@ -219,6 +240,7 @@ class DiffusionModel(ScaledOptimizer, L.LightningModule):
         if batch_size:  # read by ThroughputMonitor for flops_per_sec and MFU
             self.flops_per_batch = self.engine.training_flops(batch_size)
         check_data_shape(self)
+        self.check_encoded_data()
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, labels, _ = batch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -69,6 +70,15 @@ class AutoencoderStage(FirstStage):
 
     def record(self) -> dict:
         return {"hparams": self.hparams}
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the autoencoder's weights (names, dtypes, shapes and values), whichever file they came from."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.net.state_dict().items()):
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return digest.hexdigest()
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> list[Tensor]:

@@ -53,8 +53,15 @@ class LatentPyramid(FirstStage):
     def record(self) -> dict | None:
         return self.inner.record()
 
+    def fingerprint(self) -> str | None:
+        return self.inner.fingerprint()
+
     def encode(self, images: Tensor) -> list[Tensor]:
         return self.geometry.downsample(self.inner.encode(images)[0])
+
+    def unpack(self, packed: Tensor) -> list[Tensor]:
+        """Encoded shards hold the autoencoder's latent; the pyramid pools it as :meth:`encode` does."""
+        return self.geometry.downsample(self.inner.unpack(packed)[0])
 
     def decode(self, levels: list[Tensor]) -> Tensor:
         return self.inner.decode([upsample_to(levels[-1], self.level_shapes[-1][-1])])
