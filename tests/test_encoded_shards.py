@@ -137,3 +137,20 @@ def test_bad_encode_requests_are_clear_errors(encoded, digits_shards, tmp_path, 
     (tmp_path / "noflip" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="data.init_args.hflip: .* without flipped copies"):
         ShardDataModule(str(tmp_path / "noflip"), hflip=True)
+
+
+def test_bench_train_times_the_latent_step_from_images_and_from_stored_latents(
+    encoded, digits_shards, tmp_path, session_env, monkeypatch, capsys
+):
+    out = tmp_path / "rows.json"
+    args = ["bench", "train", "--config", "configs/latent/digits.yaml", "--shards", str(digits_shards),
+            "--encoded-shards", str(encoded), "--variants", "eager", "--batch", "8", "--rounds", "1", "--steps", "1",
+            "--warmup", "1", "--workers", "0", "--loader-batches", "2", "--json", str(out),
+            "--", "--model.init_args.autoencoder_ckpt", str(LEGACY / "ae_kl.ckpt")]  # fmt: skip
+    code, err = run_main(args, session_env, monkeypatch, capsys)
+    assert code == 0, err
+    rows = {r["variant"]: r for r in json.loads(out.read_text())}
+    assert set(rows) == {"eager", "eager+latents"}
+    assert rows["eager"]["reads"] == "images" and rows["eager+latents"]["reads"] == "latents"
+    assert rows["eager"]["train_gflops_per_image"] == rows["eager+latents"]["train_gflops_per_image"] > 0
+    assert all(r["images_per_s"] > 0 and r["loader_images_per_s"] > 0 for r in rows.values())

@@ -15,7 +15,9 @@ against the device's dense peak (:mod:`.peaks`; none on a CPU), peak memory, and
 All variants of a config are timed in alternating rounds in one process (the median round each), so they see the
 same machine. ``--set backbones`` is the UNet, DiT and hourglass own-data configs at 32, 64 and 128 px. Data: the
 config's shards with ``--shards``, else a generated set of textured colour PNGs at the config's size (decoding them
-costs about what photographs cost). Rows go to ``--json``.
+costs about what photographs cost). ``--encoded-shards``: the same shards encoded by the config's autoencoder
+(``shards encode``); every variant then also runs as ``<variant>+latents``, reading the stored latents instead of
+encoding each batch. Rows go to ``--json``.
 """
 
 from __future__ import annotations
@@ -93,33 +95,64 @@ def config_size(config: str) -> int:
     return int(data.get("resize") or 32)
 
 
-def attention_kernels(net, batch, device) -> list[str]:
-    """The ``scaled_dot_product_attention`` kernels every attention call of ``net`` can run on (bf16 forward)."""
+def attention_kernels(variant: Variant) -> list[str]:
+    """The ``scaled_dot_product_attention`` kernels that every attention call of one training step's forward pass
+    (bf16) can run on; math always can."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     usable = []
     for name, kernel in (("flash", SDPBackend.FLASH_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
         try:
-            with torch.no_grad(), torch.autocast(device.type, torch.bfloat16), sdpa_kernel([kernel]):
-                net(*batch)
+            with torch.no_grad(), torch.autocast(variant.device.type, torch.bfloat16), sdpa_kernel([kernel]):
+                variant.engine.objective.step(variant.engine, *variant.fixed)
             usable.append(name)
         except RuntimeError:
             pass
     return [*usable, "math"]
 
 
-class Variant:
-    """One speed variant of a config: its own model copy, optimizer and step."""
+class Data:
+    """One shard set's training loader (shared by the variants that read it) and a batch of it kept on the device."""
 
-    def __init__(self, name: str, config: str, overrides: list[str], root: Path, device: torch.device):
-        speed, self.dtype, self.precision = VARIANTS[name]
+    def __init__(self, dm, device: torch.device):
+        dm.setup("fit")
+        self.loader = iter(dm.train_dataloader())
+        self.device = device
+        self.fixed = self.next()
+
+    def next(self):
+        images, labels, _ = next(self.loader)
+        return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def images_per_s(self, batches: int) -> float:
+        """The loader alone."""
+        start, n = time.perf_counter(), 0
+        for _ in range(batches):
+            n += self.next()[0].shape[0]
+        return n / (time.perf_counter() - start)
+
+
+class Variant:
+    """One speed variant of a config: its own model copy, optimizer and step, on ``data`` (images or latents)."""
+
+    def __init__(self, name: str, config: str, overrides: list[str], root: Path, device: torch.device, data: dict):
         from ..models.speed import apply_speed
 
+        base, _, reads = name.partition("+")
+        speed, self.dtype, self.precision = VARIANTS[base]
         torch.manual_seed(0)
-        self.name = name
-        self.model, self.dm = instantiate(config, overrides, root)
+        self.name, self.reads = name, reads or "images"
+        self.model, dm = instantiate(config, overrides, root)
+        self.image_size, self.device = dm.image_size, device
+        key = str(dm.manifest.path)
+        if key not in data:
+            data[key] = Data(dm, device)
+        self.data = data[key]
+        self.fixed = self.data.fixed
         self.model.to(device).train()
-        self.engine, self.device = self.model.engine, device
+        self.engine = self.model.engine
+        if torch.isnan(self.engine.latent_scale).any():  # fitted on the first batch, as fit does
+            self.engine.fit_latent_scale(self.fixed[0])
         apply_speed(self.engine.net, speed, self.model.ema.module)
         params = [p for p in self.engine.net.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
@@ -133,32 +166,25 @@ class Variant:
         self.opt.zero_grad(set_to_none=True)
         self.model.ema.update_parameters(self.engine.net)
 
-    def to_device(self, batch):
-        images, labels, _ = batch
-        return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-
 
 def bench_config(config: str, args, root: Path, device: torch.device, stamp: str) -> list[dict]:
-    overrides = list(args.overrides)
     shards = args.shards or generated_shards(root / "shards", config_size(config))
-    overrides += ["--data.init_args.shards", shards, "--data.init_args.num_workers", str(args.workers)]
+    common = [*args.overrides, "--data.init_args.num_workers", str(args.workers)]
     if args.batch:
-        overrides += ["--data.init_args.batch_size", str(args.batch)]
-    variants = [Variant(name, config, overrides, root, device) for name in args.variants]
-    first = variants[0]
-    first.dm.setup("fit")
-    loader = iter(first.dm.train_dataloader())
-    fixed = first.to_device(next(loader))
-    batch = fixed[0].shape[0]
-    for v in variants:  # a latent family's scale, fitted on the first batch as fit does
-        if torch.isnan(v.engine.latent_scale).any():
-            v.engine.fit_latent_scale(fixed[0])
+        common += ["--data.init_args.batch_size", str(args.batch)]
+    data, variants = {}, []
+    for name in args.variants:
+        variants.append(Variant(name, config, [*common, "--data.init_args.shards", shards], root, device, data))
+        if args.encoded_shards:  # the same step reading the first stage's stored latents
+            overrides = [*common, "--data.init_args.shards", args.encoded_shards]
+            variants.append(Variant(f"{name}+latents", config, overrides, root, device, data))
+    batch = variants[0].fixed[0].shape[0]
     steps, peak_mem = {}, {}
     for v in variants:  # warm-up (and compilation), one variant at a time: its own peak memory
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        steps[(v.name, False)] = lambda v=v: v.step(*fixed)
-        steps[(v.name, True)] = lambda v=v: v.step(*v.to_device(next(loader)))
+        steps[(v.name, False)] = lambda v=v: v.step(*v.fixed)
+        steps[(v.name, True)] = lambda v=v: v.step(*v.data.next())
         time_steps(steps[(v.name, False)], args.warmup, device)
         if device.type == "cuda":
             peak_mem[v.name] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -166,13 +192,9 @@ def bench_config(config: str, args, root: Path, device: torch.device, stamp: str
     for _ in range(args.rounds):
         for key, fn in steps.items():
             times[key].append(time_steps(fn, args.steps, device))
-    start, n = time.perf_counter(), 0
-    for _ in range(args.loader_batches):  # the loader alone
-        n += next(loader)[0].shape[0]
-    loader_ips = n / (time.perf_counter() - start)
-    flops = first.engine.training_flops(batch)
-    kernels = attention_kernels(first.engine.net, (fixed[0], torch.rand(batch, device=device)), device)
-    kernels = kernels if device.type == "cuda" else None
+    loader_ips = {id(d): d.images_per_s(args.loader_batches) for d in data.values()}
+    flops = variants[0].engine.training_flops(batch)
+    kernels = attention_kernels(variants[0]) if device.type == "cuda" else None
     rows = []
     for v in variants:
         ips = {loaded: batch / statistics.median(times[(v.name, loaded)]) for loaded in (False, True)}
@@ -184,14 +206,15 @@ def bench_config(config: str, args, root: Path, device: torch.device, stamp: str
             {
                 "config": config,
                 "variant": v.name,
+                "reads": v.reads,
                 "family": v.model.family,
                 "network": v.model.hparams.network,
-                "image_size": v.dm.image_size,
+                "image_size": v.image_size,
                 "batch": batch,
                 "train_gflops_per_image": flops / batch / 1e9,
                 "images_per_s": ips[False],
                 "images_per_s_with_loader": ips[True],
-                "loader_images_per_s": loader_ips,
+                "loader_images_per_s": loader_ips[id(v.data)],
                 "loader_workers": args.workers,
                 "tflops_achieved": achieved,
                 "numeric_mode": mode,
@@ -201,7 +224,7 @@ def bench_config(config: str, args, root: Path, device: torch.device, stamp: str
                 "attention_kernels": kernels,
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                 "torch": torch.__version__,
-                "speed": VARIANTS[v.name][0],
+                "speed": VARIANTS[v.name.partition("+")[0]][0],
                 "rounds": args.rounds,
                 "steps_per_round": args.steps,
                 "date": stamp,
@@ -255,6 +278,11 @@ def add_parser(sub) -> None:
     t.add_argument("--set", action="append", choices=list(SETS), help="a named set of configs")
     t.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None, help="default: by device")
     t.add_argument("--shards", default=None, help="the data (default: generated textured images at the size)")
+    t.add_argument(
+        "--encoded-shards",
+        default=None,
+        help="the same data encoded by the config's autoencoder (shards encode): each variant also reading latents",
+    )
     t.add_argument("--batch", type=int, default=None, help="default: the config's batch size")
     t.add_argument("--workers", type=int, default=2, help="data loader workers")
     t.add_argument("--device", default="auto")
