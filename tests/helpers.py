@@ -43,6 +43,17 @@ def run_cli(args: list[str], env: dict, timeout: int = HANG_GUARD_S, cwd: Path =
     )
 
 
+def fit_run(config: str, root: Path, env: dict, steps: int = 4, *extra: str) -> Path:
+    """``fit`` of ``config`` for ``steps`` steps (validated at the last) under ``root``; the run directory."""
+    args = ["fit", "--config", config, "--exp.root", str(root), "--trainer.max_steps", str(steps)]
+    args += ["--trainer.val_check_interval", str(steps), "--trainer.enable_progress_bar", "false"]
+    args += ["--data.init_args.num_workers", "0", *extra]
+    proc = run_cli(args, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    name = next(line.split(":", 1)[1].strip() for line in (ROOT / config).read_text().splitlines() if "name:" in line)
+    return root / name
+
+
 def wandb_inspect(run_dir: Path, summary: bool = True) -> dict:
     """``wandb leet inspect --json`` of an offline W&B run directory (its config, and its summary or rows)."""
     args = ["wandb", "leet", "inspect", *(["--summary"] if summary else []), "--json", str(run_dir)]

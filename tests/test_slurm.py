@@ -286,9 +286,9 @@ def test_a_search_array_shares_one_study_and_a_requeued_task_loses_or_repeats_no
     from test_step_aware import fit_supernet
 
     ckpt = fit_supernet(tmp_path / "runs", session_env, 10) / "checkpoints" / "last.ckpt"
-    study, trials = tmp_path / "study", 16
+    study, trials = tmp_path / "study", 10
     search = ["--study", str(study), "--sampler", "ddim", "--steps", "10", "--trials", str(trials), "--population", "4"]
-    search += ["--num_samples", "32", "--batch_size", "32", "--num_real", "100"]
+    search += ["--num_samples", "16", "--batch_size", "16", "--num_real", "100"]
     out = ["--output", str(tmp_path / "%x-%A_%a.out")]
     env = {**os.environ, **session_env, "PYRAMID_DM_ACCELERATOR": "cpu"}
     args = ["sbatch", "--parsable", "--array=0-1", "--time", "10", *out, "slurm/search.sbatch", str(ckpt), *search]

@@ -5,6 +5,8 @@ modules.
 
 Both networks are built with the same widths, blocks per level, attention resolutions, batch and image size, and timed
 alternately in the same process; the last line is ``ratio_vs_diffusers: X.XX`` (ours / theirs, images per second).
+``--switches`` also times a copy of each compiled in place (``nn.Module.compile``, what ``model.speed.compile`` does;
+``--channels-last``: NHWC too) and prints ours-with-switches against diffusers eager and against diffusers compiled.
 On a GPU it also reports model-FLOP utilisation (training FLOPs counted by ``torch.utils.flop_counter``).
 """
 
@@ -70,6 +72,16 @@ def bench_unet(args) -> float:
         x = x.contiguous(memory_format=torch.channels_last)
     dtype = {"fp32": None, "bf16": torch.bfloat16}[args.dtype]
     fns = {"ours": step_fn(ours, x, t, False), "diffusers": step_fn(theirs, x, t, True)}
+    if args.switches:  # model.speed's compile (+ channels_last), given to both networks: copies, timed beside
+        import copy
+
+        for name, net in (("ours", ours), ("diffusers", theirs)):
+            fast = copy.deepcopy(net)
+            if args.channels_last:
+                fast.to(memory_format=torch.channels_last)
+            fast.compile()
+            xs = x.contiguous(memory_format=torch.channels_last) if args.channels_last else x
+            fns[f"{name}+switches"] = step_fn(fast, xs, t, name == "diffusers")
     ips = images_per_s(fns, args, device, dtype, args.batch)
     for name, value in ips.items():
         print(f"{name:10s} {value:10.1f} images/s  (median of {args.rounds} rounds x {args.steps} steps)")
@@ -84,6 +96,9 @@ def bench_unet(args) -> float:
         if peak:
             print(f"MFU ours {ips['ours'] * flops / peak:.1%} | diffusers {ips['diffusers'] * flops / peak:.1%}")
         print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    if args.switches:
+        print(f"ratio_switched_vs_diffusers_switched: {ips['ours+switches'] / ips['diffusers+switches']:.2f}")
+        print(f"ratio_switched_vs_diffusers: {ips['ours+switches'] / ips['diffusers']:.2f}")
     ratio = ips["ours"] / ips["diffusers"]
     print(f"ratio_vs_diffusers: {ratio:.2f}")
     return ratio
@@ -97,6 +112,12 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--dropout", type=float, default=0.0)
     u.add_argument("--device", default="auto")
     u.add_argument("--compile", action="store_true", help="torch.compile both training steps")
+    u.add_argument(
+        "--switches",
+        action="store_true",
+        help="also time both networks compiled in place (model.speed.compile), beside the eager ones",
+    )
+    u.add_argument("--channels-last", action="store_true", help="with --switches: NHWC weights and input too")
     u.add_argument("--warmup", type=int, default=2)
     u.add_argument("--steps", type=int, default=3)
     u.add_argument("--rounds", type=int, default=5)
