@@ -62,7 +62,7 @@ def parser() -> argparse.ArgumentParser:
 def encode(args) -> int:
     import torch
 
-    from ..data.encoded import write_encoded_shards
+    from ..data.encode import write_encoded_shards
     from ..data.manifest import Manifest
     from ..errors import UserError
     from ..stages import AutoencoderStage, load_autoencoder_checkpoint
