@@ -116,12 +116,16 @@ class Data:
 
     def __init__(self, dm, device: torch.device):
         dm.setup("fit")
+        self.dm, self.device = dm, device
         self.loader = iter(dm.train_dataloader())
-        self.device = device
         self.fixed = self.next()
 
     def next(self):
-        images, labels, _ = next(self.loader)
+        try:
+            images, labels, _ = next(self.loader)
+        except StopIteration:  # the epoch ended: the next one, as fit goes on
+            self.loader = iter(self.dm.train_dataloader())
+            images, labels, _ = next(self.loader)
         return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     def images_per_s(self, batches: int) -> float:
