@@ -28,3 +28,6 @@ def test_bench_train_rows_per_variant_with_and_without_the_loader(tmp_path, sess
     assert rows["eager"]["numeric_mode"] == "fp32" and rows["bf16"]["numeric_mode"] == "bf16"
     code, err = run_main(["bench", "train", "--config", "configs/nope.yaml"], session_env, monkeypatch, capsys)
     assert code != 0 and "no config file 'configs/nope.yaml'" in err
+    args = ["bench", "train", "--config", "configs/autoencoder/digits_kl.yaml", "--workers", "0"]
+    code, err = run_main(args, session_env, monkeypatch, capsys)
+    assert code != 0 and "bench train times diffusion models; configs/autoencoder/digits_kl.yaml builds a" in err

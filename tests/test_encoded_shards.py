@@ -32,6 +32,17 @@ def encoded(tmp_path_factory, digits_shards, session_env):
     return out
 
 
+@pytest.fixture(scope="module")
+def encoded_msvq(tmp_path_factory, digits_shards):
+    """The digits shards encoded by the multi-scale VQ fixture autoencoder (every level, coarse first), in process."""
+    from pyramid_dm.commands.shards import main
+
+    out = tmp_path_factory.mktemp("encoded") / "digits_msvq"
+    args = ["encode", str(digits_shards), "--autoencoder", str(LEGACY / "ae_msvq.ckpt"), "--out", str(out)]
+    assert main([*args, "--no-progress", "--batch", "200"]) == 0
+    return out
+
+
 def batches(shards, n=2, **kw):
     dm = ShardDataModule(str(shards), batch_size=16, num_workers=0, train_batches_per_epoch=n, **kw)
     return list(dm.train_dataloader()), list(dm.val_dataloader())
@@ -69,23 +80,22 @@ def test_the_encoded_set_keeps_every_image_and_stores_the_latents_of_it_and_of_i
     torch.testing.assert_close(torch.from_numpy(flipped)[None], stage.pack(stage.encode(image.flip(-1)[None])))
 
 
-@pytest.mark.parametrize("family", ["latent", "latent_pyramid"])
-def test_training_from_encoded_latents_gives_the_loss_the_images_give(encoded, digits_shards, family):
+@pytest.mark.parametrize("family", ["latent", "latent_pyramid", "msvq_pyramid"])
+def test_training_from_encoded_latents_gives_the_loss_the_images_give(request, digits_shards, family):
     from pyramid_dm.models import LatentDiffusion, PyramidDiffusion
 
-    unet = {
-        "base_channels": 16,
-        "channel_mult": [1],
-        "num_res_blocks": 1,
-        "attention_resolutions": [],
-        "norm_groups": 8,
-    }
+    unet = {"base_channels": 16, "channel_mult": [1], "num_res_blocks": 1, "attention_resolutions": [],
+            "norm_groups": 8}  # fmt: skip
+    kl, msvq = str(LEGACY / "ae_kl.ckpt"), str(LEGACY / "ae_msvq.ckpt")
     torch.manual_seed(0)
     if family == "latent":
-        model = LatentDiffusion(8, 1, num_classes=10, autoencoder_ckpt=str(LEGACY / "ae_kl.ckpt"), unet=unet)
-    else:
+        model = LatentDiffusion(8, 1, num_classes=10, autoencoder_ckpt=kl, unet=unet)
+    elif family == "latent_pyramid":
         model = PyramidDiffusion(8, 1, num_classes=10, first_stage="latent_pyramid", resolutions=[2, 4],
-                                 autoencoder_ckpt=str(LEGACY / "ae_kl.ckpt"), unet=unet)  # fmt: skip
+                                 autoencoder_ckpt=kl, unet=unet)  # fmt: skip
+    else:
+        model = PyramidDiffusion(8, 1, num_classes=10, first_stage="autoencoder", autoencoder_ckpt=msvq, unet=unet)
+    encoded = request.getfixturevalue("encoded_msvq" if family == "msvq_pyramid" else "encoded")
     engine = model.engine
     (train_i, val_i), (train_l, val_l) = batches(digits_shards), batches(encoded)
     engine.fit_latent_scale(train_i[0][0])
@@ -129,6 +139,10 @@ def test_bad_encode_requests_are_clear_errors(encoded, digits_shards, tmp_path, 
     args = ["shards", "encode", str(encoded), "--autoencoder", str(LEGACY / "ae_kl.ckpt"), "--out", str(tmp_path / "x")]
     code, err = run_main(args, session_env, monkeypatch, capsys)
     assert code != 0 and "already holds encoded latents" in err
+    missing = tmp_path / "nope.ckpt"
+    args = ["shards", "encode", str(digits_shards), "--autoencoder", str(missing), "--out", str(tmp_path / "y")]
+    code, err = run_main(args, session_env, monkeypatch, capsys)
+    assert code != 0 and f"--autoencoder '{missing}' does not exist" in err and not (tmp_path / "y").exists()
     with pytest.raises(UserError, match="data.init_args.resize: .* holds latents of 8 px images"):
         ShardDataModule(str(encoded), resize=16)
     shutil.copytree(encoded, tmp_path / "noflip")

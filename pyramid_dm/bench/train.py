@@ -147,6 +147,8 @@ class Variant:
         torch.manual_seed(0)
         self.name, self.reads = name, reads or "images"
         self.model, dm = instantiate(config, overrides, root)
+        if not hasattr(self.model, "engine"):
+            raise UserError(f"bench train times diffusion models; {config} builds a {type(self.model).__name__}")
         self.image_size, self.device = dm.image_size, device
         key = str(dm.manifest.path)
         if key not in data:

@@ -70,7 +70,7 @@ def encode(args) -> int:
     if not args.autoencoder:
         parser().error("source 'encode' needs --autoencoder CKPT")
     manifest = Manifest.load(args.path)
-    ae = load_autoencoder_checkpoint(args.autoencoder, "autoencoder")
+    ae = load_autoencoder_checkpoint(args.autoencoder, "--autoencoder")
     stage = AutoencoderStage(ae["hparams"], ae["state_dict"])
     want = (manifest.channels, manifest.image_size, manifest.image_size)
     if tuple(stage.image_shape) != want:

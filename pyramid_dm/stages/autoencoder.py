@@ -14,14 +14,15 @@ from ..nets.autoencoder import build_autoencoder
 from .base import FirstStage
 
 
-def load_autoencoder_checkpoint(path: str | Path, key: str = "autoencoder_ckpt") -> dict:
+def load_autoencoder_checkpoint(path: str | Path, key: str = "model.autoencoder_ckpt") -> dict:
     """The hyperparameters and network weights of an :class:`~pyramid_dm.models.AutoencoderModel` checkpoint, or a
-    clear error naming ``key`` and the file if it is missing, unreadable or holds something else."""
+    clear error naming ``key`` (the option that gave ``path``) and the file if it is missing, unreadable or holds
+    something else."""
     hint = (
         ": name the autoencoder checkpoint (stage one) to diffuse in; train stage one first "
         "(python -m pyramid_dm fit --config configs/autoencoder/...yaml) and point at its checkpoints/last.ckpt"
     )
-    ckpt = read_checkpoint(path, f"model.{key}", ("autoencoder",), "an autoencoder", hint)
+    ckpt = read_checkpoint(path, key, ("autoencoder",), "an autoencoder", hint)
     return {"hparams": dict(ckpt["hyper_parameters"]), "state_dict": weights(ckpt, "net.")}
 
 
@@ -65,6 +66,7 @@ class AutoencoderStage(FirstStage):
         if state_dict is not None:
             self.net.load_state_dict(state_dict)
         self.net.requires_grad_(False)
+        self.eval()  # frozen from the start: a quantiser in training mode would encode (and update) differently
         self.level_shapes = [(c, s, s) for c, s in zip(self.net.latent_channels, self.net.level_sizes)]
         self.image_shape = (hparams["channels"], hparams["image_size"], hparams["image_size"])
 
