@@ -41,16 +41,22 @@ class StepClock(Callback):
             self.seconds = time.perf_counter() - self.start
 
 
-def time_config(config: str, root: Path, steps: int, warmup: int, overrides: list[str]) -> dict:
+def config_cli(config: str, overrides: list[str], extra: list[str]):
+    """The LightningCLI of ``config`` with ``overrides`` (then ``extra``, after the config's defaults are expanded),
+    instantiated as ``fit`` would build it and not run."""
     from ..cli import expand_defaults, make_cli, quiet
 
     quiet()
-    args = expand_defaults(["--config", config, *overrides])
-    args += ["--exp.root", str(root), "--trainer.max_steps", str(warmup + steps), "--trainer.logger", "false"]
+    args = expand_defaults(["--config", config, *overrides]) + extra
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # args are ours, argv is bench's
+    return make_cli(subcommands=False, save_config_callback=None, run=False, args=args)
+
+
+def time_config(config: str, root: Path, steps: int, warmup: int, overrides: list[str]) -> dict:
+    args = ["--exp.root", str(root), "--trainer.max_steps", str(warmup + steps), "--trainer.logger", "false"]
     args += ["--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0"]
     args += ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # args are ours, argv is bench's
-    cli = make_cli(subcommands=False, save_config_callback=None, run=False, args=args)
+    cli = config_cli(config, overrides, args)
     trainer, clock = cli.trainer, StepClock(warmup, steps)
     trainer.callbacks[:] = [cb for cb in trainer.callbacks if isinstance(cb, ProgressBar)] + [clock]
     cuda = torch.cuda.is_available() and trainer.accelerator.__class__.__name__ == "CUDAAccelerator"

@@ -76,15 +76,12 @@ def generated_shards(root: Path, size: int, train: int = 512, val: int = 64) -> 
 
 def instantiate(config: str, overrides: list[str], root: Path):
     """(model, data module) of ``config`` with ``overrides``, as ``fit`` builds them (no Trainer run)."""
-    from ..cli import expand_defaults, make_cli, quiet
+    from .steps import config_cli
 
-    quiet()
     for name in ("lightning.pytorch", "lightning.fabric"):  # the Trainer's "GPU available", "Seed set" lines
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*`srun` command is available")
-    args = expand_defaults(["--config", config, *overrides]) + ["--exp.root", str(root), "--trainer.logger", "false"]
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # args are ours, argv is bench's
-    cli = make_cli(subcommands=False, save_config_callback=None, run=False, args=args)
+    cli = config_cli(config, overrides, ["--exp.root", str(root), "--trainer.logger", "false"])
     return cli.model, cli.datamodule
 
 
