@@ -17,7 +17,8 @@ MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
 class SpeedArgs(TypedDict, total=False):
-    """How the training step runs (all off by default; each is checked against the eager fp32 step in the tests)."""
+    """How the training step runs (all off by default; compile, channels_last and activation checkpointing are checked
+    against the eager fp32 step in tests/test_speed.py)."""
 
     compile: bool  # torch.compile the training network in place (nn.Module.compile: the state dict keeps its keys)
     compile_options: dict  # torch.compile's keyword arguments (mode, backend, dynamic, fullgraph, options)
@@ -26,15 +27,12 @@ class SpeedArgs(TypedDict, total=False):
     matmul_precision: str  # torch.set_float32_matmul_precision: "high" lets fp32 matmuls run in TF32 on a GPU
 
 
+def _nhwc(value):
+    return value.contiguous(memory_format=torch.channels_last) if torch.is_tensor(value) and value.ndim == 4 else value
+
+
 def _to_channels_last(module, args, kwargs):
-    fmt = torch.channels_last
-    args = tuple(a.contiguous(memory_format=fmt) if torch.is_tensor(a) and a.ndim == 4 else a for a in args)
-    if not kwargs:
-        return args, kwargs
-    kwargs = {
-        k: v.contiguous(memory_format=fmt) if torch.is_tensor(v) and v.ndim == 4 else v for k, v in kwargs.items()
-    }
-    return args, kwargs
+    return tuple(_nhwc(a) for a in args), {k: _nhwc(v) for k, v in kwargs.items()}
 
 
 def check_speed(speed: SpeedArgs | None) -> SpeedArgs:
