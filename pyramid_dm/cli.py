@@ -23,6 +23,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from .callbacks.cost import TrainingCost
 from .callbacks.progress import use_step_bounded_bar
 from .callbacks.stopping import StopOnSignal, StopRequested
 from .checkpoints import read_checkpoint
@@ -98,6 +99,12 @@ class PyramidCLI(LightningCLI):
             type=float,
             default=60.0,
             help="After SIGTERM or Ctrl-C the process ends within this many seconds, whatever it waits for.",
+        )
+        parser.add_argument(
+            "--exp.max_train_flops",
+            type=float | None,
+            default=None,
+            help="End training once this many training FLOPs are spent (train/flops; with max_steps: the first).",
         )
         parser.add_argument("--defaults", type=list[str] | None, default=None, help="Config pieces loaded first.")
         for key in LINKED_FROM_DATA:
@@ -192,6 +199,7 @@ class PyramidCLI(LightningCLI):
             LogsBeforeCheckpoints(),
             TidyCheckpoints(),
             TrainingLeft(),
+            TrainingCost((config.get("exp") or {}).get("max_train_flops")),
         ]
         for logger, group, tags in self.run_loggers():
             exp = config.get("exp", {})
@@ -359,6 +367,7 @@ LIGHTNING_COMMANDS = {
 COMMANDS = {
     "sample": ("pyramid_dm.commands.sample", "draw images from a checkpoint with any sampler, steps and guidance"),
     "evaluate": ("pyramid_dm.commands.evaluate", "sample quality (FID-proxy, KID, ...) and cost of a checkpoint"),
+    "compare": ("pyramid_dm.commands.compare", "configurations x training seeds x sampling seeds, both spreads"),
     "search-steps": ("pyramid_dm.commands.search_steps", "Pareto front of width policies of a step-aware supernet"),
     "shards": ("pyramid_dm.commands.shards", "write webdataset shards from an image folder, IDX files or digits"),
     "train-classifier": ("pyramid_dm.commands.train_classifier", "train a feature classifier for the FID-proxy"),

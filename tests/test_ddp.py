@@ -75,6 +75,7 @@ def test_two_process_ddp_fit_through_the_cli(session_env, tmp_path):
         "--trainer.callbacks.num_samples=40",
         "--trainer.callbacks.batch_size=10",
         "--trainer.callbacks.steps=3",
+        "--trainer.callbacks.metrics=[swd]",  # the images themselves gathered from both ranks
     ]
     proc = run_cli(args, session_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -86,6 +87,9 @@ def test_two_process_ddp_fit_through_the_cli(session_env, tmp_path):
     summary = rec["summary"]
     # sample quality: each rank drew 2 of the 4 batches; rank 0 gathered all 40 samples' features
     assert summary["val/digits_clf_num_samples"] == 40 and summary["val/fid_digits_clf"] > 0
+    assert summary["val/swd_mean"] > 0
+    cost = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["training_cost"]
+    assert cost["images"] == 4 * 2 * 128  # both ranks' images counted, and their FLOPs
     config = rec["config"]
     assert config["world_size"] == 2 and config["effective_batch_size"] == 2 * 128
     assert config["effective_lr"] == config["lr"]  # no silent learning-rate scaling with more GPUs

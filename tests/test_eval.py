@@ -172,6 +172,7 @@ IN_TRAINING_EVAL = [
     "--trainer.callbacks.num_samples=20",
     "--trainer.callbacks.batch_size=10",
     "--trainer.callbacks.steps=3",
+    "--trainer.callbacks.metrics=[swd, spectrum]",
 ]
 
 
@@ -182,6 +183,7 @@ def test_in_training_sample_quality_is_logged_every_n_steps(checkpoint):
     rows = [r for r in run_history(run_dir, prefix="val/") if "val/fid_digits_clf" in r]
     assert [r["trainer/global_step"] for r in rows] == [2, 4]
     assert all(r["val/digits_clf_num_samples"] == 20 and r["val/kid_digits_clf_std"] >= 0 for r in rows)
+    assert all(r["val/swd_8"] > 0 and r["val/spectrum_8"] > 0 for r in rows)  # 8x8 digits: one level, one band
 
 
 EVAL = [
@@ -199,6 +201,9 @@ EVAL = [
     "300",
     "--kid_subset_size",
     "20",
+    "--metrics",
+    "swd",
+    "spectrum",
     "--no_progress",
 ]
 
@@ -219,11 +224,13 @@ def test_evaluate_writes_table_plot_and_wandb_entries(evaluated):
         assert r["nfe"] == r["steps"] and r["num_samples"] == 40 and r["num_real"] == 300
         assert r["gflops_per_sample"] == pytest.approx(r["nfe"] * r["gflops_per_call"] + r["decoder_gflops"])
         assert r["fid_digits_clf"] > 0 and r["seconds_per_sample"] > 0 and r["params"] > 0
+        assert r["swd_8"] == r["swd_mean"] > 0 and r["spectrum_8"] == r["spectrum_mean"] > 0
     assert rows[1]["gflops_per_sample"] == pytest.approx(2 * rows[0]["gflops_per_sample"])
     assert meta["features"] == "digits_clf" and meta["real_split"] == "train" and meta["dataset"] == "digits"
     with (evaluated / "results.csv").open() as f:
         table = list(csv.DictReader(f))
     assert len(table) == 4 and float(table[0]["fid_digits_clf"]) == pytest.approx(rows[0]["fid_digits_clf"])
+    assert (evaluated / "pareto-swd_mean.png").is_file() and (evaluated / "pareto-spectrum_mean.png").is_file()
     png = (evaluated / "pareto.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24])[0] > 500
     runs = list((evaluated / "wandb").glob("offline-run-*"))

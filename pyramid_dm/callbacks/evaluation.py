@@ -10,6 +10,7 @@ import lightning as L
 import torch
 
 from ..eval.features import build_features, extract
+from ..eval.image_metrics import IMAGE_METRICS, image_metrics, real_images
 from ..eval.quality import quality_metrics
 from ..eval.real_features import real_features
 from ..eval.sampling import generate
@@ -26,7 +27,8 @@ class SampleQuality(L.Callback):
 
     ``time_budget_s`` bounds the generation: after the first batch every rank knows its batch time, the slowest rank's
     time decides how many batches fit, and fewer samples are drawn (with a warning) when the budget is short.
-    Real features come from the data module's shards (``real_split``) and are cached across runs.
+    Real features come from the data module's shards (``real_split``) and are cached across runs. ``metrics`` adds
+    image metrics (``swd``, ``spectrum``: :mod:`pyramid_dm.eval.image_metrics`) against as many real images.
     """
 
     def __init__(
@@ -42,8 +44,13 @@ class SampleQuality(L.Callback):
         time_budget_s: float = 300.0,
         kid_subset_size: int = 1000,
         seed: int = 0,
+        metrics: list[str] | None = None,
     ):
         super().__init__()
+        self.metrics = list(metrics or [])
+        for name in self.metrics:
+            if name not in IMAGE_METRICS:
+                raise ValueError(f"{type(self).__name__}.metrics: {IMAGE_METRICS.unknown(name)}")
         check_sampler(f"{type(self).__name__}.sampler", sampler, steps)
         self.every_n_steps, self.num_samples, self.sampler, self.steps = every_n_steps, num_samples, sampler, steps
         self.batch_size, self.features, self.real_split, self.num_real = batch_size, features, real_split, num_real
@@ -58,6 +65,9 @@ class SampleQuality(L.Callback):
         self.extractor = build_features(self.features, dm.manifest.name)
         if trainer.is_global_zero:  # only rank 0 computes the metrics, so only it needs the real features
             self.real = real_features(dm.manifest, self.real_split, self.extractor, dm.image_size, self.num_real)
+            if self.metrics:
+                count = min(self.num_samples, self.num_real or dm.manifest.count(self.real_split))
+                self.real_images = real_images(dm.manifest, self.real_split, dm.image_size, count)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
@@ -85,6 +95,8 @@ class SampleQuality(L.Callback):
         extractor = self.extractor.to(pl_module.device)
         feats = extract(extractor, images).to(pl_module.device)
         gathered = pl_module.all_gather(feats)  # (world, n, d) on every rank; (n, d) with one rank
+        if self.metrics:
+            images = pl_module.all_gather(images.to(pl_module.device)).reshape(-1, *images.shape[1:]).cpu()
         if not trainer.is_global_zero:
             return
         fake = gathered.reshape(-1, feats.shape[-1]).cpu()
@@ -100,6 +112,8 @@ class SampleQuality(L.Callback):
             )
         space = extractor.name
         metrics = quality_metrics(self.real, fake, space, self.kid_subset_size)
+        if self.metrics:
+            metrics.update(image_metrics(self.metrics, self.real_images, images, self.seed))
         metrics = {f"val/{k}": v for k, v in metrics.items()}
         metrics.update({f"val/{space}_num_samples": len(fake), f"val/{space}_seconds": time.perf_counter() - start})
         for logger in trainer.loggers:

@@ -33,6 +33,7 @@ from ..engine.wrappers import Guidance, Widths
 from ..errors import UserError
 from ..eval.evaluate import evaluate_grid
 from ..eval.features import build_features
+from ..eval.image_metrics import IMAGE_METRICS, real_images
 from ..eval.real_features import real_features
 from ..eval.report import pareto_plot, write_table
 from .args import (
@@ -93,6 +94,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--features",
         default="auto",
         help="auto, a classifier name (fmnist_clf), a .pt file, random, inception or inception:/path/to/weights.pth",
+    )
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        default=[],
+        choices=sorted(IMAGE_METRICS),
+        help="image metrics besides the feature ones: swd (per Laplacian level), spectrum (per frequency band)",
     )
     p.add_argument("--real_split", default="train", choices=["train", "val"], help="real images to compare with")
     p.add_argument("--num_real", type=int, default=None, help="real images used (default: the whole split)")
@@ -251,6 +259,10 @@ def main(argv: list[str]) -> int:
 
     start = time.perf_counter()
     real = real_features(manifest, args.real_split, extractor, image_size, args.num_real, not args.no_progress)
+    reference = None
+    if args.metrics:  # as many real images as samples (SWD compares sets of one size), at most the split
+        count = min(args.num_samples, args.num_real or manifest.count(args.real_split))
+        reference = real_images(manifest, args.real_split, image_size, count)
     rows = evaluate_grid(
         model,
         extractor,
@@ -266,6 +278,8 @@ def main(argv: list[str]) -> int:
         discretization=args.discretization,
         sampler_options=dict(args.option),
         wrappers=[Guidance(args.guidance), *([guide] if guide else []), *([Widths(policy)] if policy else [])],
+        metrics=args.metrics,
+        real_images=reference,
     )
     meta = {
         "ckpt_path": str(args.ckpt_path),
@@ -279,6 +293,7 @@ def main(argv: list[str]) -> int:
         "features": space,
         "real_split": args.real_split,
         "num_real": len(real),
+        "metrics": list(args.metrics),
         "seed": args.seed,
         "guidance": args.guidance,
         "classifier": args.classifier,
@@ -292,7 +307,10 @@ def main(argv: list[str]) -> int:
         "seconds": round(time.perf_counter() - start, 1),
     }
     json_path, csv_path = write_table(rows, meta, out)
-    png = pareto_plot(rows, f"fid_{space}", out / "pareto.png", title=f"{manifest.name}: {Path(args.ckpt_path).name}")
+    title = f"{manifest.name}: {Path(args.ckpt_path).name}"
+    png = pareto_plot(rows, f"fid_{space}", out / "pareto.png", title=title)
+    for key in [k for k in rows[0] if k in ("swd_mean", "spectrum_mean")]:  # one front per image metric
+        pareto_plot(rows, key, out / f"pareto-{key}.png", title=title)
     if not args.no_wandb:
         meta["wandb_run_id"] = log_to_wandb(rows, meta, png, out, config)
         write_table(rows, meta, out)
@@ -301,7 +319,8 @@ def main(argv: list[str]) -> int:
             f"{row['sampler']:>6} {str(row['steps']):>4} steps  NFE {row['nfe']:>4}  "
             f"fid_{space} {row[f'fid_{space}']:8.3f}  "
             f"kid {row[f'kid_{space}']:.4f}  {row['gflops_per_sample']:8.2f} GFLOPs/sample  "
-            f"{row['seconds_per_sample'] * 1e3:7.2f} ms/sample"
+            + "".join(f"{k} {row[k]:.2f}  " for k in ("swd_mean", "spectrum_mean") if k in row)
+            + f"{row['seconds_per_sample'] * 1e3:7.2f} ms/sample"
         )
     print(f"wrote {json_path}, {csv_path}, {png}", file=sys.stderr)
     return 0

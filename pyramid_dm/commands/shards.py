@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..data import imageio
+from ..data.photos import photo_crops
 from ..data.shards import write_shards
 from ..data.sources import FASHION_MNIST_DIR, idx_dataset, image_folder, sklearn_digits
 
@@ -16,12 +17,17 @@ EPILOG = """sources:
   idx PATH            MNIST-format directory (train-*-ubyte[.gz], t10k-*-ubyte[.gz]); t10k becomes val
   fashion-mnist       idx at /usr/share/datasets/fashion-mnist (apt-get install dataset-fashion-mnist)
   digits              scikit-learn's 1,797 8x8 digits
+  photos              random crops of ten colour photographs shipped in scikit-image and scikit-learn, at --size
+                      (default 64) px, --count / --val-count crops, each --scale MIN MAX times --size photo pixels on
+                      a side; validation crops come from a strip on each photo's right (--val-fraction of its width,
+                      default 0.25) that training crops never touch; labels: the photo
   encode SHARDS       a shard set again, each sample with its latents from --autoencoder CKPT added, so that latent
                       and latent-pyramid training skip the encoder (--hflip: also the mirrored images' latents)
 
 examples:
   python -m pyramid_dm shards folder ~/my_images --out shards/mine --size 64
   python -m pyramid_dm shards fashion-mnist --out shards/fashion_mnist --per-shard 2500
+  python -m pyramid_dm shards photos --size 128 --count 20000 --val-count 2000 --out shards/photos_128
   python -m pyramid_dm shards encode shards/mine --autoencoder runs/ae/checkpoints/last.ckpt --out shards/mine_latents
 """
 
@@ -33,13 +39,15 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("source", choices=["folder", "idx", "fashion-mnist", "digits", "encode"])
+    p.add_argument("source", choices=["folder", "idx", "fashion-mnist", "digits", "photos", "encode"])
     p.add_argument("path", nargs="?", help="input folder for 'folder' and 'idx'; the shard set for 'encode'")
     p.add_argument("--out", required=True, help="output directory for the shards and manifest.json")
     p.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default 1000)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction for folder/digits (default 0.1)")
+    p.add_argument(
+        "--val-fraction", type=float, help="held-out fraction for folder/digits (default 0.1), photos (default 0.25)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the deterministic train/val split")
-    p.add_argument("--size", type=int, help="centre-crop and resize every image to SIZE x SIZE")
+    p.add_argument("--size", type=int, help="centre-crop and resize every image to SIZE x SIZE (photos: crop size)")
     p.add_argument("--channels", type=int, choices=[1, 3], help="force grayscale (1) or RGB (3); default: as stored")
     p.add_argument("--name", help="data set name recorded in the manifest (default: the output folder's name)")
     p.add_argument(
@@ -51,6 +59,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image (default: skip, count)")
     p.add_argument("--max-pixels", type=int, help="reject images whose header declares more pixels (default 2^25)")
     p.add_argument("--no-progress", action="store_true")
+    c = p.add_argument_group("photos")
+    c.add_argument("--count", type=int, default=10000, help="training crops (default 10000)")
+    c.add_argument("--val-count", type=int, default=1000, help="validation crops (default 1000)")
+    c.add_argument(
+        "--scale", type=float, nargs=2, default=(1.0, 2.0), metavar=("MIN", "MAX"), help="crop side / --size (1 2)"
+    )
     e = p.add_argument_group("encode")
     e.add_argument("--autoencoder", help="the autoencoder checkpoint (stage one) whose latents to store")
     e.add_argument("--hflip", action="store_true", help="also store the latents of each image mirrored")
@@ -102,20 +116,25 @@ def main(argv: list[str]) -> int:
         imageio.MAX_PIXELS = args.max_pixels
     if args.source == "encode":
         return encode(args)
-    if args.source == "folder":
-        images = image_folder(args.path, args.val_fraction, args.seed)
+    size = args.size
+    if args.source == "photos":
+        fraction = 0.25 if args.val_fraction is None else args.val_fraction
+        size = None  # the crops are made at their size
+        images = photo_crops(args.size or 64, args.count, args.val_count, args.scale, fraction, args.seed)
+    elif args.source == "folder":
+        images = image_folder(args.path, 0.1 if args.val_fraction is None else args.val_fraction, args.seed)
     elif args.source == "idx":
         images = idx_dataset(args.path)
     elif args.source == "fashion-mnist":
         images = idx_dataset(FASHION_MNIST_DIR)
     else:
-        images = sklearn_digits(args.val_fraction, args.seed)
+        images = sklearn_digits(0.1 if args.val_fraction is None else args.val_fraction, args.seed)
     try:
         manifest = write_shards(
             images,
             args.out,
             per_shard=args.per_shard,
-            size=args.size,
+            size=size,
             channels=args.channels,
             overwrite=args.overwrite,
             name=args.name,

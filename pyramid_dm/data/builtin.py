@@ -1,4 +1,5 @@
-"""Built-in shard sets, written on first use into a cache directory: ``builtin:digits``, ``builtin:fashion_mnist``.
+"""Built-in shard sets, written on first use into a cache directory: ``builtin:digits``, ``builtin:fashion_mnist``,
+``builtin:photos_64`` and ``builtin:photos_128`` (10,000 + 1,000 crops of real photographs, :mod:`.photos`).
 
 The cache is ``$PYRAMID_DM_CACHE`` or ``~/.cache/pyramid_dm``. Concurrent first uses (several DDP ranks) are safe:
 each process writes into its own staging directory and renames it into place; the first rename wins.
@@ -12,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from .manifest import MANIFEST, ShardError
+from .photos import photo_crops
 from .shards import write_shards
 from .sources import FASHION_MNIST_DIR, idx_dataset, sklearn_digits
 
@@ -20,6 +22,8 @@ BUILTINS = {
     # name: (loader, samples per shard)
     "digits": (lambda: sklearn_digits(val_fraction=0.1, seed=0), 100),
     "fashion_mnist": (lambda: idx_dataset(FASHION_MNIST_DIR), 2500),
+    "photos_64": (lambda: photo_crops(64, 10000, 1000), 1000),
+    "photos_128": (lambda: photo_crops(128, 10000, 1000), 1000),
 }
 
 

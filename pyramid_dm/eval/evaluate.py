@@ -11,6 +11,7 @@ from ..diffusion import steps_for_nfe
 from ..engine import GenerativeModel
 from ..engine.wrappers import SamplingWrapper
 from .features import FeatureExtractor, extract
+from .image_metrics import image_metrics
 from .quality import quality_metrics
 from .sampling import sample_with_cost
 
@@ -30,13 +31,17 @@ def evaluate_grid(
     discretization: str | None = None,
     sampler_options: dict | None = None,
     wrappers: Sequence[SamplingWrapper] = (),
+    metrics: Sequence[str] = (),
+    real_images: Tensor | None = None,
 ) -> list[dict]:
     """One row per (sampler, steps): cost (:class:`~pyramid_dm.eval.sampling.SamplingCost`) and quality
     (FID/KID/precision/recall in ``extractor``'s feature space against the ``real`` features). With ``nfe_budgets``
     the ``steps`` are NFE budgets instead, turned into each sampler's step count (Heun: (NFE + 1) // 2; PC with k
     corrector steps: NFE // (1 + k)). ``sampler_options`` go to every sampler (e.g. ``snr``, ``corrector_steps``);
     ``wrappers`` (:mod:`pyramid_dm.engine.wrappers`: guidance, classifier guidance, a step policy costed per width)
-    wrap every run, and each row records what they describe (``guidance``, ``classifier_scale``, ...)."""
+    wrap every run, and each row records what they describe (``guidance``, ``classifier_scale``, ...). ``metrics``
+    names image metrics (:data:`~pyramid_dm.eval.image_metrics.IMAGE_METRICS`: ``swd``, ``spectrum``) computed
+    against ``real_images`` besides the feature metrics."""
     rows, sampler_options = [], dict(sampler_options or {})
     grid = [(s, steps_for_nfe(s, n, **sampler_options) if nfe_budgets else n) for s in samplers for n in steps]
     for sampler, n in tqdm(grid, desc="evaluate", disable=not progress or len(grid) == 1):
@@ -52,5 +57,7 @@ def evaluate_grid(
         row.update(**sampler_options)
         row.update(num_samples=len(images), num_real=len(real))
         row.update(quality_metrics(real, fake, extractor.name, kid_subset_size))
+        if metrics:
+            row.update(image_metrics(metrics, real_images, images, seed))
         rows.append(row)
     return rows
