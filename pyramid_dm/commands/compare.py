@@ -151,9 +151,11 @@ def verdicts(summary: list[dict], quality: str) -> list[str]:
             for b in entries[i + 1 :]:
                 gap, noise = b[quality] - a[quality], max(a[f"{quality}_noise"], b[f"{quality}_noise"])
                 word = "better than" if gap > noise else "within noise of"
+                one_seed = a[f"{quality}_training_spread"] is None or b[f"{quality}_training_spread"] is None
+                caveat = " (sampling noise only: one training seed, the training spread is unknown)" * one_seed
                 lines.append(
                     f"- {sampler} {steps} steps: {a['configuration']} ({a[quality]:.3f}) is {word} "
-                    f"{b['configuration']} ({b[quality]:.3f}): gap {gap:.3f}, noise {noise:.3f}"
+                    f"{b['configuration']} ({b[quality]:.3f}): gap {gap:.3f}, noise {noise:.3f}{caveat}"
                 )
     return lines
 
