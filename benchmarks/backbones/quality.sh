@@ -24,8 +24,8 @@ def flops(config):
 print(round(budget * flops("configs/pixel/fashion_mnist_small.yaml") / flops(config)))
 PY
 }
-for seed in 0 1; do
-  for body in small dit hdit; do
+for seed in ${SEEDS:-0 1}; do
+  for body in ${BODIES:-small dit hdit}; do
     config=configs/pixel/fashion_mnist_$body.yaml
     steps=$(steps_for "$config" | tail -1)
     name=$body-seed$seed

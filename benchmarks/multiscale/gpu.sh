@@ -2,19 +2,19 @@
 # The multi-scale comparison at 128 px on one GPU (about 10 minutes on one H200): cpu.sh's three configurations at
 # 128 px (builtin:photos_128; the pixel hourglass at patch 2 = 64x64 tokens, the pyramid and Pyramidal Flow Matching
 # 32 -> 64 -> 128 at patch 2 / 4 / 8 = 32x32 tokens per level), bf16, batch 64, each trained to the same training
-# FLOPs (BUDGET, default 1e15) with two training seeds, each sampled with two sampling seeds at 4 / 8 / 16 steps;
-# SWD per level, spectrum error, FID-proxy (random features). Every training run and the compare have time limits, so
+# FLOPs (BUDGET, default 2e14: about 400 steps of the pixel hourglass at 7.9 training GFLOPs per image, 850 of the
+# pyramids at 3.7) with two training seeds, each sampled with two sampling seeds at 4 / 8 / 16 steps; SWD per level, spectrum error, FID-proxy (random features). Every training run and the compare have time limits, so
 # a slow run costs its own row only.
 #   bash benchmarks/multiscale/gpu.sh [BUDGET]
 #   PYRAMID_DM_MS_EXTRA="--trainer.accelerator cpu --trainer.precision 32" bash benchmarks/multiscale/gpu.sh 1e11  # plumbing on a CPU
 # Raw rows: benchmarks/multiscale/gpu-<BUDGET>/ (compare.json, summary.md, fronts.png, train_times.txt).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-BUDGET=${1:-1e15}
+BUDGET=${1:-2e14}
 SEEDS=${SEEDS:-0 1}
 ROOT=${PYRAMID_DM_RUNS:-/tmp/pyramid_dm-runs}/bench-multiscale-gpu-$BUDGET
 OUT=benchmarks/multiscale/gpu-$BUDGET
-TRAIN_LIMIT=${TRAIN_LIMIT:-75}
+TRAIN_LIMIT=${TRAIN_LIMIT:-70}
 export PYRAMID_DM_CACHE=${PYRAMID_DM_CACHE:-/tmp/pyramid_dm-cache} WANDB_MODE=offline
 mkdir -p "$OUT"
 read -r -a extra <<< "${PYRAMID_DM_MS_EXTRA:---trainer.precision bf16-mixed}"
@@ -43,5 +43,5 @@ done
 done_runs=()
 for run in "${runs[@]}"; do [ -f "$run/checkpoints/last.ckpt" ] && done_runs+=("$run"); done
 timeout "${COMPARE_LIMIT:-200}" python -m pyramid_dm compare "${done_runs[@]}" --out "$OUT" --sampling_seeds 0 1 \
-  --quality swd_mean -- --steps 4 8 16 --num_samples 500 --batch_size 250 --features random --metrics swd spectrum \
+  --quality swd_mean -- --steps 4 8 16 --num_samples "${SAMPLES:-500}" --batch_size 250 --features random --metrics swd spectrum \
   --no_wandb --no_progress 2>&1 | tail -30
