@@ -157,3 +157,34 @@ def test_compare_refuses_what_it_sets_itself(tmp_path, session_env, monkeypatch,
         ["compare", str(tmp_path), "--out", str(tmp_path / "o"), "--", "--seed", "3"], session_env, monkeypatch, capsys
     )
     assert code != 0 and "compare sets evaluate's --seed itself" in err
+
+
+def test_coarse_first_sampling_runs_the_coarse_part_small_and_carries_it_up(budget_runs):
+    """A single-scale model sampled coarse first: the coarse calls at a quarter of the pixels (a quarter of the
+    FLOPs), the fine calls the grid's remaining steps, and with only the last fine step left the image is the
+    upsampled coarse one (2x2 blocks nearly flat): the coarse sample is what the fine steps start from."""
+    from pyramid_dm.engine.coarse_first import coarse_first_sample
+    from pyramid_dm.engine.load import build_model, load_checkpoint
+    from pyramid_dm.errors import UserError
+
+    root, runs, first, step = budget_runs
+    path = runs[1] / "checkpoints" / "last.ckpt"
+    engine = build_model(load_checkpoint(path), str(path), None, torch.device("cpu"), command="test")
+    labels = torch.arange(16) % 10
+    run = lambda start, seed=0: coarse_first_sample(  # noqa: E731
+        engine, 16, 10, start, 4, labels=labels, generator=torch.Generator().manual_seed(seed)
+    )
+    images, cost = run(5)
+    assert images.shape == (16, 1, 8, 8) and images.abs().max() <= 1
+    assert (cost.coarse_calls, cost.fine_calls) == (4, 5)
+    assert 0.2 < cost.coarse_flops / cost.fine_flops < 0.3
+    assert cost.flops_per_sample == pytest.approx(4 * cost.coarse_flops + 5 * cost.fine_flops)
+    assert torch.equal(run(5)[0], images) and not torch.equal(run(5, seed=1)[0], images)
+    late, _ = run(9)  # only the last (least noisy) fine step: the upsampled coarse image shows through
+    blocks = late.unfold(2, 2, 2).unfold(3, 2, 2).reshape(16, 1, 4, 4, 4)
+    within, across = blocks.var(dim=-1).mean(), blocks.mean(dim=-1).var()
+    early, _ = run(1)
+    blocks_early = early.unfold(2, 2, 2).unfold(3, 2, 2).reshape(16, 1, 4, 4, 4)
+    assert within < 0.5 * blocks_early.var(dim=-1).mean() and within < across
+    with pytest.raises(UserError, match="factor 3: it must be >= 2 and divide the image size 8x8"):
+        coarse_first_sample(engine, 2, 10, 5, 4, factor=3)
