@@ -188,3 +188,12 @@ def test_coarse_first_sampling_runs_the_coarse_part_small_and_carries_it_up(budg
     assert within < 0.5 * blocks_early.var(dim=-1).mean() and within < across
     with pytest.raises(UserError, match="factor 3: it must be >= 2 and divide the image size 8x8"):
         coarse_first_sample(engine, 2, 10, 5, 4, factor=3)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sample", "compare", "search-steps", "train-classifier"])
+def test_help_shows_the_defaults(command, capsys):
+    from pyramid_dm.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0 and "(default: " in capsys.readouterr().out  # evaluate: --num_samples (default: 1000)

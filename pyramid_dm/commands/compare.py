@@ -46,7 +46,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if "--" in argv:
         i = argv.index("--")
         own, passed = argv[:i], argv[i + 1 :]
-    p = argparse.ArgumentParser(prog="python -m pyramid_dm compare", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m pyramid_dm compare",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("runs", nargs="+", type=Path, help="run directories or checkpoint files")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--train_flops", type=float, help="evaluate each run at its checkpoint nearest this budget")

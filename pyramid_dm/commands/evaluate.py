@@ -74,7 +74,11 @@ def check_sampler_options(model, samplers: list, steps: list, args) -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pyramid_dm evaluate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m pyramid_dm evaluate",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_checkpoint_args(p, "checkpoint to evaluate (its EMA weights)")
     steps = p.add_mutually_exclusive_group()
     add_sampler_args(p, "one or more of {samplers} (default: the model's own, per level)", steps)
@@ -251,6 +255,12 @@ def main(argv: list[str]) -> int:
         load_policy(args, model, per(samplers[0]), per(steps[0]))
     extractor = build_features(args.features, manifest.name).to(device)
     space = extractor.name
+    if args.features == "auto" and space == "random":
+        print(
+            f"evaluate: no classifier for the data set {manifest.name!r}: features random (fixed random conv features, "
+            "for comparisons within this data set only; train one with train-classifier for a FID-proxy)",
+            file=sys.stderr,
+        )
     out = args.out or Path(args.ckpt_path).resolve().parent.parent / "eval" / sweep_name(args, space, samplers, steps)
     if (out / "results.json").exists() and not args.overwrite:
         raise UserError(

@@ -38,7 +38,11 @@ from .policy_args import add_policy_args, load_policy
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pyramid_dm sample", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m pyramid_dm sample",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_checkpoint_args(p, "checkpoint to sample from (its EMA weights)", config=False)
     add_sampler_args(p, "one of {samplers}, or one per pyramid level (default: the model's)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")

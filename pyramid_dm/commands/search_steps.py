@@ -40,7 +40,11 @@ DEFAULT_NUM_REAL = 2000
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pyramid_dm search-steps", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m pyramid_dm search-steps",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_checkpoint_args(p, "a step-aware supernet checkpoint (its EMA weights)")
     add_sampler_args(p, "one of {samplers}, or one per pyramid level (default: the model's)")
     p.add_argument("--genome", default="log_snr", choices=sorted(GENOMES), help="how a policy is encoded")

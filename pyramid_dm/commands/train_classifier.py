@@ -104,7 +104,11 @@ def save_classifier(net: SmallClassifier, meta: dict, path: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m pyramid_dm train-classifier", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m pyramid_dm train-classifier",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--shards", required=True, help="shard directory, manifest.json or builtin:NAME (labelled)")
     p.add_argument("--name", required=True, help="feature-space name used in metric names, e.g. fmnist_clf")
     p.add_argument("--out", required=True, type=Path, help="weights file to write (.pt)")
