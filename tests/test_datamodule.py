@@ -194,3 +194,14 @@ def test_pinned_memory_and_prefetch_reach_both_loaders(shards):
     assert dm.loader_options(0) == {"pin_memory": torch.cuda.is_available()}  # no workers: nothing to prefetch
     with pytest.raises(UserError, match="data.prefetch_factor must be >= 1, got 0"):
         make(shards, prefetch_factor=0)
+
+
+def test_loader_workers_are_capped_by_the_cores(shards):
+    """A recipe's workers beyond the cores this process may use only contend (PyTorch warns): capped, with a notice."""
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    assert make(shards, num_workers=cores + 3).workers() == cores
+    assert make(shards, num_workers=1).workers() == 1
+    val = make(shards, num_workers=cores + 3).val_dataloader().loader.pipeline[0]
+    assert val.num_workers <= cores

@@ -13,6 +13,7 @@ import functools
 import io
 import logging
 import math
+import os
 import warnings
 import zlib
 from functools import partial
@@ -21,7 +22,7 @@ import lightning as L
 import numpy as np
 import torch
 import webdataset as wds
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from PIL import Image
 
 from ..errors import UserError
@@ -269,8 +270,8 @@ class ShardDataModule(L.LightningDataModule):
             wds.batched(h.batch_size, partial=False),
             WithSkips(handler),
         )
-        n = self.batches_per_epoch()
-        loader = wds.WebLoader(ds, batch_size=None, num_workers=h.num_workers, **self.loader_options(h.num_workers))
+        n, workers = self.batches_per_epoch(), self.workers()
+        loader = wds.WebLoader(ds, batch_size=None, num_workers=workers, **self.loader_options(workers))
         with warnings.catch_warnings():  # with_epoch sets the epoch's length, which is all we want of it
             warnings.simplefilter("ignore", UserWarning)
             loader = loader.with_epoch(n)
@@ -305,8 +306,18 @@ class ShardDataModule(L.LightningDataModule):
         ds = ordered_batches(
             self.manifest, urls, self._decode(False), h.batch_size, split_by_rank=True, timeout=h.read_timeout_s
         )
-        workers = min(h.num_workers, len(urls)) if isinstance(urls, list) else h.num_workers
+        workers = min(self.workers(), len(urls)) if isinstance(urls, list) else self.workers()
         return Waited(wds.WebLoader(ds, batch_size=None, num_workers=workers, **self.loader_options(workers)))
+
+    def workers(self) -> int:
+        """``num_workers``, at most the cores this process may use (more only contend with the trainer; PyTorch warns
+        about them): a recipe's 4 workers become 2 on a 2-core laptop, with a notice."""
+        asked = self.hparams.num_workers
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if asked > cores and not getattr(self, "_capped", False):
+            self._capped = True
+            rank_zero_info(f"data.num_workers {asked} > the {cores} cores this process may use: {cores} workers")
+        return min(asked, cores)
 
     def loader_options(self, workers: int) -> dict:
         h = self.hparams
