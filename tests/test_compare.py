@@ -197,3 +197,13 @@ def test_help_shows_the_defaults(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
     assert exit_.value.code == 0 and "(default: " in capsys.readouterr().out  # evaluate: --num_samples (default: 1000)
+
+
+def test_default_output_folders_are_named_by_the_checkpoints_step():
+    """``last.ckpt`` after a resume is another checkpoint: its default sample/evaluate folder is another folder."""
+    from pyramid_dm.commands.args import checkpoint_label
+
+    assert checkpoint_label("runs/x/checkpoints/last.ckpt", 45) == "last-step45"
+    assert checkpoint_label("runs/x/checkpoints/last.ckpt", 30) != checkpoint_label("last.ckpt", 45)
+    assert checkpoint_label("best-step739.ckpt", 739) == "best-step739"
+    assert checkpoint_label("mine.ckpt", None) == "mine"

@@ -212,7 +212,7 @@ EVAL = [
 def evaluated(checkpoint, session_env) -> Path:
     proc = run(["evaluate", "--ckpt_path", str(checkpoint), *EVAL], session_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (folder,) = (checkpoint.parent.parent / "eval").glob("last-digits_clf-ddim+ddpm-2+4-n40-seed0-*")  # what was run
+    (folder,) = (checkpoint.parent.parent / "eval").glob("last-step*-digits_clf-ddim+ddpm-2+4-n40-seed0-*")  # as run
     return folder
 
 

@@ -5,6 +5,7 @@ commands spell and check them the same way."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -35,6 +36,14 @@ def add_sampler_args(p: argparse.ArgumentParser, sampler_help: str, steps=None) 
             "2 * steps - 1 calls)",
         )
     p.add_argument("--discretization", help=f"one of {list(DISCRETIZATIONS)} (default: each sampler's own)")
+
+
+def checkpoint_label(ckpt_path, global_step) -> str:
+    """A checkpoint's name in the default output folders of ``sample`` and ``evaluate``: its file name and its step
+    (``last-step45``), so that the same ``last.ckpt`` after a resume gets a new folder instead of a refusal to
+    overwrite the older step's results (a name that holds its step already, ``best-step739``, is kept as it is)."""
+    stem = Path(ckpt_path).stem
+    return stem if global_step is None or f"step{global_step}" in stem else f"{stem}-step{global_step}"
 
 
 def add_run_args(p: argparse.ArgumentParser, seed_help: str = "the noise seed") -> None:

@@ -42,6 +42,7 @@ from .args import (
     add_run_args,
     add_sampler_args,
     check_sampler_args,
+    checkpoint_label,
     load_guide,
     pick_device,
     sampler_option,
@@ -176,11 +177,12 @@ def sweep(model, args) -> tuple[list, list]:
     return samplers, steps
 
 
-def sweep_name(args, space: str, samplers: list, steps: list) -> str:
+def sweep_name(args, space: str, samplers: list, steps: list, global_step=None) -> str:
     """The folder name of an evaluation: what was evaluated, so that sweeps of one checkpoint with other samplers,
-    budgets, guidance or references sit side by side (``last-digits_clf-ddim+dpmpp_2m-10+20-n1000-seed0``)."""
+    budgets, guidance or references sit side by side (``last-step3000-digits_clf-ddim+dpmpp_2m-10+20-n1000-seed0``)."""
     join = lambda values: "+".join(".".join(map(str, v)) if isinstance(v, list) else str(v) for v in values)  # noqa: E731
-    parts = [Path(args.ckpt_path).stem, space, join(samplers), ("nfe" if args.nfe else "") + join(steps)]
+    label = checkpoint_label(args.ckpt_path, global_step)
+    parts = [label, space, join(samplers), ("nfe" if args.nfe else "") + join(steps)]
     parts += [f"g{args.guidance:g}"] * (args.guidance != 1.0) + [args.discretization] * bool(args.discretization)
     parts += [f"cg{args.classifier_scale:g}"] * bool(args.classifier)
     if args.step_policy:
@@ -261,7 +263,8 @@ def main(argv: list[str]) -> int:
             "for comparisons within this data set only; train one with train-classifier for a FID-proxy)",
             file=sys.stderr,
         )
-    out = args.out or Path(args.ckpt_path).resolve().parent.parent / "eval" / sweep_name(args, space, samplers, steps)
+    name = sweep_name(args, space, samplers, steps, ckpt.get("global_step"))
+    out = args.out or Path(args.ckpt_path).resolve().parent.parent / "eval" / name
     if (out / "results.json").exists() and not args.overwrite:
         raise UserError(
             f"{out} already holds the results of this evaluation; pass --overwrite to replace them, or choose --out"

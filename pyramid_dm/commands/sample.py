@@ -30,6 +30,7 @@ from .args import (
     add_run_args,
     add_sampler_args,
     check_sampler_args,
+    checkpoint_label,
     load_guide,
     pick_device,
     sampler_option,
@@ -89,11 +90,11 @@ def sample_labels(model, args, guide=None) -> torch.Tensor | None:
     return torch.tensor(args.labels).repeat(-(-args.num_samples // len(args.labels)))[: args.num_samples]
 
 
-def default_out(ckpt_path: str, sampler: list[str], steps: list[int], args) -> Path:
+def default_out(ckpt_path: str, sampler: list[str], steps: list[int], args, global_step=None) -> Path:
     """Next to the run (``runs/<exp>/sampled/...``), named by what was drawn; never the current directory."""
     ckpt = Path(ckpt_path).resolve()
     run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    name = f"{ckpt.stem}-{'+'.join(dict.fromkeys(sampler))}-{'.'.join(map(str, steps))}"
+    name = f"{checkpoint_label(ckpt, global_step)}-{'+'.join(dict.fromkeys(sampler))}-{'.'.join(map(str, steps))}"
     name += f"-g{args.guidance:g}" * (args.guidance != 1.0)
     name += f"-cg{args.classifier_scale:g}" * bool(args.classifier) + f"-seed{args.seed}"
     if args.step_policy:
@@ -114,7 +115,7 @@ def main(argv: list[str]) -> int:
     labels = sample_labels(model, args, guide)
     sampler, steps = model.plan.resolve(args.sampler, args.steps, ("--sampler", "--steps"))
     policy = load_policy(args, model, sampler, steps)
-    args.out = args.out or default_out(args.ckpt_path, sampler, steps, args)
+    args.out = args.out or default_out(args.ckpt_path, sampler, steps, args, ckpt.get("global_step"))
     if (args.out / "samples.json").exists() and not args.overwrite:
         raise UserError(f"{args.out} already holds samples.json; pass --overwrite to replace it, or choose --out")
     options = dict(args.option)
