@@ -24,7 +24,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from .callbacks.cost import TrainingCost
-from .callbacks.progress import use_step_bounded_bar
+from .callbacks.progress import PlainProgress, plain_progress_wanted, use_step_bounded_bar
 from .callbacks.stopping import StopOnSignal, StopRequested
 from .checkpoints import read_checkpoint
 from .config import config_chain
@@ -200,6 +200,7 @@ class PyramidCLI(LightningCLI):
             TidyCheckpoints(),
             TrainingLeft(),
             TrainingCost((config.get("exp") or {}).get("max_train_flops")),
+            *([PlainProgress()] if plain_progress_wanted(self.trainer) else []),
         ]
         for logger, group, tags in self.run_loggers():
             exp = config.get("exp", {})

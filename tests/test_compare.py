@@ -207,3 +207,23 @@ def test_default_output_folders_are_named_by_the_checkpoints_step():
     assert checkpoint_label("runs/x/checkpoints/last.ckpt", 30) != checkpoint_label("last.ckpt", 45)
     assert checkpoint_label("best-step739.ckpt", 739) == "best-step739"
     assert checkpoint_label("mine.ckpt", None) == "mine"
+
+
+def test_plain_progress_lines_for_output_that_is_not_a_terminal():
+    """First step, then every every_s seconds (none in between), and the last step, with the share, rate and ETA."""
+    import io
+    from types import SimpleNamespace
+
+    from pyramid_dm.callbacks.progress import PlainProgress
+
+    out = io.StringIO()
+    bar = PlainProgress(every_s=3600, stream=out)
+    trainer = SimpleNamespace(global_step=0, max_steps=10, is_global_zero=True, callback_metrics={})
+    bar.on_train_start(trainer, None)
+    for step in range(1, 11):
+        trainer.global_step = step
+        trainer.callback_metrics = {"train/loss": torch.tensor(1.0 / step)}
+        bar.on_train_batch_end(trainer, None, None, None, step - 1)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("step 1/10 (10%)") and lines[1].startswith("step 10/10 (100%)")
+    assert "train/loss 0.1000" in lines[1] and "ETA 0:00:00" in lines[1] and "steps/s" in lines[0]
