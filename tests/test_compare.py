@@ -227,3 +227,27 @@ def test_plain_progress_lines_for_output_that_is_not_a_terminal():
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and lines[0].startswith("step 1/10 (10%)") and lines[1].startswith("step 10/10 (100%)")
     assert "train/loss 0.1000" in lines[1] and "ETA 0:00:00" in lines[1] and "steps/s" in lines[0]
+
+
+def test_options_take_dashes_or_underscores(tmp_path, session_env, monkeypatch, capsys):
+    """``--num-samples`` reaches evaluate's ``--num_samples`` (its check names it); ``--val_count`` reaches shards'
+    ``--val-count``."""
+    code, err = run_main(["evaluate", "--ckpt_path", "x.ckpt", "--num-samples", "1"], session_env, monkeypatch, capsys)
+    assert code != 0 and "--num_samples must be >= 2, got 1" in err
+    out = tmp_path / "p"
+    args = [
+        "shards",
+        "photos",
+        "--size",
+        "16",
+        "--count",
+        "10",
+        "--val_count",
+        "10",
+        "--out",
+        str(out),
+        "--no_progress",
+    ]
+    code, err = run_main(args, session_env, monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads((out / "manifest.json").read_text())["splits"]["val"]["count"] == 10

@@ -5,6 +5,7 @@ commands spell and check them the same way."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -36,6 +37,30 @@ def add_sampler_args(p: argparse.ArgumentParser, sampler_help: str, steps=None) 
             "2 * steps - 1 calls)",
         )
     p.add_argument("--discretization", help=f"one of {list(DISCRETIZATIONS)} (default: each sampler's own)")
+
+
+class Parser(argparse.ArgumentParser):
+    """The commands' argument parser: ``--help`` shows every default, and an option may be spelled with dashes or
+    underscores (``--batch-size`` or ``--batch_size``; the help shows the command's own spelling), since the
+    commands grew both and a newcomer cannot guess which."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        known = self._option_string_actions
+        spelled = []
+        for arg in args:
+            name, eq, value = arg.partition("=")
+            if name.startswith("--") and name not in known:
+                for other in (name[:2] + name[2:].replace("-", "_"), name[:2] + name[2:].replace("_", "-")):
+                    if other in known:
+                        name = other
+                        break
+            spelled.append(name + eq + value)
+        return super().parse_known_args(spelled, namespace)
 
 
 def checkpoint_label(ckpt_path, global_step) -> str:

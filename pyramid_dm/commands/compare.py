@@ -37,6 +37,7 @@ from ..data.manifest import atomic_write_bytes
 from ..errors import UserError
 from ..eval.report import pareto_front, write_csv
 from . import evaluate
+from .args import Parser
 
 SEED_SUFFIX = re.compile(r"-seed(\d+)$")
 
@@ -46,10 +47,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if "--" in argv:
         i = argv.index("--")
         own, passed = argv[:i], argv[i + 1 :]
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m pyramid_dm compare",
         description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("runs", nargs="+", type=Path, help="run directories or checkpoint files")
     p.add_argument("--out", type=Path, required=True, help="output directory")

@@ -37,6 +37,7 @@ from ..eval.image_metrics import IMAGE_METRICS, real_images
 from ..eval.real_features import real_features
 from ..eval.report import pareto_plot, write_table
 from .args import (
+    Parser,
     add_checkpoint_args,
     add_classifier_args,
     add_run_args,
@@ -75,10 +76,9 @@ def check_sampler_options(model, samplers: list, steps: list, args) -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m pyramid_dm evaluate",
         description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_checkpoint_args(p, "checkpoint to evaluate (its EMA weights)")
     steps = p.add_mutually_exclusive_group()

@@ -25,6 +25,7 @@ from ..errors import UserError
 from ..eval.sampling import generate
 from ..images import make_grid, save_png, to_uint8
 from .args import (
+    Parser,
     add_checkpoint_args,
     add_classifier_args,
     add_run_args,
@@ -39,10 +40,9 @@ from .policy_args import add_policy_args, load_policy
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m pyramid_dm sample",
         description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_checkpoint_args(p, "checkpoint to sample from (its EMA weights)", config=False)
     add_sampler_args(p, "one of {samplers}, or one per pyramid level (default: the model's)")

@@ -33,17 +33,16 @@ from ..eval.real_features import real_features
 from ..eval.report import write_csv
 from ..eval.sampling import sample_with_cost
 from ..eval.step_search import GENOMES, SearchSpace, front, open_study, run_search, worker_identity
-from .args import add_checkpoint_args, add_run_args, add_sampler_args, check_sampler_args
+from .args import Parser, add_checkpoint_args, add_run_args, add_sampler_args, check_sampler_args
 from .evaluate import load_for_command, resolve_data
 
 DEFAULT_NUM_REAL = 2000
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m pyramid_dm search-steps",
         description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_checkpoint_args(p, "a step-aware supernet checkpoint (its EMA weights)")
     add_sampler_args(p, "one of {samplers}, or one per pyramid level (default: the model's)")

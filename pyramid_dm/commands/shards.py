@@ -11,6 +11,7 @@ from ..data import imageio
 from ..data.photos import photo_crops
 from ..data.shards import write_shards
 from ..data.sources import FASHION_MNIST_DIR, idx_dataset, image_folder, sklearn_digits
+from .args import Parser
 
 EPILOG = """sources:
   folder PATH         PNG/JPEG tree, one sub-folder per class (or a flat folder: unlabelled); RGB or grayscale
@@ -33,7 +34,7 @@ examples:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m pyramid_dm shards",
         description="Write webdataset tar shards and a manifest.json from a real image source.",
         epilog=EPILOG,

@@ -9,7 +9,6 @@ weights together with that accuracy and the exact command into one file (read by
 
 from __future__ import annotations
 
-import argparse
 import io
 import shlex
 import sys
@@ -24,6 +23,7 @@ from ..data.datamodule import read_split
 from ..data.manifest import Manifest, atomic_write_bytes
 from ..errors import UserError
 from ..nets.classifier import SmallClassifier
+from .args import Parser
 
 FORMAT = "pyramid_dm.classifier/1"
 
@@ -104,10 +104,9 @@ def save_classifier(net: SmallClassifier, meta: dict, path: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m pyramid_dm train-classifier",
         description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--shards", required=True, help="shard directory, manifest.json or builtin:NAME (labelled)")
     p.add_argument("--name", required=True, help="feature-space name used in metric names, e.g. fmnist_clf")
