@@ -4,7 +4,7 @@
 # FLOPs (exp.max_train_flops: the engine's own flop_counter count, forward + backward, every level) with two training
 # seeds, then each run sampled with two sampling seeds at several step counts; FID-proxy (random features), SWD per
 # Laplacian level and the power-spectrum error per band against the training crops (compare).
-#   bash benchmarks/multiscale/cpu.sh [BUDGET]            # BUDGET in training FLOPs; the table in MULTISCALE.md: 3e13
+#   bash benchmarks/multiscale/cpu.sh [BUDGET]            # BUDGET in training FLOPs; the table in MULTISCALE.md: 2e13
 #   CONFIGS="pixel_hdit_64" SEEDS="0" bash benchmarks/multiscale/cpu.sh 1e11   # a quick plumbing check
 # Runs go to ${PYRAMID_DM_RUNS:-runs}/bench-multiscale-<BUDGET>; a run already trained is kept (rerun to resume the
 # list). Raw rows: benchmarks/multiscale/cpu-<BUDGET>/{compare.json,compare.csv,summary.csv,summary.md,fronts.png},
@@ -31,4 +31,4 @@ for config in $CONFIGS; do
   done
 done
 python -m pyramid_dm compare "${runs[@]}" --out "$OUT" --sampling_seeds 0 1 --quality swd_mean -- \
-  --steps 4 8 16 --num_samples 250 --batch_size 125 --features random --metrics swd spectrum --no_wandb --no_progress
+  --steps 4 8 --num_samples 250 --batch_size 125 --features random --metrics swd spectrum --no_wandb --no_progress
