@@ -76,36 +76,25 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
             trainer.logger.log_hyperparams({"cli_config": cfg})
 
 
+EXP_OPTIONS = {  # the run's own options (``exp.*``): name -> (type, default, help)
+    "name": (str, "default", "Experiment name: run directory and W&B group."),
+    "root": (str, "runs", "Directory that holds one folder per experiment."),
+    "project": (str, "pyramid_dm", "W&B project."),
+    "group": (str | None, None, "W&B group (default: exp.name; a sweep shares one)."),
+    "allow_objective_change": (bool, False, "Resume with model options that change what is optimised; recorded."),
+    "stop_grace_s": (
+        float,
+        60.0,
+        "After SIGTERM or Ctrl-C the process ends within this many seconds, whatever it waits for.",
+    ),
+    "max_train_flops": (float | None, None, "End training after this many training FLOPs (or max_steps, the first)."),
+}
+
+
 class PyramidCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument(
-            "--exp.name", type=str, default="default", help="Experiment name: run directory and W&B group."
-        )
-        parser.add_argument(
-            "--exp.root", type=str, default="runs", help="Directory that holds one folder per experiment."
-        )
-        parser.add_argument("--exp.project", type=str, default="pyramid_dm", help="W&B project.")
-        parser.add_argument(
-            "--exp.group", type=str | None, default=None, help="W&B group (default: exp.name; a sweep shares one)."
-        )
-        parser.add_argument(
-            "--exp.allow_objective_change",
-            type=bool,
-            default=False,
-            help="Resume (--ckpt_path) with model options that change what is optimised (fine-tuning); recorded.",
-        )
-        parser.add_argument(
-            "--exp.stop_grace_s",
-            type=float,
-            default=60.0,
-            help="After SIGTERM or Ctrl-C the process ends within this many seconds, whatever it waits for.",
-        )
-        parser.add_argument(
-            "--exp.max_train_flops",
-            type=float | None,
-            default=None,
-            help="End training once this many training FLOPs are spent (train/flops; with max_steps: the first).",
-        )
+        for name, (kind, default, text) in EXP_OPTIONS.items():
+            parser.add_argument(f"--exp.{name}", type=kind, default=default, help=text)
         parser.add_argument("--defaults", type=list[str] | None, default=None, help="Config pieces loaded first.")
         for key in LINKED_FROM_DATA:
             parser.link_arguments("data", f"model.init_args.{key}", compute_fn=attrgetter(key), apply_on="instantiate")
