@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Does multi-scale pay at 64 px on real photographs? Single-scale pixel diffusion against the native pyramid and
+# Does multi-scale pay at 64 px on real photographs? Single-scale pixel diffusion (eps and flow matching) against the
+# native pyramid and
 # Pyramidal Flow Matching, one hourglass-transformer body family, each configuration trained to the same training
 # FLOPs (exp.max_train_flops: the engine's own flop_counter count, forward + backward, every level) with two training
 # seeds, then each run sampled with two sampling seeds at several step counts; FID-proxy (random features), SWD per
@@ -12,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUDGET=${1:-3e13}
-CONFIGS=${CONFIGS:-pixel_hdit_64 pyramid_hdit_64 pyramid_flow_hdit_64}
+CONFIGS=${CONFIGS:-pixel_hdit_64 pixel_flow_hdit_64 pyramid_hdit_64 pyramid_flow_hdit_64}
 SEEDS=${SEEDS:-0 1}
 ROOT=${PYRAMID_DM_RUNS:-runs}/bench-multiscale-$BUDGET
 OUT=benchmarks/multiscale/cpu-$BUDGET
