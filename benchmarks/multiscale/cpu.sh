@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Does multi-scale pay at 64 px on real photographs? Single-scale pixel diffusion (eps and flow matching) against the
-# native pyramid and
-# Pyramidal Flow Matching, one hourglass-transformer body family, each configuration trained to the same training
+# native pyramid and Pyramidal Flow Matching, one hourglass-transformer body family, each trained to the same training
 # FLOPs (exp.max_train_flops: the engine's own flop_counter count, forward + backward, every level) with two training
 # seeds, then each run sampled with two sampling seeds at several step counts; FID-proxy (random features), SWD per
 # Laplacian level and the power-spectrum error per band against the training crops (compare).
