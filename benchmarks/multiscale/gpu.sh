@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The multi-scale comparison at 128 px on one GPU (about 10 minutes on one H200): cpu.sh's three configurations at
+# The multi-scale comparison at 128 px on one GPU (at most 8 x TRAIN_LIMIT (55 s) + COMPARE_LIMIT (200 s) = 11 min): cpu.sh's four configurations at
 # 128 px (builtin:photos_128; the pixel hourglass at patch 2 = 64x64 tokens, the pyramid and Pyramidal Flow Matching
 # 32 -> 64 -> 128 at patch 2 / 4 / 8 = 32x32 tokens per level), bf16, batch 64, each trained to the same training
 # FLOPs (BUDGET, default 2e14: about 400 steps of the pixel hourglass at 7.9 training GFLOPs per image, 850 of the
@@ -14,19 +14,20 @@ BUDGET=${1:-2e14}
 SEEDS=${SEEDS:-0 1}
 ROOT=${PYRAMID_DM_RUNS:-/tmp/pyramid_dm-runs}/bench-multiscale-gpu-$BUDGET
 OUT=benchmarks/multiscale/gpu-$BUDGET
-TRAIN_LIMIT=${TRAIN_LIMIT:-70}
+TRAIN_LIMIT=${TRAIN_LIMIT:-55}
 export PYRAMID_DM_CACHE=${PYRAMID_DM_CACHE:-/tmp/pyramid_dm-cache} WANDB_MODE=offline
 mkdir -p "$OUT"
 read -r -a extra <<< "${PYRAMID_DM_MS_EXTRA:---trainer.precision bf16-mixed}"
 common=(--data.init_args.shards builtin:photos_128 --data.init_args.batch_size 64 --data.init_args.num_workers 6)
 declare -A overrides=(
   [pixel_hdit_64]="--model.init_args.shift_reference_resolution 32"
+  [pixel_flow_hdit_64]="--model.init_args.shift_reference_resolution 32"
   [pyramid_hdit_64]="--model.init_args.resolutions [32,64,128] --model.init_args.unet.patch_size [2,4,8] --model.init_args.shift_reference_resolution 32"
   [pyramid_flow_hdit_64]="--model.init_args.resolutions [32,64,128] --model.init_args.unet.patch_size [2,4,8]"
 )
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')" > "$OUT/device.txt"
 runs=()
-for config in pixel_hdit_64 pyramid_hdit_64 pyramid_flow_hdit_64; do
+for config in pixel_hdit_64 pixel_flow_hdit_64 pyramid_hdit_64 pyramid_flow_hdit_64; do
   for seed in $SEEDS; do
     name=${config%_64}_128-seed$seed
     runs+=("$ROOT/$name")
