@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The multi-scale comparison at 128 px on one GPU (at most 8 x TRAIN_LIMIT (55 s) + COMPARE_LIMIT (200 s) = 11 min): cpu.sh's four configurations at
-# 128 px (builtin:photos_128; the pixel hourglass at patch 2 = 64x64 tokens, the pyramid and Pyramidal Flow Matching
+# The multi-scale comparison at 128 px on one GPU (at most 8 x TRAIN_LIMIT (55 s) + COMPARE_LIMIT (200 s) = 11
+# min): cpu.sh's four configurations at 128 px (builtin:photos_128; the pixel hourglass at patch 2 = 64x64 tokens, the pyramid and Pyramidal Flow Matching
 # 32 -> 64 -> 128 at patch 2 / 4 / 8 = 32x32 tokens per level), bf16, batch 64, each trained to the same training
 # FLOPs (BUDGET, default 2e14: about 400 steps of the pixel hourglass at 7.9 training GFLOPs per image, 850 of the
 # pyramids at 3.7) with two training seeds, each sampled with two sampling seeds at 4 / 8 / 16 steps; SWD per level, spectrum error, FID-proxy (random features). Every training run and the compare have time limits, so
