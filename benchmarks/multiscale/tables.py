@@ -7,17 +7,18 @@ import json
 import statistics
 import sys
 
+from pyramid_dm.commands.compare import spreads as seed_spreads
+
 comp = json.load(open(sys.argv[1]))["rows"]
 cf = json.load(open(sys.argv[2]))["rows"] if len(sys.argv) > 2 else []
 
 
 def spreads(rs, k):
+    """(mean, sampling spread, training spread) of metric ``k`` over rows ``rs`` (compare's definitions)."""
     per = {}
     for r in rs:
         per.setdefault(r["training_seed"], []).append(r[k])
-    samp = max(max(v) - min(v) for v in per.values())
-    means = [statistics.mean(v) for v in per.values()]
-    return statistics.mean(r[k] for r in rs), samp, (max(means) - min(means)) if len(means) > 1 else None
+    return (statistics.mean(r[k] for r in rs), *seed_spreads(per))
 
 
 groups = {}

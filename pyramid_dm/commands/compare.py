@@ -214,7 +214,7 @@ def fronts_plot(summary: list[dict], quality: str, path: Path) -> None:
 
 def main(argv: list[str]) -> int:
     args, passed = parse_args(argv)
-    rows = []
+    rows, space = [], None
     for run in args.runs:
         if not run.exists():
             raise UserError(f"compare: {run} does not exist")
@@ -229,6 +229,7 @@ def main(argv: list[str]) -> int:
                 if code:
                     return code
             result = json.loads((out / "results.json").read_text())
+            space = result["meta"]["features"]
             for row in result["rows"]:
                 rows.append(
                     {
@@ -243,7 +244,6 @@ def main(argv: list[str]) -> int:
                         **row,
                     }
                 )
-    space = json.loads((out / "results.json").read_text())["meta"]["features"]
     quality = args.quality or f"fid_{space}"
     metrics = [k for k in rows[0] if k.startswith(("fid_", "kid_", "swd_", "spectrum_")) and not k.endswith("_std")]
     if quality not in metrics:

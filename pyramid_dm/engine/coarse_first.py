@@ -24,8 +24,7 @@ from ..diffusion import CountingDenoiser, get_sampler, sampling_sigmas
 from ..diffusion import sample as run_sampler
 from ..errors import UserError
 from ..flops import count_flops
-
-FLOP_BATCH = 2
+from .engine import FLOP_BATCH
 
 
 @dataclass
@@ -84,7 +83,7 @@ def coarse_first_sample(
     x = F.interpolate(coarse.float(), scale_factor=factor, mode="nearest") + sigma * eps
     out = spec(den, x / math.sqrt(1 + sigma**2), sigmas, cond=cond, generator=generator)  # start() undoes the scale
     calls = den.rows // num_samples
-    raw, sigma_one = engine.denoiser(0, net), torch.tensor(1.0, dtype=torch.float64)
+    raw, sigma_one = den.denoiser, torch.tensor(1.0, dtype=torch.float64)  # the network, uncounted
     flop_cond = engine.conditioning(engine.sample_labels(0, FLOP_BATCH))
     per_call = [
         float(count_flops(lambda z=z: raw(z, sigma_one, **flop_cond))) / FLOP_BATCH
