@@ -20,6 +20,8 @@ idempotent and needs no version number:
 - no ``step_aware`` (trained before step-aware supernets): None, a plain network (same weights and names).
 - no ``network`` / ``objective`` (trained before networks and objectives were named parts): ``unet`` (the only
   network there was) and None (the objective the model's options imply, as before).
+- no ``objective_options`` / ``init_from`` (trained before few-step objectives): None, the settings-free objectives
+  those runs trained, from their own initialisation.
 A new format change adds a step here and a fixture checkpoint of the old format in ``tests/fixtures/``.
 """
 
@@ -118,6 +120,8 @@ def migrate(ckpt: dict, family: str | None = None) -> dict:
         hp.setdefault("step_aware", None)  # a slimmable supernet (issue 16); older networks are plain
         hp.setdefault("network", "unet")  # networks as registered parts (issue 25): every older model is a UNet
         hp.setdefault("objective", None)  # objectives as parts (issue 25): None is the one older runs trained
+        hp.setdefault("objective_options", None)  # an objective's settings (issue 30); older objectives have none
+        hp.setdefault("init_from", None)  # a checkpoint the weights started from (issue 30); older runs: none
         if (family_of(ckpt) or family) == "pyramid":
             hp.setdefault("stage_bounds", None)  # pyramid_flow's stage windows; older layouts have none
         if "latent_scale" not in state:

@@ -37,6 +37,12 @@ def add_sampler_args(p: argparse.ArgumentParser, sampler_help: str, steps=None) 
             "2 * steps - 1 calls)",
         )
     p.add_argument("--discretization", help=f"one of {list(DISCRETIZATIONS)} (default: each sampler's own)")
+    p.add_argument(
+        "--any_sampler",
+        action="store_true",
+        help="sample with a sampler made for another kind of model than the checkpoint's (a multistep ODE sampler on "
+        "a consistency or MeanFlow model, or the reverse), which is otherwise refused",
+    )
 
 
 class Parser(argparse.ArgumentParser):
@@ -87,10 +93,12 @@ def check_sampler_args(args: argparse.Namespace, steps: bool = True) -> None:
 
 
 def sampler_option(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` of ``--option`` (numbers as floats)."""
+    """``KEY=VALUE`` of ``--option`` (numbers as floats, true/false as booleans)."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. --option eta=0.5)")
+    if value.lower() in ("true", "false"):
+        return key, value.lower() == "true"
     try:
         return key, float(value)
     except ValueError:

@@ -289,6 +289,7 @@ def main(argv: list[str]) -> int:
         not args.no_progress,
         nfe_budgets=bool(args.nfe),
         discretization=args.discretization,
+        any_sampler=args.any_sampler,
         sampler_options=dict(args.option),
         wrappers=[Guidance(args.guidance), *([guide] if guide else []), *([Widths(policy)] if policy else [])],
         metrics=args.metrics,

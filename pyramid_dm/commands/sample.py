@@ -135,6 +135,7 @@ def main(argv: list[str]) -> int:
             labels=labels,
             wrappers=wrappers,
             discretization=args.discretization,
+            any_sampler=args.any_sampler,
             **options,
         )
     except ValueError as e:

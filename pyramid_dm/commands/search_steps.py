@@ -235,6 +235,7 @@ def main(argv: list[str]) -> int:
             False,
             discretization=args.discretization,
             wrappers=[Widths(policy)],
+            any_sampler=args.any_sampler,
         )
         measured = {"ms_per_sample": cost.seconds_per_sample * 1e3, "mean_width": cost.mean_width, "nfe": cost.nfe}
         return {

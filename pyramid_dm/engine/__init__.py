@@ -15,6 +15,7 @@ from torch import Tensor
 from .classifier import ClassifierGuide
 from .engine import LEVEL_TRAINING, BoundEngine, DiffusionEngine
 from .families import RECIPES, DiffusionOptions, LatentOptions, PyramidOptions, build_engine
+from .few_step import ConsistencyTuning, MeanFlow
 from .load import ema_net_from_checkpoint, engine_from_checkpoint, load_engine
 from .plan import SamplingPlan, check_discretization, check_sampler, check_steps, per_level
 
@@ -47,6 +48,8 @@ class GenerativeModel(Protocol):
 
 __all__ = [
     "ClassifierGuide",
+    "ConsistencyTuning",
+    "MeanFlow",
     "LEVEL_TRAINING",
     "RECIPES",
     "BoundEngine",

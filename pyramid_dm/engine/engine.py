@@ -141,7 +141,12 @@ class DiffusionEngine(nn.Module):
         return self.layout.conditioning(self.geometry, level, finished, self.schedules[level], aug_t, noise)
 
     def denoiser(self, level: int = -1, net: nn.Module | None = None) -> Denoiser:
-        """D(x~; sigma~) of ``net`` (default: the engine's network) at ``level`` (default: the finest)."""
+        """D(x~; sigma~) of ``net`` (default: the engine's network) at ``level`` (default: the finest), as the
+        objective trains it (a consistency function, an average velocity: :meth:`Objective.wrap_denoiser`)."""
+        return self.objective.wrap_denoiser(self.base_denoiser(level, net))
+
+    def base_denoiser(self, level: int = -1, net: nn.Module | None = None) -> Denoiser:
+        """The parameterization's D(x~; sigma~) of ``net`` at ``level`` (:class:`~pyramid_dm.diffusion.Denoiser`)."""
         return Denoiser(
             net if net is not None else self.net,
             self.schedules[level],
@@ -156,13 +161,25 @@ class DiffusionEngine(nn.Module):
         return getattr(self.net, "width_multipliers", None)
 
     def loss(
-        self, images, labels, u, noise, levels=None, aug=None, net: nn.Module | None = None, teacher=None
+        self,
+        images,
+        labels,
+        u,
+        noise,
+        levels=None,
+        aug=None,
+        net: nn.Module | None = None,
+        teacher=None,
+        level_loss=None,
     ) -> Tensor:
         """Per-sample loss, summed over ``levels`` (default all, with the level weights): level l is noised at
         u[:, l] ~ U[0, 1) (a (B,) ``u`` serves every level) with ``noise[l]`` (the layout's training pair: a
         pyramid-flow stage derives its pair from the finest level's noise); its context is the clean coarser levels
         augmented by ``aug`` = (per-sample aug_t, noise per level) (None: no augmentation); with a ``teacher``
-        network, plus the distillation term toward its detached output (:class:`.objectives.Sandwich`)."""
+        network, plus the distillation term toward its detached output (:class:`.objectives.Sandwich`).
+        ``level_loss(denoiser, x0, noise, u, teacher, **cond)``: one level's per-sample loss (default: the
+        objective's, :meth:`Objective.level_loss`)."""
+        level_loss = level_loss or self.objective.level_loss(self)
         zs = self.encode(images)
         noise = [noise] if isinstance(noise, Tensor) else noise
         u = u[:, None].expand(-1, self.num_levels) if u.ndim == 1 else u
@@ -173,15 +190,16 @@ class DiffusionEngine(nn.Module):
             cond = self.level_conditioning(level, zs[:level], *(aug[0], aug[1][level]) if aug else ())
             den = self.denoiser(level, net)
             teach = None if teacher is None else self.denoiser(level, teacher)
-            term = self.loss_fn.level_loss(den, z, eps, u[:, level], teach, **self.conditioning(labels), **cond)
+            term = level_loss(den, z, eps, u[:, level], teach, **self.conditioning(labels), **cond)
             total = total + float(weights[level]) * term
         return total
 
     def training_loss(
-        self, images: Tensor, labels: Tensor, teacher: nn.Module | None = None
+        self, images: Tensor, labels: Tensor, teacher: nn.Module | None = None, level_loss=None
     ) -> tuple[Tensor, int | None]:
         """The mean loss of a training batch with this step's draws (times, label dropout, the trained level, noise,
-        context augmentation), and the level trained alone (``level_training: sample``) or None."""
+        context augmentation), and the level trained alone (``level_training: sample``) or None; ``level_loss`` as in
+        :meth:`loss`."""
         n, device = images.shape[0], images.device
         u = self.layout.training_u(n, self.num_levels, device)
         if self.num_classes and self.label_dropout > 0:
@@ -191,14 +209,16 @@ class DiffusionEngine(nn.Module):
             levels = [int(torch.multinomial(self.loss_fn.weights(self.num_levels), 1))]
         noise = [torch.randn((n, *self.geometry.grid_shape(lv)), device=device) for lv in range(self.num_levels)]
         aug = self.layout.training_augmentation(self.geometry, n, device=device)
-        loss = self.loss(images, labels, u, noise, levels, aug, teacher=teacher).mean()
+        loss = self.loss(images, labels, u, noise, levels, aug, teacher=teacher, level_loss=level_loss).mean()
         if levels is not None:  # the other levels' heads get a zero gradient, so DDP finds every parameter used
             loss = loss + 0.0 * sum(p.view(-1)[0] for p in self.net.parameters())
         return loss, None if levels is None else levels[0]
 
-    def seeded_loss(self, images: Tensor, labels: Tensor, seeds: Tensor, net: nn.Module | None = None) -> Tensor:
+    def seeded_loss(
+        self, images: Tensor, labels: Tensor, seeds: Tensor, net: nn.Module | None = None, level_loss=None
+    ) -> Tensor:
         """Per-sample loss with times, noise and context augmentation drawn from each sample's own seed, so that a
-        validation loss is comparable across runs."""
+        validation loss is comparable across runs; ``level_loss`` as in :meth:`loss`."""
         u, noise, augs = [], [[] for _ in range(self.num_levels)], []
         for s in seeds.tolist():
             g = torch.Generator().manual_seed(int(s))
@@ -211,7 +231,8 @@ class DiffusionEngine(nn.Module):
             aug_t = torch.cat([a[0] for a in augs]).to(self.device)
             aug = (aug_t, [torch.cat([a[1][lv] for a in augs]).to(self.device) for lv in range(self.num_levels)])
         u = torch.stack(u).to(self.device)
-        return self.loss(images, labels, u, [torch.stack(z).to(images.device) for z in noise], aug=aug, net=net)
+        noise = [torch.stack(z).to(images.device) for z in noise]
+        return self.loss(images, labels, u, noise, aug=aug, net=net, level_loss=level_loss)
 
     # ---- sampling -----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -226,6 +247,7 @@ class DiffusionEngine(nn.Module):
         wrappers: Sequence[SamplingWrapper] = (),
         discretization: str | None = None,
         return_levels: bool = False,
+        any_sampler: bool = False,
         **options,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Images in [-1, 1], shape (num_samples, C, H, W), generated level by level, coarse first.
@@ -235,11 +257,14 @@ class DiffusionEngine(nn.Module):
         class-conditional model; ``net`` runs another copy of the network (the EMA weights); ``wrappers`` (parts of
         :mod:`.wrappers`: guidance, classifier guidance, a step policy, counting, your own) wrap each level's
         denoiser in the order their positions declare; ``options`` go to the sampler (e.g. ``eta``).
-        ``return_levels`` also returns the generated levels (scaled latents, coarse first)."""
+        ``return_levels`` also returns the generated levels (scaled latents, coarse first). A sampler made for another
+        kind of model than the objective trained (a multistep ODE sampler on a consistency model, or the reverse) is
+        refused unless ``any_sampler`` (:meth:`Objective.check_sampling`)."""
         if torch.isnan(self.latent_scale).any():
             raise UserError("the latent scale is not fitted yet: train at least one step before sampling")
         samplers, steps = self.plan.resolve(sampler, steps)
         wrappers = ordered(wrappers)
+        self.objective.check_sampling(samplers, wrappers, any_sampler)
         for wrapper in wrappers:
             wrapper.begin(self, num_samples, labels)
         label_cond = self.conditioning(labels)
@@ -342,6 +367,9 @@ class BoundEngine:
 
     def denoiser(self, level: int = -1) -> Denoiser:
         return self.engine.denoiser(level, self.net)
+
+    def base_denoiser(self, level: int = -1) -> Denoiser:
+        return self.engine.base_denoiser(level, self.net)
 
     def loss(self, *args, **kwargs) -> Tensor:
         return self.engine.loss(*args, net=self.net, **kwargs)

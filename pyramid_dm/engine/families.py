@@ -32,7 +32,7 @@ from ..nets import NETWORKS, NetSpec
 from ..stages import FirstStage, IdentityStage, autoencoder_stage
 from .engine import DiffusionEngine
 from .first_stages import PYRAMID_FIRST_STAGES
-from .objectives import OBJECTIVES
+from .objectives import OBJECTIVES, Objective, Sandwich
 from .plan import SamplingPlan, per_level
 from .supernet import SandwichRule
 
@@ -72,11 +72,12 @@ class DiffusionOptions:
     mode_scale: float
     loss_weighting: str
     min_snr_gamma: float
-    sampler: str
-    sample_steps: int
+    sampler: str | None
+    sample_steps: int | None
     discretization: str | None
     step_aware: dict | None
     objective: str | None
+    objective_options: dict | None
 
     def __post_init__(self):
         if not 0 <= self.label_dropout < 1:
@@ -103,9 +104,10 @@ class DiffusionOptions:
 
     def net_factory(self, spec: NetSpec) -> Callable[[], nn.Module]:
         """The registered network ``network`` built for ``spec`` from its options (``unet``), plus its widths when it
-        is a step-aware supernet."""
+        is a step-aware supernet and the inputs its objective adds (:attr:`Objective.network_options`)."""
         widths = {"width_multipliers": list(self.supernet.widths)} if self.supernet else {}
-        build, options = NETWORKS[self.network], {**(self.unet or {}), **widths}
+        extra = OBJECTIVES[self.objective_name].network_options
+        build, options = NETWORKS[self.network], {**(self.unet or {}), **widths, **extra}
 
         def make() -> nn.Module:
             try:
@@ -182,10 +184,11 @@ class Recipe:
         """1 for pixel levels; NaN (= fit on the first training batch) for latent ones."""
         return 1.0
 
-    def plan(self, num_levels: int) -> SamplingPlan:
-        o = self.o
+    def plan(self, num_levels: int, objective: Objective) -> SamplingPlan:
+        """The default sampling plan: ``sampler`` / ``sample_steps``, else the objective's (:attr:`default_plan`)."""
+        o, (sampler, steps) = self.o, objective.default_plan
         names = ("model.sampler", "model.sample_steps")
-        return SamplingPlan.build(num_levels, o.sampler, o.sample_steps, o.discretization, names)
+        return SamplingPlan.build(num_levels, o.sampler or sampler, o.sample_steps or steps, o.discretization, names)
 
     def level_weights(self, num_levels: int) -> list[float] | None:
         return None
@@ -245,12 +248,11 @@ class PyramidRecipe(Recipe):
     def latent_scale(self) -> float:
         return math.nan if PYRAMID_FIRST_STAGES[self.p.first_stage].latent and self.p.scale_latents else 1.0
 
-    def plan(self, num_levels: int) -> SamplingPlan:
-        o, p = self.o, self.p
+    def plan(self, num_levels: int, objective: Objective) -> SamplingPlan:
+        o, p, (sampler, steps) = self.o, self.p, objective.default_plan
         names = ("model.level_samplers", "model.level_steps")
-        return SamplingPlan.build(
-            num_levels, p.level_samplers or o.sampler, p.level_steps or o.sample_steps, o.discretization, names
-        )
+        samplers, steps = p.level_samplers or o.sampler or sampler, p.level_steps or o.sample_steps or steps
+        return SamplingPlan.build(num_levels, samplers, steps, o.discretization, names)
 
     def level_weights(self, num_levels: int) -> list[float] | None:
         if self.p.level_weights is None:
@@ -262,6 +264,14 @@ class PyramidRecipe(Recipe):
 
 
 RECIPES: dict[str, type[Recipe]] = {"pixel": PixelRecipe, "latent": LatentRecipe, "pyramid": PyramidRecipe}
+
+
+def build_objective(o: DiffusionOptions) -> Objective:
+    """The objective of options ``o``; a step-aware supernet trains any objective by the sandwich rule."""
+    objective = OBJECTIVES[o.objective_name].from_options(o)
+    if o.supernet and not isinstance(objective, Sandwich):
+        objective = Sandwich(o.supernet, objective)
+    return objective
 
 
 def build_engine(family: str, h: Mapping[str, Any], first_stage: dict | None = None) -> DiffusionEngine:
@@ -302,6 +312,12 @@ def build_engine(family: str, h: Mapping[str, Any], first_stage: dict | None = N
     except ValueError as e:
         raise UserError(f"model.{e}") from None
     try:
+        objective = build_objective(o)
+        plan = recipe.plan(geometry.num_levels, objective)
+        objective.check_sampling(list(plan.samplers), [])
+    except ValueError as e:
+        raise UserError(f"model: {e}") from None
+    try:
         factory = o.net_factory(recipe.net_spec(geometry))
         engine = DiffusionEngine(
             first_stage,
@@ -309,7 +325,7 @@ def build_engine(family: str, h: Mapping[str, Any], first_stage: dict | None = N
             factory,
             schedules,
             loss,
-            recipe.plan(geometry.num_levels),
+            plan,
             prediction=o.prediction,
             sigma_data=o.sigma_data,
             num_classes=o.classes,
@@ -317,7 +333,7 @@ def build_engine(family: str, h: Mapping[str, Any], first_stage: dict | None = N
             latent_scale=recipe.latent_scale(),
             level_training=recipe.level_training(),
             family=recipe.family,
-            objective=OBJECTIVES[o.objective_name].from_options(o),
+            objective=objective,
         )
     except ValueError as e:
         if isinstance(e, UserError):

@@ -111,3 +111,62 @@ def build_model(
 
 def load_checkpoint(path: str) -> dict:
     return read_checkpoint(path, "--ckpt_path")
+
+
+# what a model initialised from another checkpoint must share with it: the network, what it is trained to predict,
+# and the data's shape (a network's dropout may differ: consistency tuning adds it)
+INIT_KEYS = (
+    "image_size", "channels", "num_classes", "class_conditional", "network", "unet", "prediction", "sigma_data",
+    "schedule", "num_timesteps", "zero_terminal_snr", "schedule_options", "shift_reference_resolution",
+    "layout", "first_stage", "resolutions", "stage_bounds", "shared_body", "spade",
+)  # fmt: skip
+
+
+def init_engine_from(
+    engine: DiffusionEngine, options: dict, path: str | Path, data: dict | None, new_keys: tuple[str, ...] = ()
+) -> int:
+    """Load the checkpoint at ``path`` (its EMA network, first stage and latent scale) into ``engine``, built from
+    the hyperparameters ``options`` (compared key by key with the checkpoint's, a key of another family as None): ``model.init_from``, e.g. consistency tuning from a trained model. Refused, naming the key: another
+    family, another network or parameterization (:data:`INIT_KEYS`), other levels, or other ``data`` (the data
+    module's hyperparameters: the shards' name and the resize). Network weights whose names start with ``new_keys``
+    (inputs the objective adds) may be missing from the checkpoint. Returns the checkpoint's global step."""
+    what = "model.init_from"
+    ckpt = read_checkpoint(path, what, (engine.family,), f"a {engine.family} model", mismatch_hint=(
+        f": initialise a {engine.family} model from a {engine.family} checkpoint of the same data and network"
+    ))  # fmt: skip
+    theirs = ckpt["hyper_parameters"]
+    for key in INIT_KEYS:
+        mine, their = options.get(key), theirs.get(key)
+        if key == "unet":
+            mine, their = ({k: v for k, v in (d or {}).items() if k != "dropout"} for d in (mine, their))
+        if mine != their:
+            raise UserError(
+                f"{what} {str(path)!r} was trained with {key} = {their!r}, this model has {key} = {mine!r}: tuning "
+                "needs the teacher's network, parameterization, schedule and data shape"
+            )
+    levels = ckpt["pyramid_dm"].get("level_shapes")
+    if levels is not None and [tuple(s) for s in levels] != engine.level_shapes:
+        raise UserError(f"{what} {str(path)!r} has levels {levels}, this model {engine.level_shapes}")
+    their_data = ckpt.get("datamodule_hyper_parameters") or {}
+    for key in ("shards", "resize"):
+        mine, their = (data or {}).get(key), their_data.get(key)
+        if key == "shards":  # the same shards moved elsewhere are the same data
+            mine, their = (None if v is None else Path(str(v).rstrip("/")).name for v in (mine, their))
+        if data is not None and their is not None and mine != their:
+            raise UserError(
+                f"{what} {str(path)!r} was trained on data.{key} = {their!r}, this run reads {mine!r}: tune on the "
+                "data the teacher learnt"
+            )
+    state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(ENGINE_KEYS) and not k.startswith("net.")}
+    state.update({f"net.{k}": v for k, v in weights(ckpt, "ema.module.").items()})
+    try:
+        result = engine.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise UserError(f"{what} {str(path)!r}: weights do not fit this model ({exc})") from exc
+    missing = [k for k in result.missing_keys if not any(p in k for p in new_keys)]
+    if missing or result.unexpected_keys:
+        raise UserError(
+            f"{what} {str(path)!r}: weights do not fit this model (missing {missing[:5]}, unexpected "
+            f"{result.unexpected_keys[:5]})"
+        )
+    return int(ckpt.get("global_step", 0))

@@ -33,6 +33,7 @@ def evaluate_grid(
     wrappers: Sequence[SamplingWrapper] = (),
     metrics: Sequence[str] = (),
     real_images: Tensor | None = None,
+    any_sampler: bool = False,
 ) -> list[dict]:
     """One row per (sampler, steps): cost (:class:`~pyramid_dm.eval.sampling.SamplingCost`) and quality
     (FID/KID/precision/recall in ``extractor``'s feature space against the ``real`` features). With ``nfe_budgets``
@@ -41,11 +42,17 @@ def evaluate_grid(
     ``wrappers`` (:mod:`pyramid_dm.engine.wrappers`: guidance, classifier guidance, a step policy costed per width)
     wrap every run, and each row records what they describe (``guidance``, ``classifier_scale``, ...). ``metrics``
     names image metrics (:data:`~pyramid_dm.eval.image_metrics.IMAGE_METRICS`: ``swd``, ``spectrum``) computed
-    against ``real_images`` besides the feature metrics."""
+    against ``real_images`` besides the feature metrics. ``any_sampler``: samplers made for another kind of model
+    than the checkpoint's run instead of being refused (:meth:`.Objective.check_sampling`)."""
     rows, sampler_options = [], dict(sampler_options or {})
     grid = [(s, steps_for_nfe(s, n, **sampler_options) if nfe_budgets else n) for s in samplers for n in steps]
     for sampler, n in tqdm(grid, desc="evaluate", disable=not progress or len(grid) == 1):
-        options = {"discretization": discretization, "wrappers": wrappers, **sampler_options}
+        options = {
+            "discretization": discretization,
+            "wrappers": wrappers,
+            "any_sampler": any_sampler,
+            **sampler_options,
+        }
         images, cost = sample_with_cost(model, sampler, n, num_samples, batch_size, seed, progress, **options)
         fake = extract(extractor.to(model.device), images)
         row = cost.as_dict()

@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric
 from .. import compat
 from ..checkpoints import migrate, stamp
 from ..engine import BoundEngine, build_engine
-from ..engine.load import ENGINE_KEYS
+from ..engine.load import ENGINE_KEYS, init_engine_from
 from ..errors import UserError
 from .common import StepAwareArgs, UNetArgs, check_data_shape, data_batch_size
 from .ema import make_ema
@@ -63,13 +63,19 @@ class DiffusionModel(ScaledOptimizer, L.LightningModule):
             (batch x ranks x accumulation) and the learning rate used are logged as ``effective_batch_size`` and
             ``effective_lr``.
         ema_decay: EMA of the network weights, used for validation and sampling.
-        sampler, sample_steps, discretization: the default sampler for ``sample()`` (``discretization`` None: the
-            sampler's own default grid).
+        sampler, sample_steps, discretization: the default sampler for ``sample()`` (None: the objective's,
+            ``dpmpp_2m`` 20 steps for a diffusion model, ``consistency`` 2 after ``ect``, ``meanflow`` 1;
+            ``discretization`` None: the sampler's own default grid).
         step_aware: train the network as a slimmable supernet (:class:`StepAwareArgs`), so that ``sample``,
             ``evaluate`` and ``search-steps`` can run a width policy over the noise levels (DDSM). Per-width train
             and validation losses are logged as ``train/loss_w<w>`` and ``val/loss_w<w>``.
         objective: what a training step optimises, by its name in :data:`~pyramid_dm.engine.objectives.OBJECTIVES`
-            (default: ``sandwich`` with ``step_aware``, else ``denoising``).
+            (default: ``sandwich`` with ``step_aware``, else ``denoising``; ``ect``: consistency tuning, ``meanflow``:
+            :mod:`pyramid_dm.engine.few_step`); ``objective_options`` its settings. With ``step_aware`` any objective
+            trains every drawn width (the sandwich rule).
+        init_from: a checkpoint of the same family, network, parameterization and data whose EMA weights (and first
+            stage) this model starts from when a run begins (not when it resumes): e.g. the teacher that
+            ``objective: ect`` tunes into a consistency model.
         speed: how the training step runs (:class:`~pyramid_dm.models.speed.SpeedArgs`: ``compile``,
             ``channels_last``, ``activation_checkpointing``, ``matmul_precision``), applied when ``fit`` starts; none
             changes what is optimised.
@@ -115,11 +121,13 @@ class DiffusionModel(ScaledOptimizer, L.LightningModule):
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float = 0.999,
-        sampler: str = "dpmpp_2m",
-        sample_steps: int = 20,
+        sampler: str | None = None,
+        sample_steps: int | None = None,
         discretization: str | None = None,
         step_aware: StepAwareArgs | None = None,
         objective: str | None = None,
+        objective_options: dict | None = None,
+        init_from: str | None = None,
         speed: SpeedArgs | None = None,
     ):
         super().__init__()
@@ -236,14 +244,30 @@ class DiffusionModel(ScaledOptimizer, L.LightningModule):
                 rank_zero_info(f"training speed switches: {', '.join(self.speed_applied)}")
 
     def on_fit_start(self) -> None:
+        try:
+            self.engine.objective.check_run(self.trainer.max_steps)
+        except ValueError as e:
+            raise UserError(f"model.objective_options: {e}") from None
+        if self.hparams.init_from and self.global_step == 0:  # a run that begins, not one that resumes
+            self.initialise_from(self.hparams.init_from)
         batch_size = data_batch_size(self)
         if batch_size:  # read by ThroughputMonitor for flops_per_sec and MFU
             self.flops_per_batch = self.engine.training_flops(batch_size)
         check_data_shape(self)
         self.check_encoded_data()
 
+    def initialise_from(self, path: str) -> None:
+        """The engine's and the EMA network's weights from the checkpoint at ``path`` (:func:`init_engine_from`)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        data = dict(dm.hparams) if dm is not None and hasattr(dm, "hparams") else None
+        new = self.engine.objective.init_keys()
+        step = init_engine_from(self.engine, dict(self.hparams), path, data, new)
+        self.ema.module.load_state_dict(self.engine.net.state_dict())
+        rank_zero_info(f"model.init_from: weights of {path} (trained {step} steps)")
+
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, labels, _ = batch
+        self.engine.objective.begin_step(self.global_step)
         if batch_idx == 0:
             self.check_batch(images)
         if torch.isnan(self.engine.latent_scale).any():

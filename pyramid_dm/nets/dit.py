@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .levels import PerLevel
 from .slimmable import SlimLinear, at_width, check_heads, check_widths, current_width, heads_at
-from .unet import sinusoidal_embedding
+from .unet import embed_interval, sinusoidal_embedding
 
 
 @functools.lru_cache(maxsize=32)
@@ -123,6 +123,8 @@ class DiT(PerLevel):
     width_multipliers: a slimmable supernet (step-aware models): at width w every block runs the first
         round(num_heads w) heads and the first slim(hidden w) MLP units (multiples of 8); the residual stream, the
         embeddings and the final layers stay whole. At width 1 it is the plain network, bit for bit.
+    interval_embedding: a second time input, ``interval=`` (MeanFlow's t - r), embedded like the noise and added to
+        the conditioning; zero-initialised, so the network starts as the one without it.
     """
 
     checkpoint_units = (Block,)  # what activation checkpointing wraps (nets/checkpointing.py)
@@ -142,6 +144,7 @@ class DiT(PerLevel):
         time_channels: int = 256,
         time_scale: float = 1000.0,
         width_multipliers: Sequence[float] | None = None,
+        interval_embedding: bool = False,
     ):
         super().__init__()
         self.setup_levels("dit", level_channels, level_sizes, context_channels, patch_size, num_classes, hidden_size)
@@ -166,6 +169,11 @@ class DiT(PerLevel):
             if any(context)
             else None
         )
+        self.interval_mlp = (
+            nn.Sequential(nn.Linear(time_channels, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+            if interval_embedding
+            else None
+        )
         self.blocks = nn.ModuleList(Block(hidden_size, num_heads, head_dim, mlp_ratio) for _ in range(depth))
         self.finals = nn.ModuleList(FinalLayer(hidden_size, p, c) for c, p in zip(level_channels, patches))
         self._init_weights()
@@ -187,14 +195,21 @@ class DiT(PerLevel):
             if mlp is not None:
                 nn.init.normal_(mlp[0].weight, std=0.02)
                 nn.init.normal_(mlp[2].weight, std=0.02)
+        if self.interval_mlp is not None:
+            nn.init.normal_(self.interval_mlp[0].weight, std=0.02)
         zeroed = [block.ada[1] for block in self.blocks] + [m for f in self.finals for m in (f.ada, f.proj)]
+        zeroed += [self.interval_mlp[2]] if self.interval_mlp is not None else []
         for layer in zeroed:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def condition(self, c_noise: Tensor, class_labels: Tensor | None, level: int, aug_t: Tensor | None) -> Tensor:
+    def condition(
+        self, c_noise: Tensor, class_labels: Tensor | None, level: int, aug_t: Tensor | None, interval=None
+    ) -> Tensor:
         b = c_noise.shape[0]
         c = self.time_mlp(sinusoidal_embedding(c_noise * self.time_scale, self.time_channels))
+        if interval is not None or self.interval_mlp is not None:
+            c = c + embed_interval(self.interval_mlp, interval, c_noise, self.time_scale, self.time_channels)
         c = self.add_label_and_level(c, class_labels, level)
         if self.context_channels[level]:
             aug = torch.zeros(b, device=c.device, dtype=c.dtype) if aug_t is None else aug_t.to(c.device, c.dtype)
@@ -210,14 +225,15 @@ class DiT(PerLevel):
         level: int = 0,
         context: Tensor | None = None,
         aug_t: Tensor | None = None,
+        interval: Tensor | None = None,
         width: float | None = None,
     ) -> Tensor:
         """Level ``level``'s output for its noisy latent ``x`` (B, C, H, W), given ``context`` (B, context channels,
         H, W) noised at ``aug_t`` (None = clean), at ``width`` (None: the caller's context); shaped like ``x``."""
         with at_width(self.width_multipliers, width):
-            return self._forward(x, c_noise, class_labels, level, context, aug_t)
+            return self._forward(x, c_noise, class_labels, level, context, aug_t, interval)
 
-    def _forward(self, x, c_noise, class_labels, level, context, aug_t) -> Tensor:
+    def _forward(self, x, c_noise, class_labels, level, context, aug_t, interval=None) -> Tensor:
         b, _, h, w = x.shape
         p = self.patches[level]
         x = self.level_input(x, level, context)
@@ -227,7 +243,7 @@ class DiT(PerLevel):
         # traced (not looked up in the cache, which Dynamo would warn of) inside a compiled graph
         positions = sincos_positions.__wrapped__ if torch.compiler.is_compiling() else sincos_positions
         tokens = tokens + positions(tokens.shape[-1], h // p).to(tokens)
-        c = self.condition(c_noise.expand(b), class_labels, level, aug_t).to(tokens.dtype)
+        c = self.condition(c_noise.expand(b), class_labels, level, aug_t, interval).to(tokens.dtype)
         for block in self.blocks:
             tokens = block(tokens, c)
         out = self.finals[level](tokens, c)  # (B, N, p * p * C)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from .levels import PerLevel
 from .slimmable import SlimLinear, at_width, check_heads, check_widths, current_width, heads_at
+from .unet import embed_interval
 
 
 class RMSNorm(nn.Module):
@@ -180,6 +181,8 @@ class HourglassDiT(PerLevel):
     mapping_width, mapping_depth: the mapping network that turns the noise, class, level and augmentation embeddings
         into the conditioning of every AdaRMSNorm; the noise enters as random Fourier features of ``c_noise *
         time_scale`` (frequencies ~ N(0, 4^2), fixed and saved with the weights).
+    interval_embedding: a second time input, ``interval=`` (MeanFlow's t - r), through the same Fourier features and
+        its own zero-initialised projection, so the network starts as the one without it.
     """
 
     checkpoint_units = (Layer,)  # what activation checkpointing wraps (nets/checkpointing.py)
@@ -200,6 +203,7 @@ class HourglassDiT(PerLevel):
         mapping_depth: int = 2,
         time_scale: float = 1.0,
         width_multipliers: Sequence[float] | None = None,
+        interval_embedding: bool = False,
     ):
         super().__init__()
         self.setup_levels("hdit", level_channels, level_sizes, context_channels, patch_size, num_classes, mapping_width)
@@ -229,6 +233,9 @@ class HourglassDiT(PerLevel):
         self.register_buffer("fourier", torch.randn(c // 2) * 4, persistent=True)  # the noise's Fourier features
         self.aug_in = nn.Linear(c, c, bias=False) if any(context) else None
         self.time_in = nn.Linear(c, c, bias=False)
+        self.interval_in = nn.Linear(c, c, bias=False) if interval_embedding else None
+        if self.interval_in is not None:
+            nn.init.zeros_(self.interval_in.weight)
         mapping = []
         for _ in range(mapping_depth):
             mapping += [RMSNorm(c), nn.Linear(c, 2 * c, bias=False), _GEGLU(), nn.Linear(c, c, bias=False)]
@@ -256,10 +263,15 @@ class HourglassDiT(PerLevel):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def condition(self, c_noise: Tensor, class_labels: Tensor | None, level: int, aug_t: Tensor | None) -> Tensor:
+    def condition(
+        self, c_noise: Tensor, class_labels: Tensor | None, level: int, aug_t: Tensor | None, interval=None
+    ) -> Tensor:
         b = c_noise.shape[0]
         dtype = self.time_in.weight.dtype
         cond = self.time_in(fourier_features(c_noise.to(dtype) * self.time_scale, self.fourier))
+        if interval is not None or self.interval_in is not None:
+            features = lambda h: fourier_features(h.to(dtype) * self.time_scale, self.fourier)  # noqa: E731
+            cond = cond + embed_interval(self.interval_in, interval, c_noise.to(dtype), 1.0, 0, features)
         cond = self.add_label_and_level(cond, class_labels, level)
         if self.context_channels[level]:
             aug = torch.zeros(b, device=cond.device, dtype=dtype) if aug_t is None else aug_t.to(cond.device, dtype)
@@ -278,17 +290,18 @@ class HourglassDiT(PerLevel):
         level: int = 0,
         context: Tensor | None = None,
         aug_t: Tensor | None = None,
+        interval: Tensor | None = None,
         width: float | None = None,
     ) -> Tensor:
         """Level ``level``'s output for its noisy latent ``x`` (B, C, H, W), given ``context`` noised at ``aug_t``,
         at ``width`` (None: the caller's context)."""
         with at_width(self.width_multipliers, width):
-            return self._forward(x, c_noise, class_labels, level, context, aug_t)
+            return self._forward(x, c_noise, class_labels, level, context, aug_t, interval)
 
-    def _forward(self, x, c_noise, class_labels, level, context, aug_t) -> Tensor:
+    def _forward(self, x, c_noise, class_labels, level, context, aug_t, interval=None) -> Tensor:
         b, p = x.shape[0], self.patches[level]
         x = self.level_input(x, level, context)
-        cond = self.condition(c_noise.expand(b), class_labels, level, aug_t).to(x.dtype)
+        cond = self.condition(c_noise.expand(b), class_labels, level, aug_t, interval).to(x.dtype)
         tokens = self.embed[level](F.pixel_unshuffle(x, p).permute(0, 2, 3, 1))  # (B, H/p, W/p, D)
         skips = []
         for i, layers in enumerate(self.down):

@@ -83,21 +83,22 @@ class PyramidUNet(nn.Module):
         level: int = 0,
         context: Tensor | None = None,
         aug_t: Tensor | None = None,
+        interval: Tensor | None = None,
         width: float | None = None,
     ) -> Tensor:
         """Level ``level``'s output for its noisy latent ``x`` given ``context`` (B, context_channels[level], H, W),
         noised at ``aug_t`` (per sample, in [0, 1]; None = clean), at ``width`` (None: the caller's context)."""
         with self.bodies[0].at_width(width):
-            return self._forward(x, c_noise, class_labels, level, context, aug_t)
+            return self._forward(x, c_noise, class_labels, level, context, aug_t, interval)
 
-    def _forward(self, x, c_noise, class_labels, level, context, aug_t) -> Tensor:
+    def _forward(self, x, c_noise, class_labels, level, context, aug_t, interval=None) -> Tensor:
         want = self.context_channels[level]
         got = 0 if context is None else context.shape[1]
         if got != want:
             raise ValueError(f"level {level} takes a context of {want} channels, got {got}")
         body = self.bodies[level if len(self.bodies) > 1 else 0]
         b = x.shape[0]
-        emb = body.embed(c_noise.expand(b), class_labels)
+        emb = body.embed(c_noise.expand(b), class_labels, interval)
         emb = emb + self.level_emb(torch.full((b,), level, device=x.device, dtype=torch.long))
         if want:
             dtype = torch.promote_types(c_noise.dtype, torch.float32)

@@ -35,6 +35,19 @@ def sinusoidal_embedding(x: Tensor, dim: int, max_period: float = 10000.0) -> Te
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
+def embed_interval(
+    mlp: nn.Module | None, interval: Tensor | None, c_noise: Tensor, scale: float, dim: int, features=None
+) -> Tensor:
+    """The embedding of a second time input (MeanFlow's interval t - r; None: 0) by ``mlp`` over ``features``
+    (default: sinusoidal features of ``dim`` of ``interval * scale``); a network built without one (``mlp`` None)
+    refuses an interval."""
+    if mlp is None:
+        raise ValueError("this network takes no interval input: build it with interval_embedding (MeanFlow)")
+    b = c_noise.shape[0]
+    interval = torch.zeros_like(c_noise) if interval is None else interval.to(c_noise).expand(b)
+    return mlp(features(interval) if features else sinusoidal_embedding(interval * scale, dim))
+
+
 class SpatialModulation(nn.Module):
     """SPADE (Park et al. 2019) after a normalisation: h (1 + gamma(c)) + beta(c), with the spatial condition c resized
     (nearest) to h; zero-initialised, so it starts as the identity."""
@@ -133,6 +146,8 @@ class UNet(nn.Module):
             (0, 1]; None: a plain network (its layers still slice, but ``forward(width=)`` refuses other widths).
         time_channels: size of the sinusoidal time embedding (default ``base_channels``): never slimmed, so a plain
             network equal to a sub-width of a supernet keeps the supernet's.
+        interval_embedding: a second time input, ``interval=`` (MeanFlow's t - r), embedded like the time and added
+            to it; its last layer starts at zero, so the network starts as the one without it.
     """
 
     checkpoint_units = (ResBlock, SelfAttention)  # what activation checkpointing wraps (nets/checkpointing.py)
@@ -155,6 +170,7 @@ class UNet(nn.Module):
         spade_channels: int = 0,
         width_multipliers: Sequence[float] | None = None,
         time_channels: int | None = None,
+        interval_embedding: bool = False,
     ):
         super().__init__()
         self.width_multipliers = None if width_multipliers is None else check_widths(width_multipliers, "widths")
@@ -167,6 +183,13 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(
             SlimLinear(self.time_channels, emb_dim, slim_in=False), nn.SiLU(), SlimLinear(emb_dim, emb_dim)
         )
+        self.interval_mlp = None
+        if interval_embedding:
+            self.interval_mlp = nn.Sequential(
+                SlimLinear(self.time_channels, emb_dim, slim_in=False), nn.SiLU(), SlimLinear(emb_dim, emb_dim)
+            )
+            nn.init.zeros_(self.interval_mlp[2].weight)
+            nn.init.zeros_(self.interval_mlp[2].bias)
         self.class_emb = SlimEmbedding(num_classes + 1, emb_dim) if num_classes else None
         self.stem_channels = widths[0]  # the first stage's channels (a "width" is a multiplier elsewhere)
         self.conv_in = None if headless else SlimConv2d(in_channels, widths[0], 3, padding=1, slim_in=False)
@@ -202,8 +225,10 @@ class UNet(nn.Module):
         """:func:`.slimmable.at_width` for this network's widths."""
         return at_width(self.width_multipliers, width)
 
-    def embed(self, c_noise: Tensor, class_labels: Tensor | None) -> Tensor:
+    def embed(self, c_noise: Tensor, class_labels: Tensor | None, interval: Tensor | None = None) -> Tensor:
         emb = self.time_mlp(sinusoidal_embedding(c_noise * self.time_scale, self.time_channels))
+        if interval is not None or self.interval_mlp is not None:
+            emb = emb + embed_interval(self.interval_mlp, interval, c_noise, self.time_scale, self.time_channels)
         if self.class_emb is not None:
             if class_labels is None:
                 class_labels = torch.full((emb.shape[0],), self.num_classes, device=emb.device, dtype=torch.long)
@@ -211,10 +236,16 @@ class UNet(nn.Module):
         return emb
 
     def forward(
-        self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None, *, width: float | None = None
+        self,
+        x: Tensor,
+        c_noise: Tensor,
+        class_labels: Tensor | None = None,
+        *,
+        interval: Tensor | None = None,
+        width: float | None = None,
     ) -> Tensor:
         with self.at_width(width):
-            emb = self.embed(c_noise.expand(x.shape[0]), class_labels).to(x.dtype)
+            emb = self.embed(c_noise.expand(x.shape[0]), class_labels, interval).to(x.dtype)
             return self.conv_out(F.silu(self.norm_out(self.body(self.conv_in(x), emb))))
 
     def body(self, h: Tensor, emb: Tensor, spatial: Tensor | None = None) -> Tensor:

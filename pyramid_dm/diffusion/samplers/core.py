@@ -21,6 +21,7 @@ from ...registry import Registry
 from ..parameterization import DenoiserFn
 from ..schedules.base import NoiseSchedule
 from ..schedules.discretization import sampling_sigmas
+from .few_step import consistency, meanflow
 from .flow import flow_euler
 from .langevin import ald, ald_nfe
 from .score_sde import euler_maruyama, pc, pc_nfe
@@ -182,11 +183,14 @@ class SamplerSpec:
     """One registered sampler: its function, the grid it uses unless told otherwise (what its authors recommend at
     low resolution) and its NFE rule ``nfe(steps, **options)``: denoiser calls per sample on a ``steps``-interval
     grid (per guidance branch), given every option of the function, its own defaults filled in (None: one call per
-    step). Calling the record calls the function."""
+    step). ``kind``: the models it samples, as an objective declares what it trains
+    (:attr:`~pyramid_dm.engine.objectives.Objective.model_kind`): ``diffusion`` (any denoiser: the ODE/SDE samplers),
+    ``consistency`` or ``meanflow``. Calling the record calls the function."""
 
     fn: Callable[..., Tensor]
     grid: str
     nfe_rule: Callable[..., int] | None = None
+    kind: str = "diffusion"
 
     def __call__(self, *args, **kwargs) -> Tensor:
         return self.fn(*args, **kwargs)
@@ -222,6 +226,9 @@ SAMPLERS.register("ald", SamplerSpec(ald, "logsnr", ald_nfe))  # NCSN's ALD on i
 SAMPLERS.register("pc", SamplerSpec(pc, "logsnr", pc_nfe))  # predictor-corrector (Song et al. 2021), :mod:`.score_sde`
 SAMPLERS.register("euler_maruyama", SamplerSpec(euler_maruyama, "logsnr"))  # the reverse SDE, :mod:`.score_sde`
 SAMPLERS.register("flow_euler", SamplerSpec(flow_euler, "flow"))  # diffusers' FlowMatchEulerDiscreteScheduler grid
+# few-step samplers of consistency and MeanFlow models (:mod:`.few_step`), uniform in the schedule's time
+SAMPLERS.register("consistency", SamplerSpec(consistency, "trailing", kind="consistency"))
+SAMPLERS.register("meanflow", SamplerSpec(meanflow, "trailing", kind="meanflow"))
 
 
 def get_sampler(name: str) -> SamplerSpec:
