@@ -19,8 +19,17 @@ OUT=benchmarks/few_step
 PARTS=${*:-fmnist photos}
 QUIET="--trainer.enable_progress_bar false --trainer.callbacks.every_n_steps 1000000"
 
-flops_of() {  # CKPT -> its training FLOPs
-  python -c "import sys, torch; print(torch.load(sys.argv[1], map_location='cpu', weights_only=False)['training_cost']['flops'])" "$1"
+flops_of() {  # CKPT -> its training FLOPs (recorded, or, before they were: its steps x the engine's count per step)
+  python - "$1" <<'PY'
+import sys, torch
+from pyramid_dm.engine import load_engine
+ckpt = torch.load(sys.argv[1], map_location="cpu", weights_only=False)
+if "training_cost" in ckpt:
+    print(ckpt["training_cost"]["flops"])
+else:
+    batch = ckpt["datamodule_hyper_parameters"]["batch_size"]
+    print(ckpt["global_step"] * load_engine(sys.argv[1]).training_flops(batch))
+PY
 }
 steps_for() {  # CONFIG FLOPS EXTRA... -> the steps of CONFIG (with EXTRA model options) that spend FLOPS
   python - "$@" <<'PY'
