@@ -72,17 +72,17 @@ def test_each_objective_fits_samples_and_evaluates_at_one_and_two_nfe(runs, sess
     assert proc.returncode == 0 and "consistency 2 steps, NFE 2/sample" in proc.stderr, proc.stderr[-2000:]
     base = ["sample", "--ckpt_path", str(ect), "--num_samples", "4", "--overwrite", "--out", str(out)]
     proc = run_cli([*base, "--sampler", "dpmpp_2m", "--steps", "4"], session_env)
-    assert proc.returncode == 1 and "sampler 'dpmpp_2m' samples diffusion models" in proc.stderr
+    assert proc.returncode == 2 and "sampler 'dpmpp_2m' samples diffusion models" in proc.stderr
     assert "--any_sampler" in proc.stderr
     proc = run_cli([*base, "--sampler", "dpmpp_2m", "--steps", "4", "--any_sampler"], session_env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     proc = run_cli([*base, "--guidance", "2"], session_env)
-    assert proc.returncode == 1 and "cannot be guided while sampling" in proc.stderr
+    assert proc.returncode == 2 and "cannot be guided while sampling" in proc.stderr
     proc = run_cli([*base, "--steps", "2", "--option", "stochastic=false", "--option", "mid_sigmas=0.8"], session_env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     proc = run_cli(["sample", "--ckpt_path", str(teacher), "--out", str(tmp_path / "t"), "--sampler", "consistency"],
                    session_env)  # fmt: skip
-    assert proc.returncode == 1 and "trained with objective 'denoising'" in proc.stderr
+    assert proc.returncode == 2 and "trained with objective 'denoising'" in proc.stderr
 
     mf = fit(tmp_path, "mf", 6, *FLOW, "--model.init_args.objective", "meanflow", env=session_env)
     rows = evaluate(mf, tmp_path / "eval_mf", session_env, "--steps", "1", "2", "--num_samples", "64")
@@ -92,7 +92,7 @@ def test_each_objective_fits_samples_and_evaluates_at_one_and_two_nfe(runs, sess
     guided = fit(tmp_path, "mfg", 4, *FLOW, "--model.init_args.objective", "meanflow",
                  "--model.init_args.objective_options", "{guidance_scale: 2.0}", env=session_env)  # fmt: skip
     proc = run_cli(["sample", "--ckpt_path", str(guided), "--out", str(tmp_path / "g"), "--guidance", "3"], session_env)
-    assert proc.returncode == 1 and "trained with guidance 2 built in" in proc.stderr
+    assert proc.returncode == 2 and "trained with guidance 2 built in" in proc.stderr
 
 
 def test_few_step_objectives_compose_with_pyramids_flow_stages_and_step_aware_widths(runs, session_env, tmp_path):
@@ -136,7 +136,7 @@ def test_bad_few_step_input_is_named(runs, session_env, tmp_path, digits_shards)
     cases.append((["--data.init_args.shards", str(other), *ect_args(teacher)], "trained on data.shards"))
     for extra, message in cases:
         proc = run_cli([*base, *extra], session_env)
-        assert proc.returncode == 1 and message in proc.stderr, (extra, proc.stderr[-2000:])
+        assert proc.returncode == 2 and message in proc.stderr, (extra, proc.stderr[-2000:])
     pyramid_from_pixel = ["fit", "--config", "configs/pyramid/digits.yaml", "--exp.root", str(tmp_path), *FAST]
     proc = run_cli([*pyramid_from_pixel, "--trainer.max_steps", "4", *ect_args(teacher)], session_env)
-    assert proc.returncode == 1 and "holds a pixel model" in proc.stderr and "not a pyramid model" in proc.stderr
+    assert proc.returncode == 2 and "holds a pixel model" in proc.stderr and "not a pyramid model" in proc.stderr

@@ -64,10 +64,11 @@ if [[ " $PARTS " == *" fmnist "* ]]; then
     teacher=$RUNS/bench-backbones/hdit-seed$seed/checkpoints/last.ckpt
     tflops=$(flops_of "$teacher")
     ect_opts=(--model.init_args.objective ect)
-    steps=$(steps_for configs/pixel/fashion_mnist_hdit_ect.yaml "$(python -c "print($tflops / 10)")" "${ect_opts[@]}" | tail -1)
+    steps=$(steps_for configs/pixel/fashion_mnist_hdit_ect.yaml "$(python -c "print($tflops / 10)")" "${ect_opts[@]}" \
+      --data.init_args.batch_size 32 | tail -1)
     train fmnist hdit_ect-seed$seed configs/pixel/fashion_mnist_hdit_ect.yaml "$seed" "$steps" \
       --model.init_args.init_from "$teacher" --data.init_args.batch_size 32
-    steps=$(steps_for configs/pixel/fashion_mnist_hdit_meanflow.yaml "$tflops" | tail -1)
+    steps=$(steps_for configs/pixel/fashion_mnist_hdit_meanflow.yaml "$tflops" --data.init_args.batch_size 32 | tail -1)
     train fmnist hdit_meanflow-seed$seed configs/pixel/fashion_mnist_hdit_meanflow.yaml "$seed" "$steps" \
       --data.init_args.batch_size 32
     evaluate fmnist "$teacher" hdit-seed$seed $E --sampler dpmpp_2m --steps 1 2 4 8 20
