@@ -9,15 +9,16 @@
 # Every model is evaluated with sampling seeds 0 and 1: teachers with DPM-Solver++(2M) on its own grid and on the
 # uniform (trailing) grid, and with the consistency sampler (--any_sampler: the same network, no tuning); tuned models
 # with their own sampler. Needs the teachers: bash benchmarks/backbones/quality.sh, bash benchmarks/multiscale/cpu.sh 2e13
-#   bash benchmarks/few_step/cpu.sh [fmnist] [photos]
+#   bash benchmarks/few_step/cpu.sh [fmnist] [photos] [meanflow]     # default: all three, in this order
 # Raw rows: benchmarks/few_step/<part>/<run>-sample<s>/results.{json,csv}; training lines in <part>/train_times.txt;
 # the tables: python benchmarks/few_step/tables.py.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${PYRAMID_DM_RUNS:-runs}
 OUT=benchmarks/few_step
-PARTS=${*:-fmnist photos}
+PARTS=${*:-fmnist photos meanflow}
 QUIET="--trainer.enable_progress_bar false --trainer.callbacks.every_n_steps 1000000"
+FM="--num_samples 500 --batch_size 250 --features fmnist_clf"
 
 flops_of() {  # CKPT -> its training FLOPs (recorded, or, before they were: its steps x the engine's count per step)
   python - "$1" <<'PY'
@@ -52,31 +53,25 @@ train() {  # PART NAME CONFIG SEED STEPS ARGS...
 evaluate() {  # PART CKPT NAME EVALUATE-ARGS...
   local part=$1 ckpt=$2 name=$3; shift 3
   for s in 0 1; do
+    if [ -f "$OUT/$part/$name-sample$s/results.json" ]; then continue; fi  # kept: rerun the script to go on
     python -m pyramid_dm evaluate --ckpt_path "$ckpt" --out "$OUT/$part/$name-sample$s" --seed "$s" \
-      --no_wandb --no_progress --overwrite "$@" 2>&1 | grep -E "GFLOPs|rror"
+      --no_wandb --no_progress "$@" 2>&1 | grep -E "GFLOPs|rror"
   done
 }
 
 if [[ " $PARTS " == *" fmnist "* ]]; then
   mkdir -p "$OUT/fmnist"
-  E="--num_samples 500 --batch_size 250 --features fmnist_clf"
   for seed in 0 1; do
     teacher=$RUNS/bench-backbones/hdit-seed$seed/checkpoints/last.ckpt
-    tflops=$(flops_of "$teacher")
-    ect_opts=(--model.init_args.objective ect)
-    steps=$(steps_for configs/pixel/fashion_mnist_hdit_ect.yaml "$(python -c "print($tflops / 10)")" "${ect_opts[@]}" \
+    tflops=$(flops_of "$teacher" | tail -1)
+    steps=$(steps_for configs/pixel/fashion_mnist_hdit_ect.yaml "$(python -c "print($tflops / 10)")" \
       --data.init_args.batch_size 32 | tail -1)
     train fmnist hdit_ect-seed$seed configs/pixel/fashion_mnist_hdit_ect.yaml "$seed" "$steps" \
       --model.init_args.init_from "$teacher" --data.init_args.batch_size 32
-    steps=$(steps_for configs/pixel/fashion_mnist_hdit_meanflow.yaml "$tflops" --data.init_args.batch_size 32 | tail -1)
-    train fmnist hdit_meanflow-seed$seed configs/pixel/fashion_mnist_hdit_meanflow.yaml "$seed" "$steps" \
-      --data.init_args.batch_size 32
-    evaluate fmnist "$teacher" hdit-seed$seed $E --sampler dpmpp_2m --steps 1 2 4 8 20
-    evaluate fmnist "$teacher" hdit-seed$seed-trailing $E --sampler dpmpp_2m --discretization trailing --steps 1 2 4 8
-    evaluate fmnist "$teacher" hdit-seed$seed-cm $E --sampler consistency --any_sampler --steps 1 2 4
-    evaluate fmnist "$RUNS/bench-few_step/hdit_ect-seed$seed/checkpoints/last.ckpt" hdit_ect-seed$seed $E --steps 1 2 4
-    evaluate fmnist "$RUNS/bench-few_step/hdit_meanflow-seed$seed/checkpoints/last.ckpt" hdit_meanflow-seed$seed $E \
-      --steps 1 2 4
+    evaluate fmnist "$RUNS/bench-few_step/hdit_ect-seed$seed/checkpoints/last.ckpt" hdit_ect-seed$seed $FM --steps 1 2 4
+    evaluate fmnist "$teacher" hdit-seed$seed $FM --sampler dpmpp_2m --steps 1 2 4 8 20
+    evaluate fmnist "$teacher" hdit-seed$seed-trailing $FM --sampler dpmpp_2m --discretization trailing --steps 1 2 4 8
+    evaluate fmnist "$teacher" hdit-seed$seed-cm $FM --sampler consistency --any_sampler --steps 1 2 4
   done
 fi
 
@@ -100,5 +95,17 @@ if [[ " $PARTS " == *" photos "* ]]; then
       evaluate photos "$teacher" "$config-seed$seed" $E --sampler dpmpp_2m --steps 1 2 4 8
       evaluate photos "$teacher" "$config-seed$seed-trailing" $E --sampler dpmpp_2m --discretization trailing --steps 1 2 4
     done
+  done
+fi
+
+if [[ " $PARTS " == *" meanflow "* ]]; then  # MeanFlow from scratch to the teacher's training FLOPs
+  mkdir -p "$OUT/fmnist"
+  for seed in 0 1; do
+    tflops=$(flops_of "$RUNS/bench-backbones/hdit-seed$seed/checkpoints/last.ckpt" | tail -1)
+    steps=$(steps_for configs/pixel/fashion_mnist_hdit_meanflow.yaml "$tflops" --data.init_args.batch_size 32 | tail -1)
+    train fmnist hdit_meanflow-seed$seed configs/pixel/fashion_mnist_hdit_meanflow.yaml "$seed" "$steps" \
+      --data.init_args.batch_size 32
+    evaluate fmnist "$RUNS/bench-few_step/hdit_meanflow-seed$seed/checkpoints/last.ckpt" hdit_meanflow-seed$seed $FM \
+      --steps 1 2 4
   done
 fi
