@@ -23,7 +23,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from .callbacks.cost import TrainingCost
+from .callbacks.cost import TrainingCost, with_cost_summary
 from .callbacks.progress import PlainProgress, plain_progress_wanted, use_step_bounded_bar
 from .callbacks.stopping import StopOnSignal, StopRequested
 from .checkpoints import read_checkpoint
@@ -182,6 +182,7 @@ class PyramidCLI(LightningCLI):
                 )
         # first, so that the restored logging step is in place before any other callback logs in the first batch
         self.trainer.callbacks[:0] = [StepBoundaryResume()]
+        self.trainer.callbacks[:] = with_cost_summary(self.trainer.callbacks)
         self.trainer.callbacks += [
             RequeueAtStepBoundary(),
             StopOnSignal(grace_s=float((config.get("exp") or {}).get("stop_grace_s", 60.0))),

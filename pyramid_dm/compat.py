@@ -108,3 +108,17 @@ def conv_forward(conv, x, weight, bias):
     """``conv`` (an ``nn.Conv2d``) applied with another ``weight`` and ``bias`` (a slice of its own), its padding mode
     and the rest of its settings kept: ``Conv2d._conv_forward``."""
     return conv._conv_forward(x, weight, bias)
+
+
+def summary_table(total_parameters, trainable_parameters, model_size, total_training_modes, total_flops, data) -> str:
+    """Lightning's model-summary table (its private ``_format_summary_table``)."""
+    from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
+
+    return _format_summary_table(
+        total_parameters, trainable_parameters, model_size, total_training_modes, total_flops, *data
+    )
+
+
+def summary_depth(callback) -> int:
+    """The ``max_depth`` a ModelSummary callback was made with (a private attribute)."""
+    return callback._max_depth

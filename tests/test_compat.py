@@ -139,3 +139,13 @@ def test_a_conv_runs_with_a_slice_of_its_weights_and_keeps_its_padding_mode():
     w, b = conv.weight[:3, :2], conv.bias[:3]
     want = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="circular"), w, b)
     assert torch.allclose(compat.conv_forward(conv, x, w, b), want, atol=1e-6)
+
+
+def test_lightnings_summary_table_and_depth_are_what_the_cost_summary_reads():
+    from lightning.pytorch.callbacks import ModelSummary
+
+    from pyramid_dm import compat
+
+    table = compat.summary_table(10, 10, 0.1, {"train": 1, "eval": 0}, 0, [(" ", ["0"]), ("Name", ["net"])])
+    assert "Total Flops" in table and "Total params" in table
+    assert compat.summary_depth(ModelSummary(max_depth=3)) == 3

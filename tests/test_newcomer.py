@@ -48,6 +48,8 @@ def test_readme_own_data_recipe_trains_and_stores_absolute_paths(own_run):
     out = proc.stdout + proc.stderr
     assert [text for text in NOISE if text in out] == []
     assert "Epoch 1" in out  # the progress bar is there, without Lightning's "/-2"
+    # the model summary gives the training FLOPs per step, not Lightning's "Total FLOPs: 0" (no example input)
+    assert "Training FLOPs per step (forward + backward)" in out and "total flops" not in out.lower()
 
 
 def test_evaluate_and_sample_work_from_another_directory(own_run, session_env, tmp_path):

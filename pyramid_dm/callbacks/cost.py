@@ -11,14 +11,19 @@ different models can be trained to the same compute.
 
 from __future__ import annotations
 
+import logging
 import math
 
 from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelSummary, RichModelSummary
+from lightning.pytorch.utilities.model_summary import get_human_readable_count
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from .. import compat
 from ..errors import UserError
 from ..models.common import data_batch_size
 
+log = logging.getLogger("lightning.pytorch.callbacks.model_summary")
 KEY = "training_cost"  # the checkpoint's record: {"flops", "images", "step", "flops_per_image"}
 
 
@@ -81,3 +86,37 @@ class TrainingCost(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.flops, self.images, self.restored = float(state_dict["flops"]), int(state_dict["images"]), True
+
+
+class CostSummary(ModelSummary):
+    """Lightning's model summary, printed when training starts (once the module has counted its step), with the
+    training FLOPs per optimizer step (``flops_per_batch``: forward + backward, as :class:`TrainingCost` adds them up)
+    in place of Lightning's "Total FLOPs", a forward pass over ``example_input_array``, which these modules do not
+    have: it printed 0."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.flops = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.flops = getattr(pl_module, "flops_per_batch", None)
+        super().on_fit_start(trainer, pl_module)
+
+    def summarize(self, summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
+                  total_flops, **kwargs) -> None:  # fmt: skip
+        if not total_flops:  # nor Lightning's per-module FLOPs column, zeros for the same reason
+            summary_data = [(head, values) for head, values in summary_data if head != "FLOPs"]
+        table = compat.summary_table(
+            total_parameters, trainable_parameters, model_size, total_training_modes, total_flops, summary_data
+        )
+        lines = [line for line in table.splitlines() if "total flops" not in line.lower() or total_flops]
+        if self.flops:
+            lines.append(
+                f"{get_human_readable_count(int(self.flops)):<10} Training FLOPs per step (forward + backward)"
+            )
+        log.info("\n" + "\n".join(lines))
+
+
+def with_cost_summary(callbacks: list) -> list:
+    """``callbacks`` with the ModelSummary (or RichModelSummary) Lightning adds as a :class:`CostSummary`."""
+    plain = (ModelSummary, RichModelSummary)
+    return [CostSummary(compat.summary_depth(cb)) if type(cb) in plain else cb for cb in callbacks]

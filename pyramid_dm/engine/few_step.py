@@ -1,8 +1,8 @@
 """Few-step objectives: consistency tuning (ECT) and MeanFlow, each one registered part (:mod:`.objectives`).
 
-Their math is in :mod:`pyramid_dm.diffusion.training.consistency` and :mod:`pyramid_dm.diffusion.training.meanflow`; here they become
-objectives: a per-level loss that the engine runs for every level of any layout (so a pyramid's levels and
-Pyramidal Flow's stages each get their own 1-2 calls), the denoiser the samplers call, the samplers that fit
+Their math is in :mod:`pyramid_dm.diffusion.training.consistency` and :mod:`pyramid_dm.diffusion.training.meanflow`;
+here they become objectives: a per-level loss that the engine runs for every level of any layout (so a pyramid's levels
+and Pyramidal Flow's stages each get their own 1-2 calls), the denoiser the samplers call, the samplers that fit
 (``consistency``, ``meanflow``), their training FLOPs, and their settings (``model.objective_options``):
 
 - ``ect``: ``p_mean``, ``p_std`` (-1.1, 2.0), ``q``, ``k``, ``b`` (2, 8, 1), ``double_every`` (steps per halving of
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..diffusion.parameterization import expand
 from ..diffusion.training.consistency import ConsistencyFunction, GapSchedule, ect_loss, lognormal_sigma
 from ..diffusion.training.meanflow import (
     AverageVelocity,
@@ -31,7 +32,6 @@ from ..diffusion.training.meanflow import (
     meanflow_target,
     velocity,
 )
-from ..diffusion.parameterization import expand
 from .objectives import OBJECTIVES, Objective, StepLosses
 
 NO_GUIDANCE = (

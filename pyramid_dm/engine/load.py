@@ -126,10 +126,11 @@ def init_engine_from(
     engine: DiffusionEngine, options: dict, path: str | Path, data: dict | None, new_keys: tuple[str, ...] = ()
 ) -> int:
     """Load the checkpoint at ``path`` (its EMA network, first stage and latent scale) into ``engine``, built from
-    the hyperparameters ``options`` (compared key by key with the checkpoint's, a key of another family as None): ``model.init_from``, e.g. consistency tuning from a trained model. Refused, naming the key: another
-    family, another network or parameterization (:data:`INIT_KEYS`), other levels, or other ``data`` (the data
-    module's hyperparameters: the shards' name and the resize). Network weights whose names start with ``new_keys``
-    (inputs the objective adds) may be missing from the checkpoint. Returns the checkpoint's global step."""
+    the hyperparameters ``options``: ``model.init_from``, e.g. consistency tuning from a trained model. Refused,
+    naming the key: another family, another network or parameterization (:data:`INIT_KEYS`, compared key by key with
+    the checkpoint's, a key of another family as None), other levels, or other ``data`` (the data module's
+    hyperparameters: the shards' name and the resize). Network weights whose names contain ``new_keys`` (inputs the
+    objective adds) may be missing from the checkpoint. Returns the checkpoint's global step."""
     what = "model.init_from"
     ckpt = read_checkpoint(path, what, (engine.family,), f"a {engine.family} model", mismatch_hint=(
         f": initialise a {engine.family} model from a {engine.family} checkpoint of the same data and network"

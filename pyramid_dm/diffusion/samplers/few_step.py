@@ -1,5 +1,5 @@
-"""One- and few-step samplers of models trained for them (:mod:`..training.consistency`, :mod:`..training.meanflow`), on the shared
-sampler signature (:mod:`.core`); one denoiser call per step.
+"""One- and few-step samplers of models trained for them (:mod:`..training.consistency`,
+:mod:`..training.meanflow`), on the shared sampler signature (:mod:`.core`); one denoiser call per step.
 
 - :func:`consistency`: multistep consistency sampling (Song et al. 2023, Alg. 1): x0 = f(x~; sigma_0), then at each
   following level sigma_i > 0 re-noise and apply f again. ``stochastic`` (iCT, ECT) draws fresh noise,
