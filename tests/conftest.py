@@ -81,6 +81,7 @@ LONG_FILES = [
     "test_slurm.py",  # ~800 s: a real Slurm cluster, requeued DDP jobs, a search array
     "test_pyramid.py",  # ~500 s: the 400-step pyramid fixture, stage-one autoencoders
     "test_pyramid_flow.py",  # ~300 s
+    "test_few_step_cli.py",  # ~300 s: a 400-step teacher, its ECT tuning, every few-step objective through the CLI
     "test_newcomer.py",
     "test_ddp.py",
     "test_cli.py",

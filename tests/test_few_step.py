@@ -17,9 +17,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pyramid_dm.bench.ddp import free_port
 from pyramid_dm.diffusion import Denoiser, build_schedule, sample
+from pyramid_dm.diffusion.samplers.few_step import consistency, meanflow
 from pyramid_dm.diffusion.training.consistency import ConsistencyFunction, GapSchedule, ect_loss, lognormal_sigma
 from pyramid_dm.diffusion.training.meanflow import AverageVelocity, TimeSampler, check_times, meanflow_target, velocity
-from pyramid_dm.diffusion.samplers.few_step import consistency, meanflow
 from pyramid_dm.engine.few_step import MeanFlow, MeanFlowSettings
 from pyramid_dm.nets import UNet
 

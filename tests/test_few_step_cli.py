@@ -95,21 +95,27 @@ def test_each_objective_fits_samples_and_evaluates_at_one_and_two_nfe(runs, sess
     assert proc.returncode == 2 and "trained with guidance 2 built in" in proc.stderr
 
 
+def sample(ckpt, out, env, *extra: str) -> dict:
+    proc = run_cli(["sample", "--ckpt_path", str(ckpt), "--out", str(out), "--num_samples", "8", *extra], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "samples.json").read_text())
+
+
 def test_few_step_objectives_compose_with_pyramids_flow_stages_and_step_aware_widths(runs, session_env, tmp_path):
     _, teacher, _ = runs
     pfm = fit(tmp_path, "pfm", 4, "--model.init_args.objective", "meanflow",
               config="configs/pyramid/digits_pyramid_flow.yaml", env=session_env)  # fmt: skip
-    rows = evaluate(pfm, tmp_path / "eval_pfm", session_env, "--steps", "1", "--num_samples", "64")
-    assert rows[0]["sampler"] == "meanflow" and rows[0]["nfe"] == 2  # one call per Pyramidal Flow stage
+    record = sample(pfm, tmp_path / "s_pfm", session_env, "--steps", "1", "1")
+    assert record["sampler"] == "meanflow" and record["level_nfe"] == [1, 1]  # one call per Pyramidal Flow stage
     pyramid = fit(tmp_path, "pyr", 4, config="configs/pyramid/digits.yaml", env=session_env)
     tuned = fit(tmp_path, "pyr_ect", 4, *ect_args(pyramid, 2), config="configs/pyramid/digits.yaml", env=session_env)
-    rows = evaluate(tuned, tmp_path / "eval_pyr", session_env, "--steps", "1", "2", "--num_samples", "64")
-    assert [r["nfe"] for r in rows] == [2, 4]  # each level its own 1-2 calls
+    record = sample(tuned, tmp_path / "s_pyr", session_env, "--steps", "2", "1")
+    assert record["sampler"] == "consistency" and record["level_nfe"] == [2, 1]  # each level its own 1-2 calls
     slim = fit(tmp_path, "slim", 4, *ect_args(teacher), "--model.init_args.step_aware", "{widths: [1.0, 0.5]}",
                env=session_env)  # fmt: skip
-    rows = evaluate(slim, tmp_path / "eval_slim", session_env, "--steps", "2", "--num_samples", "64",
-                    "--step_policy", "0.5")  # fmt: skip
-    assert rows[0]["nfe"] == 2 and rows[0]["sampler"] == "consistency" and rows[0]["mean_width"] == 0.5
+    record = sample(slim, tmp_path / "s_slim", session_env, "--steps", "2", "--step_policy", "0.5")
+    assert record["sampler"] == "consistency" and record["nfe"] == 2
+    assert record["width_calls"] == [{"0.5": 2.0}]  # both calls at half width
 
 
 def test_bad_few_step_input_is_named(runs, session_env, tmp_path, digits_shards):
