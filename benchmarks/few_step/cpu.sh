@@ -8,7 +8,8 @@
 #          FID-proxy (random features), SWD and spectrum error, 250 samples.
 # Every model is evaluated with sampling seeds 0 and 1: teachers with DPM-Solver++(2M) on its own grid and on the
 # uniform (trailing) grid, and with the consistency sampler (--any_sampler: the same network, no tuning); tuned models
-# with their own sampler. Needs the teachers: bash benchmarks/backbones/quality.sh, bash benchmarks/multiscale/cpu.sh 2e13
+# with their own sampler. The teachers' many-step rows come from the benchmarks that trained them (same evaluation
+# settings), so they are not sampled again here. Needs the teachers: bash benchmarks/backbones/quality.sh, bash benchmarks/multiscale/cpu.sh 2e13
 #   bash benchmarks/few_step/cpu.sh [fmnist] [photos] [meanflow]     # default: all three, in this order
 # Raw rows: benchmarks/few_step/<part>/<run>-sample<s>/results.{json,csv}; training lines in <part>/train_times.txt;
 # the tables: python benchmarks/few_step/tables.py.
@@ -69,9 +70,10 @@ if [[ " $PARTS " == *" fmnist "* ]]; then
     train fmnist hdit_ect-seed$seed configs/pixel/fashion_mnist_hdit_ect.yaml "$seed" "$steps" \
       --model.init_args.init_from "$teacher" --data.init_args.batch_size 32
     evaluate fmnist "$RUNS/bench-few_step/hdit_ect-seed$seed/checkpoints/last.ckpt" hdit_ect-seed$seed $FM --steps 1 2 4
-    evaluate fmnist "$teacher" hdit-seed$seed $FM --sampler dpmpp_2m --steps 1 2 4 8 20
-    evaluate fmnist "$teacher" hdit-seed$seed-trailing $FM --sampler dpmpp_2m --discretization trailing --steps 1 2 4 8
-    evaluate fmnist "$teacher" hdit-seed$seed-cm $FM --sampler consistency --any_sampler --steps 1 2 4
+    # the teacher at 20 and 10 steps: benchmarks/backbones/hdit-seed<t>-sample<s> (the same evaluation)
+    evaluate fmnist "$teacher" hdit-seed$seed $FM --sampler dpmpp_2m --steps 1 2 4
+    evaluate fmnist "$teacher" hdit-seed$seed-trailing $FM --sampler dpmpp_2m --discretization trailing --steps 2 4
+    evaluate fmnist "$teacher" hdit-seed$seed-cm $FM --sampler consistency --any_sampler --steps 2 4
   done
 fi
 
@@ -92,8 +94,8 @@ if [[ " $PARTS " == *" photos "* ]]; then
         evaluate photos "$RUNS/bench-few_step/${config}_$objective-seed$seed/checkpoints/last.ckpt" \
           "${config}_$objective-seed$seed" $E --steps 1 2
       done
-      evaluate photos "$teacher" "$config-seed$seed" $E --sampler dpmpp_2m --steps 1 2 4 8
-      evaluate photos "$teacher" "$config-seed$seed-trailing" $E --sampler dpmpp_2m --discretization trailing --steps 1 2 4
+      evaluate photos "$teacher" "$config-seed$seed-trailing" $E --sampler dpmpp_2m --discretization trailing --steps 1 2
+      # the teacher at 4 and 8 steps: benchmarks/multiscale/cpu-2e13/<config>-seed<t>-sample<s> (the same evaluation)
     done
   done
 fi
