@@ -253,3 +253,20 @@ def test_a_two_rank_ddp_meanflow_step_leaves_identical_weights_equal_to_one_proc
     mp.spawn(_rank, args=(free_port(), str(tmp_path), True), nprocs=2, join=True)
     u0, u1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert any(not torch.allclose(a, b) for a, b in zip(u0, u1))
+
+
+def test_guidance_folded_into_meanflow_mixes_the_null_class_velocity_for_labelled_samples_in_its_interval():
+    net = tiny_unet(interval_embedding=True)
+    f = AverageVelocity(Denoiser(net, build_schedule("flow", 0), "flow"))
+    settings = MeanFlowSettings(guidance_scale=3.0, guidance_interval=(0.2, 0.9))
+    objective = MeanFlow(settings, num_classes=3, label_dropout=0.1)
+    g = torch.Generator().manual_seed(4)
+    z, v = torch.randn(4, 1, 8, 8, generator=g), torch.randn(4, 1, 8, 8, generator=g)
+    t = torch.tensor([0.5, 0.5, 0.95, 0.3])
+    labels = torch.tensor([1, 3, 2, 0])  # 3 = the null class (a label dropped this step)
+    out = objective.target_velocity(f, z, t, v, {"class_labels": labels})
+    u_null = velocity(f.denoiser, z, t, t, class_labels=torch.full_like(labels, 3)).detach()
+    torch.testing.assert_close(out[[0, 3]], 3.0 * v[[0, 3]] + (1 - 3.0) * u_null[[0, 3]])
+    torch.testing.assert_close(out[[1, 2]], v[[1, 2]])  # dropped label; t outside the interval
+    with pytest.raises(ValueError, match="label_dropout > 0"):
+        MeanFlow(settings, num_classes=3, label_dropout=0.0)

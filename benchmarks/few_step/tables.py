@@ -2,7 +2,8 @@
 
     python benchmarks/few_step/tables.py [fmnist|photos ...]   # prints Markdown; writes <part>/summary.csv
 
-Rows: <part>/<model>-seed<t>[-<variant>]-sample<s>/results.json. One line per (model, variant, sampler, steps, grid):
+Rows: <part>/<model>-seed<t>[-<variant>]-sample<s>/results.json, and the teachers' rows at more steps from the
+benchmarks that trained them (:data:`TEACHERS`). One line per (model, variant, sampler, steps, grid):
 the mean over two training seeds x two sampling seeds of the quality metric(s), the sampling spread (the largest
 range over sampling seeds of one trained model) and the training spread (the range of the training seeds' means),
 as ``compare`` computes them (:func:`pyramid_dm.commands.compare.spreads`), with NFE and GFLOPs per sample.
@@ -21,12 +22,22 @@ from pyramid_dm.commands.compare import spreads
 
 HERE = Path(__file__).parent
 METRICS = {"fmnist": ["fid_fmnist_clf"], "photos": ["swd_mean", "fid_random"]}
+# the teachers' rows at more steps, from the benchmarks that trained them (the same evaluation settings)
+TEACHERS = {
+    "fmnist": [HERE.parent / "backbones" / "hdit-seed{t}-sample{s}"],
+    "photos": [
+        HERE.parent / "multiscale" / "cpu-2e13" / (c + "-seed{t}-sample{s}")
+        for c in ("pixel_flow_hdit_64", "pyramid_flow_hdit_64")
+    ],
+}
 NAME = re.compile(r"^(?P<model>.+)-seed(?P<seed>\d+)(?:-(?P<variant>[a-z]+))?-sample(?P<sample>\d+)$")
 
 
 def rows_of(part: str) -> list[dict]:
     out = []
-    for path in sorted((HERE / part).glob("*/results.json")):
+    teachers = [Path(str(p).format(t="*", s="*")) for p in TEACHERS[part]]
+    found = [q for p in teachers for q in sorted(p.parent.glob(p.name + "/results.json"))]
+    for path in [*sorted((HERE / part).glob("*/results.json")), *found]:
         m = NAME.match(path.parent.name)
         if not m:
             continue
