@@ -59,6 +59,12 @@ def checkpoint_logging_step(loop_state: dict) -> int | None:
     return loop_state.get(EPOCH_LOOP_STATE, {}).get(LOGGING_STEP)
 
 
+def logging_step(trainer) -> int:
+    """The step Lightning logs its rows at now (the 0-based index of the last training batch: validation after N
+    optimizer steps logs at N - 1), so that a callback's rows land beside ``val/loss``."""
+    return int(getattr(trainer.fit_loop.epoch_loop, LOGGING_STEP))
+
+
 def set_logging_step(trainer, step: int) -> None:
     """Set the step Lightning logs the next rows at."""
     setattr(trainer.fit_loop.epoch_loop, LOGGING_STEP, step)

@@ -67,6 +67,11 @@ def test_fit_writes_checkpoints_config_and_an_offline_wandb_run(trained):
     assert image["_type"] == "images/separated" and "step 6 | dpmpp_2m 20 steps" in image["captions"][0]
     png = runs[0] / "files" / image["filenames"][0]
     assert png.exists() and png.stat().st_size > 100
+    # a validation's rows share one W&B step: val/loss (Lightning's) and its sample grid (ours) at 2 and 5
+    rows = run_history(runs[0])
+    val = [r["trainer/global_step"] for r in rows if "val/loss" in r]
+    grids = [r["trainer/global_step"] for r in rows if "samples.count" in r]
+    assert val == grids == [2, 5], (val, grids)
     records = subprocess.run(["wandb", "leet", "inspect", "--json", str(runs[0])], capture_output=True, text=True)
     run_record = next(json.loads(line)["run"] for line in records.stdout.splitlines() if '"type":"run"' in line)
     assert run_record["run_group"] == "quickstart"

@@ -9,6 +9,7 @@ import time
 import lightning as L
 import torch
 
+from .. import compat
 from ..eval.features import build_features, extract
 from ..eval.image_metrics import IMAGE_METRICS, image_metrics, real_images
 from ..eval.quality import quality_metrics
@@ -117,4 +118,4 @@ class SampleQuality(L.Callback):
         metrics = {f"val/{k}": v for k, v in metrics.items()}
         metrics.update({f"val/{space}_num_samples": len(fake), f"val/{space}_seconds": time.perf_counter() - start})
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.log_metrics(metrics, step=compat.logging_step(trainer))

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from .. import compat
 from ..eval.features import build_features, extract
 from ..eval.quality import fid
 from ..eval.real_features import real_features
@@ -47,7 +48,9 @@ class ReconstructionGrid(L.Callback):
             save_png(grid, out / f"reconstructions-step{step:08d}.png")
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
-                logger.log_image(key="reconstructions", images=[grid], caption=[caption], step=step)
+                logger.log_image(
+                    key="reconstructions", images=[grid], caption=[caption], step=compat.logging_step(trainer)
+                )
 
 
 class ReconstructionQuality(L.Callback):
@@ -96,4 +99,4 @@ class ReconstructionQuality(L.Callback):
             return
         value = fid(self.real, fake)
         for logger in trainer.loggers:
-            logger.log_metrics({f"val/rec_fid_{self.extractor.name}": value}, step=trainer.global_step)
+            logger.log_metrics({f"val/rec_fid_{self.extractor.name}": value}, step=compat.logging_step(trainer))

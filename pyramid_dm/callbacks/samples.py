@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from .. import compat
 from ..engine import check_sampler as check_sampler_name
 from ..engine import check_steps
 from ..engine.step_policy import resolve_policy
@@ -113,4 +114,4 @@ class SampleGrid(L.Callback):
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 for key, grid in grids.items():
-                    logger.log_image(key=key, images=[grid], caption=[caption], step=step)
+                    logger.log_image(key=key, images=[grid], caption=[caption], step=compat.logging_step(trainer))
