@@ -10,14 +10,14 @@
 # uniform (trailing) grid, and with the consistency sampler (--any_sampler: the same network, no tuning); tuned models
 # with their own sampler. The teachers' many-step rows come from the benchmarks that trained them (same evaluation
 # settings), so they are not sampled again here. Needs the teachers: bash benchmarks/backbones/quality.sh, bash benchmarks/multiscale/cpu.sh 2e13
-#   bash benchmarks/few_step/cpu.sh [fmnist] [ect_fast] [photos] [meanflow]     # default: all, in this order
+#   bash benchmarks/few_step/cpu.sh [fmnist] [photos] [ect_fast] [meanflow]     # default: all
 # Raw rows: benchmarks/few_step/<part>/<run>-sample<s>/results.{json,csv}; training lines in <part>/train_times.txt;
 # the tables: python benchmarks/few_step/tables.py.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${PYRAMID_DM_RUNS:-runs}
 OUT=benchmarks/few_step
-PARTS=${*:-fmnist ect_fast photos meanflow}
+PARTS=${*:-fmnist photos ect_fast meanflow}
 QUIET="--trainer.enable_progress_bar false --trainer.callbacks.every_n_steps 1000000"
 FM="--num_samples 500 --batch_size 250 --features fmnist_clf"
 
@@ -77,20 +77,6 @@ if [[ " $PARTS " == *" fmnist "* ]]; then
   done
 fi
 
-if [[ " $PARTS " == *" ect_fast "* ]]; then  # ECT with a faster gap schedule and learning rate, same budget
-  for seed in 0 1; do
-    teacher=$RUNS/bench-backbones/hdit-seed$seed/checkpoints/last.ckpt
-    tflops=$(flops_of "$teacher" | tail -1)
-    steps=$(steps_for configs/pixel/fashion_mnist_hdit_ect.yaml "$(python -c "print($tflops / 10)")" \
-      --data.init_args.batch_size 32 | tail -1)
-    train fmnist hdit_ect_fast-seed$seed configs/pixel/fashion_mnist_hdit_ect.yaml "$seed" "$steps" \
-      --model.init_args.init_from "$teacher" --data.init_args.batch_size 32 \
-      --model.init_args.objective_options "{double_every: 6}" --model.init_args.lr 5e-4
-    evaluate fmnist "$RUNS/bench-few_step/hdit_ect_fast-seed$seed/checkpoints/last.ckpt" hdit_ect_fast-seed$seed $FM \
-      --steps 1 2 4
-  done
-fi
-
 if [[ " $PARTS " == *" photos "* ]]; then
   mkdir -p "$OUT/photos"
   E="--num_samples 250 --batch_size 125 --features random --metrics swd spectrum"
@@ -111,6 +97,20 @@ if [[ " $PARTS " == *" photos "* ]]; then
       evaluate photos "$teacher" "$config-seed$seed-trailing" $E --sampler dpmpp_2m --discretization trailing --steps 1 2
       # the teacher at 4 and 8 steps: benchmarks/multiscale/cpu-2e13/<config>-seed<t>-sample<s> (the same evaluation)
     done
+  done
+fi
+
+if [[ " $PARTS " == *" ect_fast "* ]]; then  # ECT with a faster gap schedule and learning rate, same budget
+  for seed in 0 1; do
+    teacher=$RUNS/bench-backbones/hdit-seed$seed/checkpoints/last.ckpt
+    tflops=$(flops_of "$teacher" | tail -1)
+    steps=$(steps_for configs/pixel/fashion_mnist_hdit_ect.yaml "$(python -c "print($tflops / 10)")" \
+      --data.init_args.batch_size 32 | tail -1)
+    train fmnist hdit_ect_fast-seed$seed configs/pixel/fashion_mnist_hdit_ect.yaml "$seed" "$steps" \
+      --model.init_args.init_from "$teacher" --data.init_args.batch_size 32 \
+      --model.init_args.objective_options "{double_every: 6}" --model.init_args.lr 5e-4
+    evaluate fmnist "$RUNS/bench-few_step/hdit_ect_fast-seed$seed/checkpoints/last.ckpt" hdit_ect_fast-seed$seed $FM \
+      --steps 1 2 4
   done
 fi
 
