@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import ROOT, run_cli
 
 CLEAN_ACCURACY_FLOOR = 0.85  # 200 steps on the 8x8 digits val split; about 0.95 measured
 
@@ -146,3 +146,22 @@ def test_bad_guidance_and_sampler_settings_are_named(runs, session_env, tmp_path
                     "--model.init_args.zero_terminal_snr", "true", "--exp.root", str(root)], session_env)  # fmt: skip
     assert proc.returncode == 2 and "zero_terminal_snr would put it at infinity" in proc.stderr, proc.stderr[-2000:]
     assert not root.exists()
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_the_own_data_classifier_is_trained_at_the_own_models_shifted_noise_levels(size, digits_shards, monkeypatch):
+    """configs/own/classifier_<s>.yaml noises at the schedule of configs/own/pixel_<s>.yaml, resolution shift included,
+    so that the guidance's schedule check passes and the classifier reads the levels it was trained on."""
+    from pyramid_dm.cli import expand_defaults, make_cli
+
+    monkeypatch.setattr("sys.argv", ["pyramid_dm"])
+    schedules = []
+    for name in ("classifier", "pixel"):
+        args = expand_defaults(["--config", str(ROOT / f"configs/own/{name}_{size}.yaml")])
+        args += ["--data.init_args.shards", str(digits_shards)]
+        model = make_cli(subcommands=False, run=False, args=args).model
+        schedules.append(model.schedule if name == "classifier" else model.engine.schedules[0])
+    assert schedules[0].name == schedules[1].name
+    assert ("+shift" in schedules[0].name) == (size != 32)
+    t = torch.linspace(0.05, 1, 7, dtype=torch.float64)
+    torch.testing.assert_close(schedules[0].sigma(t), schedules[1].sigma(t))

@@ -21,7 +21,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from ..checkpoints import stamp
-from ..diffusion import build_schedule
+from ..diffusion import build_schedule, resolution_shift
 from ..diffusion.guidance.classifier import NoisyClassifierFn
 from ..engine.classifier import build_classifier
 from ..errors import UserError
@@ -34,8 +34,9 @@ class NoisyClassifier(L.LightningModule):
     image_size, channels, num_classes: linked from the data module (labelled data with >= 2 classes).
     net: the encoder's widths and layout, the UNet's keys (:class:`~pyramid_dm.models.UNetArgs`; see
         :class:`~pyramid_dm.nets.EncoderClassifier`).
-    schedule, num_timesteps, zero_terminal_snr, schedule_options: the diffusion model's noise schedule (as in
-        :class:`~pyramid_dm.models.DiffusionModel`): training noise levels are drawn from it, t uniform.
+    schedule, num_timesteps, zero_terminal_snr, schedule_options, shift_reference_resolution: the diffusion model's
+        noise schedule (as in :class:`~pyramid_dm.models.DiffusionModel`, its resolution shift included: a model of
+        configs/own/ at 64 px shifts by 2 log(32 / 64)): training noise levels are drawn from it, t uniform.
     lr, weight_decay, warmup_steps: AdamW with a linear warm-up.
     label_smoothing: of the cross-entropy.
     noise_bins: validation accuracy is logged in this many equal bins of t.
@@ -54,6 +55,7 @@ class NoisyClassifier(L.LightningModule):
         num_timesteps: int = 1000,
         zero_terminal_snr: bool = False,
         schedule_options: dict | None = None,
+        shift_reference_resolution: int | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         warmup_steps: int = 100,
@@ -68,8 +70,14 @@ class NoisyClassifier(L.LightningModule):
                 "(data.init_args.shards must record its classes)"
             )
         try:
+            shift = resolution_shift(image_size, shift_reference_resolution) if shift_reference_resolution else 0.0
             self.schedule = build_schedule(
-                schedule, num_timesteps, zero_terminal_snr=zero_terminal_snr, options=schedule_options
+                schedule,
+                num_timesteps,
+                zero_terminal_snr=zero_terminal_snr,
+                log_snr_shift=shift,
+                options=schedule_options,
+                resolution=image_size,
             )
         except ValueError as e:
             raise UserError(f"model: {e}") from None
