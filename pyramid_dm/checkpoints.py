@@ -23,13 +23,20 @@ idempotent and needs no version number:
 - no ``objective_options`` / ``init_from`` (trained before few-step objectives): None, the settings-free objectives
   those runs trained, from their own initialisation.
 A new format change adds a step here and a fixture checkpoint of the old format in ``tests/fixtures/``.
+
+**Exports** (``python -m pyramid_dm export``): a folder with no pickle in it, read wherever a checkpoint is
+(:func:`read_checkpoint`): ``model.safetensors`` (the EMA network under ``ema.module.*``, the first stage and the
+latent scale: what sampling needs) and ``pyramid_dm.json`` (the hyperparameters, the stamp, the step, the training
+cost and the data module's hyperparameters), plus a model card (``README.md``) and the run's ``config.yaml``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from .errors import UserError
 
@@ -68,6 +75,50 @@ def read_torch_file(path: str | Path | None, what: str = "checkpoint", hint: str
         raise UserError(f"{what} {str(p)!r} is not a readable PyTorch checkpoint ({why})") from exc
 
 
+EXPORT_CONFIG, EXPORT_WEIGHTS = "pyramid_dm.json", "model.safetensors"
+EXPORT_KEYS = ("hyper_parameters", "pyramid_dm", "global_step", "training_cost", "datamodule_hyper_parameters")
+EXPORT_FORMAT = 1
+
+
+def is_export(path: str | Path | None) -> bool:
+    """Whether ``path`` is an export folder (holds ``pyramid_dm.json``)."""
+    return path is not None and Path(path).is_dir() and (Path(path) / EXPORT_CONFIG).is_file()
+
+
+def read_export(path: str | Path, what: str = "checkpoint") -> dict:
+    """An export folder as the checkpoint dict it was written from (its EMA weights only)."""
+    p = Path(path)
+    try:
+        record = json.loads((p / EXPORT_CONFIG).read_text())
+        state = load_file(p / EXPORT_WEIGHTS)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{what} {str(p)!r} is not a readable pyramid_dm export ({exc})") from exc
+    if record.get("format") != EXPORT_FORMAT:
+        raise UserError(f"{what} {str(p)!r} is an export of format {record.get('format')!r}; this version reads 1")
+    return {**{k: record.get(k) for k in EXPORT_KEYS}, "state_dict": state, "exported": True}
+
+
+def write_export(ckpt: dict, out: str | Path, card: str) -> list[Path]:
+    """Write the export folder of a (read, migrated) diffusion checkpoint to ``out``; returns the files written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    keep = ("ema.module.", "first_stage.", "latent_scale")
+    state = {k: v.detach().cpu().contiguous() for k, v in ckpt["state_dict"].items() if k.startswith(keep)}
+    save_file(state, out / EXPORT_WEIGHTS, metadata={"format": "pyramid_dm", "version": str(EXPORT_FORMAT)})
+    record = {"format": EXPORT_FORMAT, **{k: ckpt.get(k) for k in EXPORT_KEYS}}
+    (out / EXPORT_CONFIG).write_text(json.dumps(record, indent=2, default=_jsonable) + "\n")
+    (out / "README.md").write_text(card)
+    return [out / EXPORT_WEIGHTS, out / EXPORT_CONFIG, out / "README.md"]
+
+
+def _jsonable(value):
+    if isinstance(value, tuple | set):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} {value!r} cannot be exported as JSON")
+
+
 def read_checkpoint(
     path: str | Path,
     what: str = "checkpoint",
@@ -80,7 +131,7 @@ def read_checkpoint(
     ``what`` names it in errors (e.g. ``model.autoencoder_ckpt``); ``families`` (None: any pyramid_dm checkpoint)
     are the families accepted (``kind`` names them, e.g. "an autoencoder"), checked from the stamp before any class is
     imported; ``hint`` ends the message of a missing file, ``mismatch_hint`` that of a checkpoint of another family."""
-    ckpt = read_torch_file(path, what, hint)
+    ckpt = read_export(path, what) if is_export(path) else read_torch_file(path, what, hint)
     p = Path(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise UserError(f"{what} {str(p)!r} is not a pyramid_dm training checkpoint (no state_dict / hyper_parameters)")
@@ -135,9 +186,11 @@ def weights(ckpt: dict, prefix: str) -> dict:
 
 
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a checkpoint file (what a step policy records of the model it was searched for)."""
+    """SHA-256 of a checkpoint file, or of an export's weights (what a step policy records of the model it was
+    searched for)."""
     import hashlib
 
+    path = Path(path) / EXPORT_WEIGHTS if is_export(path) else path
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

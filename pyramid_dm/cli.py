@@ -359,6 +359,7 @@ COMMANDS = {
     "sample": ("pyramid_dm.commands.sample", "draw images from a checkpoint with any sampler, steps and guidance"),
     "evaluate": ("pyramid_dm.commands.evaluate", "sample quality (FID-proxy, KID, ...) and cost of a checkpoint"),
     "compare": ("pyramid_dm.commands.compare", "configurations x training seeds x sampling seeds, both spreads"),
+    "export": ("pyramid_dm.commands.export", "a checkpoint as safetensors + JSON + model card, no pickle"),
     "search-steps": ("pyramid_dm.commands.search_steps", "Pareto front of width policies of a step-aware supernet"),
     "shards": ("pyramid_dm.commands.shards", "write webdataset shards from an image folder, IDX files or digits"),
     "train-classifier": ("pyramid_dm.commands.train_classifier", "train a feature classifier for the FID-proxy"),

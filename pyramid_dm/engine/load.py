@@ -39,6 +39,8 @@ def engine_from_checkpoint(ckpt: dict, path: str | Path, ema: bool = True) -> Di
             "trained in, or copy the autoencoder checkpoint there"
         ) from exc
     state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(ENGINE_KEYS)}
+    if not ema and ckpt.get("exported"):
+        raise UserError(f"{path} is an export: it holds the EMA weights only (drop --no_ema)")
     if ema:
         state = {k: v for k, v in state.items() if not k.startswith("net.")}
         state.update({f"net.{k}": v for k, v in weights(ckpt, "ema.module.").items()})

@@ -1,0 +1,93 @@
+"""``python -m pyramid_dm export``: a diffusion checkpoint as a folder with no pickle in it, to share or archive.
+
+    python -m pyramid_dm export --ckpt_path runs/quickstart/checkpoints/last.ckpt --out exports/quickstart
+    python -m pyramid_dm sample --ckpt_path exports/quickstart          # every command reads the folder
+    python -c "from pyramid_dm.engine import load_engine; print(load_engine('exports/quickstart').sample(4).shape)"
+
+The folder (:func:`pyramid_dm.checkpoints.write_export`): ``model.safetensors`` (the EMA weights, the first stage,
+the latent scale), ``pyramid_dm.json`` (hyperparameters, stamp, step, training cost, data), ``config.yaml`` (the run's,
+when it sits beside the checkpoints) and ``README.md``, a model card: the family, data, steps, training FLOPs,
+parameters, the default sampler and, with ``--results``, the rows of an ``evaluate`` run. The optimizer state, the raw
+(non-EMA) weights and the loop state are left out: an export samples and evaluates; it does not resume training.
+Not yet written: diffusers' folder layout (``model_index.json``), so ``diffusers.DiffusionPipeline`` cannot load it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..checkpoints import DIFFUSION_FAMILIES, is_export, read_checkpoint, write_export
+from ..engine.load import engine_from_checkpoint
+from ..errors import UserError
+from .args import Parser
+
+
+def parse_args(argv: list[str]):
+    p = Parser(prog="python -m pyramid_dm export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt_path", required=True, help="a pixel, latent or pyramid diffusion checkpoint")
+    p.add_argument("--out", required=True, help="the export folder to write")
+    p.add_argument("--results", help="an evaluate run's results.json whose rows the model card lists")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
+    return p.parse_args(argv)
+
+
+def model_card(ckpt: dict, engine, name: str, rows: list[dict]) -> str:
+    h, data = ckpt["hyper_parameters"], ckpt.get("datamodule_hyper_parameters") or {}
+    cost = ckpt.get("training_cost") or {}
+    flops = f"{cost['flops']:.3g}" if cost.get("flops") else "not recorded"
+    lines = [
+        f"# {name}",
+        "",
+        f"A {engine.family} diffusion model trained with pyramid_dm ({h.get('_class_path', '')}).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| data | {data.get('shards', 'unknown')} ({engine.image_shape[0]}x{engine.image_shape[1]}x{engine.image_shape[2]}) |",  # noqa: E501
+        f"| levels | {engine.level_shapes} |",
+        f"| network | {h.get('network')} {json.dumps(h.get('unet'))} |",
+        f"| parameterization | {h.get('prediction')}, schedule {h.get('schedule')}, "
+        f"objective {engine.objective.name} |",
+        f"| training | {ckpt.get('global_step')} steps, {flops} training FLOPs |",
+        f"| parameters | {engine.num_params():,} (network and first stage) |",
+        f"| default sampling | {engine.plan.describe()} |",
+        "",
+        "Sample it: `python -m pyramid_dm sample --ckpt_path THIS_FOLDER` (or `pyramid_dm.engine.load_engine`).",
+    ]
+    if rows:
+        keys = [k for k in ("sampler", "steps", "nfe", "gflops_per_sample") if k in rows[0]]
+        keys += [k for k in rows[0] if k.startswith(("fid_", "kid_", "swd_mean"))]
+        lines += ["", "## Evaluation", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        for row in rows:
+            cells = [f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in keys]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not is_export(out):
+            raise UserError(f"--out {out} exists and is not an export folder: choose a new or empty --out")
+        if not args.overwrite:
+            raise UserError(f"--out {out} holds an export; pass --overwrite to replace it, or choose another --out")
+    ckpt = read_checkpoint(args.ckpt_path, "--ckpt_path", DIFFUSION_FAMILIES, "a diffusion model")
+    engine = engine_from_checkpoint(ckpt, args.ckpt_path)  # the weights fit the model they describe
+    rows = []
+    if args.results:
+        try:
+            rows = json.loads(Path(args.results).read_text())["rows"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"--results {args.results} is not an evaluate results.json ({exc})") from exc
+    if out.exists() and args.overwrite:
+        shutil.rmtree(out)
+    files = write_export(ckpt, out, model_card(ckpt, engine, out.name, rows))
+    ckpt_path = Path(args.ckpt_path).resolve()
+    config = (ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent) / "config.yaml"
+    if config.is_file():
+        shutil.copy(config, out / "config.yaml")
+        files.append(out / "config.yaml")
+    print(f"exported {args.ckpt_path} (step {ckpt.get('global_step')}) -> {out}: {', '.join(f.name for f in files)}")
+    return 0
