@@ -180,8 +180,11 @@ def test_in_training_sample_quality_is_logged_every_n_steps(checkpoint):
     from pyramid_dm.eval.history import run_history
 
     run_dir = next((checkpoint.parent.parent / "wandb").glob("offline-run-*"))
-    rows = [r for r in run_history(run_dir, prefix="val/") if "val/fid_digits_clf" in r]
-    assert [r["trainer/global_step"] for r in rows] == [2, 4]
+    history = run_history(run_dir, prefix="val/")
+    rows = [r for r in history if "val/fid_digits_clf" in r]
+    # after optimizer steps 2 and 4, at Lightning's logging step (1 and 3): where the last validation's val/loss is
+    assert [r["trainer/global_step"] for r in rows] == [1, 3]
+    assert [r["trainer/global_step"] for r in history if "val/loss" in r][-1] == 3
     assert all(r["val/digits_clf_num_samples"] == 20 and r["val/kid_digits_clf_std"] >= 0 for r in rows)
     assert all(r["val/swd_8"] > 0 and r["val/spectrum_8"] > 0 for r in rows)  # 8x8 digits: one level, one band
 

@@ -52,7 +52,7 @@ def test_every_parameterization_samples_with_every_sampler(setup):
     den = Denoiser(
         OracleNet(setup["prediction"], model.engine.schedules[-1]), model.engine.schedules[-1], setup["prediction"]
     )
-    for name in SAMPLERS:
+    for name in [n for n, spec in SAMPLERS.items() if spec.kind == "diffusion"]:  # few-step ones need their models
         steps = {
             "ddpm": 200,
             "ddim": 100,
