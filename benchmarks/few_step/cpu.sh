@@ -60,16 +60,23 @@ evaluate() {  # PART CKPT NAME EVALUATE-ARGS...
   done
 }
 
+tune_fmnist() {  # NAME SEED EXTRA...: ECT from the hourglass teacher of SEED for a tenth of its FLOPs, then evaluated
+  local name=$1 seed=$2; shift 2
+  local teacher=$RUNS/bench-backbones/hdit-seed$seed/checkpoints/last.ckpt
+  local tflops steps
+  tflops=$(flops_of "$teacher" | tail -1)
+  steps=$(steps_for configs/pixel/fashion_mnist_hdit_ect.yaml "$(python -c "print($tflops / 10)")" \
+    --data.init_args.batch_size 32 | tail -1)
+  train fmnist "$name-seed$seed" configs/pixel/fashion_mnist_hdit_ect.yaml "$seed" "$steps" \
+    --model.init_args.init_from "$teacher" --data.init_args.batch_size 32 "$@"
+  evaluate fmnist "$RUNS/bench-few_step/$name-seed$seed/checkpoints/last.ckpt" "$name-seed$seed" $FM --steps 1 2 4
+}
+
 if [[ " $PARTS " == *" fmnist "* ]]; then
   mkdir -p "$OUT/fmnist"
   for seed in 0 1; do
+    tune_fmnist hdit_ect "$seed"
     teacher=$RUNS/bench-backbones/hdit-seed$seed/checkpoints/last.ckpt
-    tflops=$(flops_of "$teacher" | tail -1)
-    steps=$(steps_for configs/pixel/fashion_mnist_hdit_ect.yaml "$(python -c "print($tflops / 10)")" \
-      --data.init_args.batch_size 32 | tail -1)
-    train fmnist hdit_ect-seed$seed configs/pixel/fashion_mnist_hdit_ect.yaml "$seed" "$steps" \
-      --model.init_args.init_from "$teacher" --data.init_args.batch_size 32
-    evaluate fmnist "$RUNS/bench-few_step/hdit_ect-seed$seed/checkpoints/last.ckpt" hdit_ect-seed$seed $FM --steps 1 2 4
     # the teacher at 20 and 10 steps: benchmarks/backbones/hdit-seed<t>-sample<s> (the same evaluation)
     evaluate fmnist "$teacher" hdit-seed$seed $FM --sampler dpmpp_2m --steps 1 2 4
     evaluate fmnist "$teacher" hdit-seed$seed-trailing $FM --sampler dpmpp_2m --discretization trailing --steps 2 4
@@ -102,15 +109,7 @@ fi
 
 if [[ " $PARTS " == *" ect_fast "* ]]; then  # ECT with a faster gap schedule and learning rate, same budget
   for seed in 0 1; do
-    teacher=$RUNS/bench-backbones/hdit-seed$seed/checkpoints/last.ckpt
-    tflops=$(flops_of "$teacher" | tail -1)
-    steps=$(steps_for configs/pixel/fashion_mnist_hdit_ect.yaml "$(python -c "print($tflops / 10)")" \
-      --data.init_args.batch_size 32 | tail -1)
-    train fmnist hdit_ect_fast-seed$seed configs/pixel/fashion_mnist_hdit_ect.yaml "$seed" "$steps" \
-      --model.init_args.init_from "$teacher" --data.init_args.batch_size 32 \
-      --model.init_args.objective_options "{double_every: 6}" --model.init_args.lr 5e-4
-    evaluate fmnist "$RUNS/bench-few_step/hdit_ect_fast-seed$seed/checkpoints/last.ckpt" hdit_ect_fast-seed$seed $FM \
-      --steps 1 2 4
+    tune_fmnist hdit_ect_fast "$seed" --model.init_args.objective_options "{double_every: 6}" --model.init_args.lr 5e-4
   done
 fi
 
