@@ -34,10 +34,12 @@ from .schedules.flow import flow_time
 class Parameterization:
     """One row of the table above: (c_skip, c_out, c_in) and c_noise at a noise level. A new parameterization is one
     subclass registered in :data:`PREDICTIONS`; the denoiser, the loss and the weightings read only these methods.
-    ``time_window``: whether a stage's time window (Pyramidal Flow) applies to it."""
+    ``time_window``: whether a stage's time window (Pyramidal Flow) applies to it; ``velocity``: whether the network
+    predicts the straight path's velocity eps - x0 (what MeanFlow's average velocity generalises)."""
 
     name = "parameterization"
     time_window = False
+    velocity = False
 
     def coefficients(self, s: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor]:
         raise NotImplementedError
@@ -99,6 +101,7 @@ class EDMPreconditioning(Parameterization):
 class FlowPrediction(Parameterization):
     name = "flow"
     time_window = True
+    velocity = True
 
     def coefficients(self, s, sigma_data):
         return 1 / (1 + s), -s / (1 + s), 1 / (1 + s)

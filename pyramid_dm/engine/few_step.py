@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..diffusion.parameterization import expand
+from ..diffusion.parameterization import PREDICTIONS, expand
 from ..diffusion.training.consistency import ConsistencyFunction, GapSchedule, ect_loss, lognormal_sigma
 from ..diffusion.training.meanflow import (
     AverageVelocity,
@@ -182,7 +182,7 @@ class MeanFlow(Objective):
 
     @classmethod
     def from_options(cls, o) -> MeanFlow:
-        if o.prediction != "flow" or o.schedule != "flow":
+        if not PREDICTIONS[o.prediction].velocity or o.schedule != "flow":
             raise ValueError(
                 f"objective 'meanflow' learns flow matching's average velocity: set prediction: flow and schedule: "
                 f"flow (got prediction {o.prediction!r}, schedule {o.schedule!r})"

@@ -36,7 +36,7 @@ def network_window(denoiser: Denoiser) -> tuple[float, float]:
 
 
 def check_flow(denoiser: Denoiser) -> None:
-    if denoiser.prediction != "flow" or not denoiser.schedule.straight_path:
+    if not denoiser.parameterization.velocity or not denoiser.schedule.straight_path:
         raise ValueError(
             "MeanFlow is defined on flow matching's straight path: use prediction 'flow' with schedule 'flow', "
             f"not prediction {denoiser.prediction!r} with schedule {denoiser.schedule.name!r}"
