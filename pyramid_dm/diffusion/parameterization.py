@@ -206,3 +206,17 @@ class Denoiser(nn.Module):
         out = self.network(c_in * x, sigma, **cond).to(x.dtype)
         x0 = c_skip * x + c_out * out
         return x0.clamp(-1, 1) if self.clip_x0 else x0
+
+
+class WrappedDenoiser(nn.Module):
+    """A denoiser built on a :class:`Denoiser` (``self.denoiser``) that reads like it: its schedule, prediction,
+    sigma_data and network (a consistency function, MeanFlow's average velocity)."""
+
+    def __init__(self, denoiser: Denoiser):
+        super().__init__()
+        self.denoiser = denoiser
+
+    schedule = property(lambda self: self.denoiser.schedule)
+    prediction = property(lambda self: self.denoiser.prediction)
+    sigma_data = property(lambda self: self.denoiser.sigma_data)
+    net = property(lambda self: self.denoiser.net)

@@ -25,29 +25,22 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..parameterization import Denoiser, expand
+from ..parameterization import Denoiser, WrappedDenoiser, expand
 
 FLOAT32_RESOLUTION = 2.0**-23  # a relative gap below this leaves x_r == x_t in float32: a zero loss
 
 
-class ConsistencyFunction(nn.Module):
+class ConsistencyFunction(WrappedDenoiser):
     """f(x~; sigma) = x~ + kappa(sigma) (D(x~; sigma) - x~) of a :class:`~.parameterization.Denoiser` (see the module
     docstring); ``sigma_min`` defaults to the smallest noise level of the denoiser's schedule. Called like D."""
 
     def __init__(self, denoiser: Denoiser, sigma_min: float | None = None):
-        super().__init__()
-        self.denoiser = denoiser
+        super().__init__(denoiser)
         self.sigma_min = float(sigma_min if sigma_min is not None else denoiser.schedule.sigma_range()[0])
         if not self.sigma_min > 0:
             raise ValueError(f"consistency sigma_min must be > 0, got {self.sigma_min}")
-
-    # what samplers, wrappers and losses read of a denoiser
-    schedule = property(lambda self: self.denoiser.schedule)
-    prediction = property(lambda self: self.denoiser.prediction)
-    sigma_data = property(lambda self: self.denoiser.sigma_data)
-    net = property(lambda self: self.denoiser.net)
 
     def kappa(self, sigma: Tensor) -> Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float64)

@@ -23,10 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..parameterization import Denoiser
+from ..parameterization import Denoiser, WrappedDenoiser
 from ..schedules.flow import flow_time
 
 
@@ -52,20 +52,14 @@ def velocity(denoiser: Denoiser, z: Tensor, r: Tensor, t: Tensor, **cond) -> Ten
     return denoiser.net(z.to(p.dtype), e + (a - e) * t, interval=(a - e) * (t - r), **cond)
 
 
-class AverageVelocity(nn.Module):
+class AverageVelocity(WrappedDenoiser):
     """The MeanFlow denoiser of a flow :class:`~.parameterization.Denoiser` whose network takes ``interval``:
     D(x~; sigma, sigma_to=s) = z_t - t u(z_t, r, t), r the time of ``sigma_to`` (default: r = t, the instantaneous
     velocity, i.e. the plain flow denoiser)."""
 
     def __init__(self, denoiser: Denoiser):
-        super().__init__()
         check_flow(denoiser)
-        self.denoiser = denoiser
-
-    schedule = property(lambda self: self.denoiser.schedule)
-    prediction = property(lambda self: self.denoiser.prediction)
-    sigma_data = property(lambda self: self.denoiser.sigma_data)
-    net = property(lambda self: self.denoiser.net)
+        super().__init__(denoiser)
 
     def forward(self, x: Tensor, sigma: Tensor, sigma_to: Tensor | None = None, **cond) -> Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
