@@ -25,9 +25,12 @@ idempotent and needs no version number:
 A new format change adds a step here and a fixture checkpoint of the old format in ``tests/fixtures/``.
 
 **Exports** (``python -m pyramid_dm export``): a folder with no pickle in it, read wherever a checkpoint is
-(:func:`read_checkpoint`): ``model.safetensors`` (the EMA network under ``ema.module.*``, the first stage and the
-latent scale: what sampling needs) and ``pyramid_dm.json`` (the hyperparameters, the stamp, the step, the training
-cost and the data module's hyperparameters), plus a model card (``README.md``) and the run's ``config.yaml``.
+(:func:`read_checkpoint`), in diffusers' layout: ``unet/diffusion_pytorch_model.safetensors`` (the EMA network under
+``net.*`` and the ``latent_scale``), ``vae/diffusion_pytorch_model.safetensors`` (the first stage's weights under
+``first_stage.*``, when it has any) and ``pyramid_dm.json`` (the hyperparameters, the stamp, the step, the training
+cost and the data module's hyperparameters), plus a model card (``README.md``), the run's ``config.yaml`` and
+diffusers' JSON files (:mod:`pyramid_dm.engine.diffusers_layout`). Format 1 (the first exports) kept all weights in
+one ``model.safetensors``, with the network under ``ema.module.*``; it is still read.
 """
 
 from __future__ import annotations
@@ -75,9 +78,10 @@ def read_torch_file(path: str | Path | None, what: str = "checkpoint", hint: str
         raise UserError(f"{what} {str(p)!r} is not a readable PyTorch checkpoint ({why})") from exc
 
 
-EXPORT_CONFIG, EXPORT_WEIGHTS = "pyramid_dm.json", "model.safetensors"
+EXPORT_CONFIG, EXPORT_WEIGHTS = "pyramid_dm.json", "model.safetensors"  # model.safetensors: format 1 only
+COMPONENT_WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' name, in unet/ and vae/
 EXPORT_KEYS = ("hyper_parameters", "pyramid_dm", "global_step", "training_cost", "datamodule_hyper_parameters")
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
 
 
 def is_export(path: str | Path | None) -> bool:
@@ -90,28 +94,47 @@ def read_export(path: str | Path, what: str = "checkpoint") -> dict:
     p = Path(path)
     try:
         record = json.loads((p / EXPORT_CONFIG).read_text())
-        state = load_file(p / EXPORT_WEIGHTS)
+        if record.get("format") == 1:
+            state = load_file(p / EXPORT_WEIGHTS)
+        else:
+            net = load_file(p / "unet" / COMPONENT_WEIGHTS)
+            vae = load_file(p / "vae" / COMPONENT_WEIGHTS) if (p / "vae" / COMPONENT_WEIGHTS).is_file() else {}
+            state = {("ema.module." + k[4:] if k.startswith("net.") else k): v for k, v in net.items()} | vae
     except (OSError, ValueError) as exc:
         raise UserError(f"{what} {str(p)!r} is not a readable pyramid_dm export ({exc})") from exc
-    if record.get("format") != EXPORT_FORMAT:
-        raise UserError(f"{what} {str(p)!r} is an export of format {record.get('format')!r}; this version reads 1")
+    if record.get("format") not in (1, EXPORT_FORMAT):
+        raise UserError(
+            f"{what} {str(p)!r} is an export of format {record.get('format')!r}; this version reads 1 and "
+            f"{EXPORT_FORMAT}"
+        )
     return {**{k: record.get(k) for k in EXPORT_KEYS}, "state_dict": state, "exported": True}
 
 
 def write_export(ckpt: dict, out: str | Path, card: str) -> list[Path]:
-    """Write the export folder of a (read, migrated) diffusion checkpoint to ``out``; returns the files written."""
+    """Write the weights, ``pyramid_dm.json`` and the card of a (read, migrated) diffusion checkpoint to ``out``
+    (diffusers' JSON files are the engine's: :func:`pyramid_dm.engine.diffusers_layout.write_diffusers_layout`);
+    returns the files written."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    keep = ("ema.module.", "first_stage.", "latent_scale")
-    state = {k: v.detach().cpu().contiguous() for k, v in ckpt["state_dict"].items() if k.startswith(keep)}
-    save_file(state, out / EXPORT_WEIGHTS, metadata={"format": "pyramid_dm", "version": str(EXPORT_FORMAT)})
+    meta = {"format": "pyramid_dm", "version": str(EXPORT_FORMAT)}
+    state = {k: v.detach().cpu().contiguous() for k, v in ckpt["state_dict"].items()}
+    parts = {
+        "unet": {"net." + k[11:]: v for k, v in state.items() if k.startswith("ema.module.")}
+        | {k: v for k, v in state.items() if k == "latent_scale"},
+        "vae": {k: v for k, v in state.items() if k.startswith("first_stage.")},
+    }
+    written = []
+    for name, part in parts.items():
+        if part:
+            (out / name).mkdir(parents=True, exist_ok=True)
+            save_file(part, out / name / COMPONENT_WEIGHTS, metadata=meta)
+            written.append(out / name / COMPONENT_WEIGHTS)
     record = {"format": EXPORT_FORMAT, **{k: ckpt.get(k) for k in EXPORT_KEYS}}
-    (out / EXPORT_CONFIG).write_text(json.dumps(record, indent=2, default=_jsonable) + "\n")
+    (out / EXPORT_CONFIG).write_text(json.dumps(record, indent=2, default=jsonable) + "\n")
     (out / "README.md").write_text(card)
-    return [out / EXPORT_WEIGHTS, out / EXPORT_CONFIG, out / "README.md"]
+    return [*written, out / EXPORT_CONFIG, out / "README.md"]
 
 
-def _jsonable(value):
+def jsonable(value):
     if isinstance(value, tuple | set):
         return list(value)
     if isinstance(value, Path):

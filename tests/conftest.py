@@ -21,6 +21,7 @@ def session_env(tmp_path_factory) -> dict[str, str]:
         "WANDB_CACHE_DIR": str(base / "wandb_cache"),
         "WANDB_CONFIG_DIR": str(base / "wandb_config"),
         "WANDB_DATA_DIR": str(base / "wandb_data"),
+        "HF_HOME": str(base / "hf"),  # diffusers copies a folder's pipeline.py under it (trust_remote_code)
     }
     for value in env.values():
         if value.startswith(str(base)):

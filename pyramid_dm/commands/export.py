@@ -4,12 +4,16 @@
     python -m pyramid_dm sample --ckpt_path exports/quickstart          # every command reads the folder
     python -c "from pyramid_dm.engine import load_engine; print(load_engine('exports/quickstart').sample(4).shape)"
 
-The folder (:func:`pyramid_dm.checkpoints.write_export`): ``model.safetensors`` (the EMA weights, the first stage,
-the latent scale), ``pyramid_dm.json`` (hyperparameters, stamp, step, training cost, data), ``config.yaml`` (the run's,
-when it sits beside the checkpoints) and ``README.md``, a model card: the family, data, steps, training FLOPs,
-parameters, the default sampler and, with ``--results``, the rows of an ``evaluate`` run. The optimizer state, the raw
-(non-EMA) weights and the loop state are left out: an export samples and evaluates; it does not resume training.
-Not yet written: diffusers' folder layout (``model_index.json``), so ``diffusers.DiffusionPipeline`` cannot load it.
+The folder is in diffusers' layout and holds no pickle (:func:`pyramid_dm.checkpoints.write_export`,
+:mod:`pyramid_dm.engine.diffusers_layout`): ``unet/`` (the EMA network and the latent scale as safetensors, and its
+config), ``vae/`` (the first stage's weights, when it has any: a latent model's autoencoder), ``scheduler/`` (one of
+diffusers' own schedulers, mapped exactly where a mapping exists), ``model_index.json`` and ``pipeline.py`` (for
+``diffusers.DiffusionPipeline.from_pretrained(DIR, trust_remote_code=True)``, or load
+:class:`pyramid_dm.pipelines.PyramidDMPipeline` yourself), ``pyramid_dm.json`` (hyperparameters, stamp, step, training
+cost, data), ``config.yaml`` (the run's, when it sits beside the checkpoints) and ``README.md``, a model card: the
+family, data, steps, training FLOPs, parameters, the default sampler, the diffusers schedulers that sample it exactly
+and, with ``--results``, the rows of an ``evaluate`` run. The optimizer state, the raw (non-EMA) weights and the loop
+state are left out: an export samples and evaluates; it does not resume training.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import json
 import shutil
 from pathlib import Path
 
-from ..checkpoints import DIFFUSION_FAMILIES, is_export, read_checkpoint, write_export
+from ..checkpoints import DIFFUSION_FAMILIES, is_export, jsonable, read_checkpoint, write_export
+from ..engine.diffusers_layout import exact_schedulers, unmapped_reason, write_diffusers_layout
 from ..engine.load import engine_from_checkpoint
 from ..errors import UserError
 from .args import Parser
@@ -53,7 +58,11 @@ def model_card(ckpt: dict, engine, name: str, rows: list[dict]) -> str:
         f"| parameters | {engine.num_params():,} (network and first stage) |",
         f"| default sampling | {engine.plan.describe()} |",
         "",
-        "Sample it: `python -m pyramid_dm sample --ckpt_path THIS_FOLDER` (or `pyramid_dm.engine.load_engine`).",
+        "Sample it: `python -m pyramid_dm sample --ckpt_path THIS_FOLDER` (or `pyramid_dm.engine.load_engine`), or in",
+        "diffusers: `DiffusionPipeline.from_pretrained(THIS_FOLDER, trust_remote_code=True)` (with pyramid_dm",
+        "installed; its `pipeline.py` imports `pyramid_dm.pipelines.PyramidDMPipeline`).",
+        "",
+        diffusers_line(engine),
     ]
     if rows:
         keys = [k for k in ("sampler", "steps", "nfe", "gflops_per_sample") if k in rows[0]]
@@ -63,6 +72,15 @@ def model_card(ckpt: dict, engine, name: str, rows: list[dict]) -> str:
             cells = [f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in keys]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def diffusers_line(engine) -> str:
+    why = unmapped_reason(engine)
+    if why:
+        own = engine.plan.describe()
+        return f"No diffusers scheduler samples it exactly ({why}): the pipeline samples it with pyramid_dm's ({own})."
+    exact = ", ".join(exact_schedulers(engine))
+    return f"diffusers schedulers that sample it exactly from the exported config: {exact}."
 
 
 def main(argv: list[str]) -> int:
@@ -84,10 +102,12 @@ def main(argv: list[str]) -> int:
     if out.exists() and args.overwrite:
         shutil.rmtree(out)
     files = write_export(ckpt, out, model_card(ckpt, engine, out.name, rows))
+    files += write_diffusers_layout(ckpt, engine, out, jsonable)
     ckpt_path = Path(args.ckpt_path).resolve()
     config = (ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent) / "config.yaml"
     if config.is_file():
         shutil.copy(config, out / "config.yaml")
         files.append(out / "config.yaml")
-    print(f"exported {args.ckpt_path} (step {ckpt.get('global_step')}) -> {out}: {', '.join(f.name for f in files)}")
+    names = ", ".join(str(f.relative_to(out)) for f in files)
+    print(f"exported {args.ckpt_path} (step {ckpt.get('global_step')}) -> {out}: {names}")
     return 0
