@@ -15,7 +15,7 @@ RANK = {
     **dict.fromkeys(["diffusion", "nets", "data"], 1),
     "stages": 2,
     "engine": 3,
-    **dict.fromkeys(["models", "loggers", "resume"], 4),
+    **dict.fromkeys(["models", "loggers", "resume", "pipelines"], 4),
     **dict.fromkeys(["eval", "callbacks"], 5),
     **dict.fromkeys(["commands", "cli", "bench"], 6),
     "__main__": 7,
