@@ -361,6 +361,7 @@ COMMANDS = {
     "compare": ("pyramid_dm.commands.compare", "configurations x training seeds x sampling seeds, both spreads"),
     "export": ("pyramid_dm.commands.export", "a checkpoint as safetensors + JSON + model card, no pickle"),
     "search-steps": ("pyramid_dm.commands.search_steps", "Pareto front of width policies of a step-aware supernet"),
+    "views": ("pyramid_dm.commands.views", "W&B workspaces as code: list, check against a run, apply (online)"),
     "shards": ("pyramid_dm.commands.shards", "write webdataset shards from an image folder, IDX files or digits"),
     "train-classifier": ("pyramid_dm.commands.train_classifier", "train a feature classifier for the FID-proxy"),
     "bench": ("pyramid_dm.bench", "speed benchmarks: unet, ddp, fid-floor, guidance, steps (training time)"),

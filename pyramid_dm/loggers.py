@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
 from . import compat
+from .views import define_metrics
 
 RUN_ID_FILE = "wandb_run_id"
 # W&B writes logged rows to the run's .wandb file every x_transaction_log_flush_interval seconds (default 15): a job
@@ -72,6 +73,7 @@ class RunLogger(WandbLogger):
             init.pop("anonymous", None)
         self._explicit_id = id is not None
         self._continue_steps = False  # a resumed run: its first row continues W&B's step after the earlier parts
+        self._defined: set[str] = set()  # keys given their summary (:func:`pyramid_dm.views.define_metrics`)
 
     def prepare_run(
         self, resume: bool, group: str | None = None, tags: list[str] | None = None, job_id: str | None = None
@@ -112,6 +114,7 @@ class RunLogger(WandbLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics, step: int | None = None) -> None:
+        define_metrics(self.experiment, metrics, self._defined)  # best-of summaries, before a key's first value
         if not self._continue_steps:
             return super().log_metrics(metrics, step)
         # The first row of a resumed run sets W&B's step; the rows after it count on from there.

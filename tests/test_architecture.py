@@ -11,7 +11,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyramid_dm"
 # docs/architecture.md's list, lowest first; siblings of one rank may not import each other unless listed in SIDEWAYS
 RANK = {
     "errors": -1,
-    **dict.fromkeys(["registry", "compat", "images", "config", "flops", "checkpoints", "checkpoint_io", "signals"], 0),
+    **dict.fromkeys(
+        ["registry", "compat", "images", "config", "flops", "checkpoints", "checkpoint_io", "signals", "views"], 0
+    ),
     **dict.fromkeys(["diffusion", "nets", "data"], 1),
     "stages": 2,
     "engine": 3,

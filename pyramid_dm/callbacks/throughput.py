@@ -10,9 +10,9 @@ def _batch_images(batch) -> int:
 
 
 class ImageThroughput(ThroughputMonitor):
-    """``ThroughputMonitor`` for ``(images, labels, seeds)`` batches. Logs ``train/samples_per_sec`` (images/s over all
-    ranks) and ``train/device/samples_per_sec`` (per rank) at the trainer's ``log_every_n_steps``, averaged over
-    ``window_size`` batches."""
+    """``ThroughputMonitor`` for ``(images, labels, seeds)`` batches. Logs ``train/device/samples_per_sec`` (images/s
+    of one rank) and, with more than one rank, ``train/samples_per_sec`` (over all ranks) at the trainer's
+    ``log_every_n_steps``, averaged over ``window_size`` batches, once that many have run."""
 
     def __init__(self, window_size: int = 5):
         super().__init__(batch_size_fn=_batch_images, window_size=window_size)

@@ -33,6 +33,7 @@ from ..eval.real_features import real_features
 from ..eval.report import write_csv
 from ..eval.sampling import sample_with_cost
 from ..eval.step_search import GENOMES, SearchSpace, front, open_study, run_search, worker_identity
+from ..views import define_metrics
 from .args import Parser, add_checkpoint_args, add_run_args, add_sampler_args, check_sampler_args
 from .evaluate import load_for_command, resolve_data
 
@@ -247,12 +248,15 @@ def main(argv: list[str]) -> int:
         }
 
     run = None if args.no_wandb else start_wandb(args, meta, config)
+    defined: set[str] = set()
 
     def on_trial(trial, policy, result) -> None:
         write_outputs(study, args.study, meta)
         if run is not None:
             keys = ("fid", "gflops_per_sample", "ms_per_sample", "mean_width")
-            run.log({f"trial/{k}": result[k] for k in keys} | {"trial/number": trial.number})
+            row = {f"trial/{k}": result[k] for k in keys} | {"trial/number": trial.number}
+            define_metrics(run, row, defined)  # the summary keeps the best FID-proxy, too
+            run.log(row)
 
     start = time.perf_counter()
     done = run_search(study, space, objective, args.trials, on_trial, not args.no_progress)

@@ -171,6 +171,7 @@ class DiffusionEngine(nn.Module):
         net: nn.Module | None = None,
         teacher=None,
         level_loss=None,
+        per_level: dict[int, Tensor] | None = None,
     ) -> Tensor:
         """Per-sample loss, summed over ``levels`` (default all, with the level weights): level l is noised at
         u[:, l] ~ U[0, 1) (a (B,) ``u`` serves every level) with ``noise[l]`` (the layout's training pair: a
@@ -178,7 +179,8 @@ class DiffusionEngine(nn.Module):
         augmented by ``aug`` = (per-sample aug_t, noise per level) (None: no augmentation); with a ``teacher``
         network, plus the distillation term toward its detached output (:class:`.objectives.Sandwich`).
         ``level_loss(denoiser, x0, noise, u, teacher, **cond)``: one level's per-sample loss (default: the
-        objective's, :meth:`Objective.level_loss`)."""
+        objective's, :meth:`Objective.level_loss`). ``per_level`` (a dict) receives each level's detached mean loss,
+        unweighted."""
         level_loss = level_loss or self.objective.level_loss(self)
         zs = self.encode(images)
         noise = [noise] if isinstance(noise, Tensor) else noise
@@ -192,14 +194,16 @@ class DiffusionEngine(nn.Module):
             teach = None if teacher is None else self.denoiser(level, teacher)
             term = level_loss(den, z, eps, u[:, level], teach, **self.conditioning(labels), **cond)
             total = total + float(weights[level]) * term
+            if per_level is not None:
+                per_level[level] = term.detach().mean()
         return total
 
     def training_loss(
         self, images: Tensor, labels: Tensor, teacher: nn.Module | None = None, level_loss=None
-    ) -> tuple[Tensor, int | None]:
+    ) -> tuple[Tensor, dict[int, Tensor]]:
         """The mean loss of a training batch with this step's draws (times, label dropout, the trained level, noise,
-        context augmentation), and the level trained alone (``level_training: sample``) or None; ``level_loss`` as in
-        :meth:`loss`."""
+        context augmentation), and the detached mean loss of each level trained (one, with ``level_training: sample``;
+        every level otherwise); ``level_loss`` as in :meth:`loss`."""
         n, device = images.shape[0], images.device
         u = self.layout.training_u(n, self.num_levels, device)
         if self.num_classes and self.label_dropout > 0:
@@ -209,10 +213,14 @@ class DiffusionEngine(nn.Module):
             levels = [int(torch.multinomial(self.loss_fn.weights(self.num_levels), 1))]
         noise = [torch.randn((n, *self.geometry.grid_shape(lv)), device=device) for lv in range(self.num_levels)]
         aug = self.layout.training_augmentation(self.geometry, n, device=device)
-        loss = self.loss(images, labels, u, noise, levels, aug, teacher=teacher, level_loss=level_loss).mean()
+        per_level: dict[int, Tensor] = {}
+        loss = self.loss(
+            images, labels, u, noise, levels, aug, teacher=teacher, level_loss=level_loss, per_level=per_level
+        )
+        loss = loss.mean()
         if levels is not None:  # the other levels' heads get a zero gradient, so DDP finds every parameter used
             loss = loss + 0.0 * sum(p.view(-1)[0] for p in self.net.parameters())
-        return loss, None if levels is None else levels[0]
+        return loss, per_level
 
     def seeded_loss(
         self, images: Tensor, labels: Tensor, seeds: Tensor, net: nn.Module | None = None, level_loss=None

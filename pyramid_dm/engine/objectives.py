@@ -42,6 +42,11 @@ class StepLosses:
     logs: dict[str, Tensor] = field(default_factory=dict)
 
 
+def level_logs(engine, per_level: dict[int, Tensor]) -> dict[str, Tensor]:
+    """``train/loss_level{l}`` of each trained level of a multi-level model (nothing for one level)."""
+    return {f"train/loss_level{lv}": v for lv, v in per_level.items()} if engine.num_levels > 1 else {}
+
+
 class Objective:
     name = "objective"
     model_kind = (
@@ -97,11 +102,8 @@ class Objective:
 
     def step(self, engine, images: Tensor, labels: Tensor) -> StepLosses:
         """The mean of the per-level loss over a training batch (:meth:`level_loss`, every level or one sampled)."""
-        loss, level = engine.training_loss(images, labels)
-        logs = {"train/loss": loss}
-        if level is not None:
-            logs[f"train/loss_level{level}"] = loss
-        return StepLosses(loss, logs)
+        loss, per_level = engine.training_loss(images, labels)
+        return StepLosses(loss, {"train/loss": loss, **level_logs(engine, per_level)})
 
     def validation_keys(self) -> list[str]:
         """The keys :meth:`validation` returns (``val/loss`` first)."""
@@ -168,15 +170,15 @@ class Sandwich(Objective):
     def init_keys(self) -> tuple[str, ...]:
         return self.inner.init_keys()
 
-    def terms(self, engine, images: Tensor, labels: Tensor) -> list[tuple[float, Tensor, int | None]]:
-        """(width, mean loss, level trained alone or None) of each width this step trains, each with its own
+    def terms(self, engine, images: Tensor, labels: Tensor) -> list[tuple[float, Tensor, dict[int, Tensor]]]:
+        """(width, mean loss, each trained level's loss) of each width this step trains, each with its own
         draws; with ``distill`` the smaller widths also regress the largest width's detached output."""
         rule, out = self.rule, []
         for i, width in enumerate(rule.draw()):
             teacher = AtWidth(engine.net, rule.widths[0]) if rule.distill and i > 0 else None
             with use_width(width):
-                loss, level = engine.training_loss(images, labels, teacher)
-            out.append((width, loss, level))
+                loss, per_level = engine.training_loss(images, labels, teacher)
+            out.append((width, loss, per_level))
         return out
 
     def step(self, engine, images, labels) -> StepLosses:
@@ -188,7 +190,8 @@ class Sandwich(Objective):
             per_width.setdefault(width, []).append(loss.detach())
         logs = {f"train/loss_w{width:g}": torch.stack(losses).mean() for width, losses in per_width.items()}
         total = sum(loss for _, loss, _ in terms)
-        return StepLosses(total, {**logs, "train/loss": terms[0][1], "train/loss_sandwich": total})
+        levels = level_logs(engine, terms[0][2])  # the largest width's, as train/loss
+        return StepLosses(total, {**logs, **levels, "train/loss": terms[0][1], "train/loss_sandwich": total})
 
     def validation_keys(self) -> list[str]:
         return ["val/loss", *(f"val/loss_w{w:g}" for w in self.rule.widths[1:])]
