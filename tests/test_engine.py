@@ -175,9 +175,10 @@ def test_an_engine_samples_and_trains_without_lightning(tmp_path):
     model = _randomised(PixelDiffusion(8, 1, num_classes=3, unet=TINY_UNET))
     engine = model.engine
     assert isinstance(engine, DiffusionEngine) and not any("lightning" in type(m).__module__ for m in engine.modules())
-    loss, level = engine.training_loss(torch.rand(4, 1, 8, 8) * 2 - 1, torch.tensor([0, 1, 2, -1]))
+    loss, per_level = engine.training_loss(torch.rand(4, 1, 8, 8) * 2 - 1, torch.tensor([0, 1, 2, -1]))
     loss.backward()
-    assert level is None and all(p.grad is not None for p in engine.net.parameters())
+    assert list(per_level) == [0] and all(p.grad is not None for p in engine.net.parameters())
+    assert torch.allclose(per_level[0], loss.detach())  # one level: its loss is the loss
     ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "global_step": 0}
     model.on_save_checkpoint(ckpt)
     torch.save(ckpt, tmp_path / "m.ckpt")
