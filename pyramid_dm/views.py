@@ -71,7 +71,7 @@ class View:
     name: str
     description: str
     sections: dict[str, tuple[Panel, ...]] = field(default_factory=dict)
-    group_by: str | None = None  # a sweep: runs grouped by this config key, one line per group
+    group_by: str | None = None  # a sweep: runs grouped by this run attribute (W&B's "Group": exp.group / exp.name)
 
 
 def line(title: str, *keys: str, x: str = STEP) -> Panel:
@@ -149,7 +149,7 @@ VIEWS: dict[str, View] = {
             ),
             "Samples": (media("samples", "samples"),),
         },
-        group_by="group",
+        group_by="Group",
     ),
 }
 

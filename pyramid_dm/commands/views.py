@@ -111,7 +111,7 @@ def workspace(view: View, entity: str, project: str, name: str, keys: tuple[set[
     sections = [
         ws.Section(name=s, panels=[panel(p) for p in panels], is_open=True) for s, panels in view.sections.items()
     ]
-    runset = ws.RunsetSettings(groupby=[ws.Config(view.group_by)] if view.group_by else [])
+    runset = ws.RunsetSettings(groupby=[ws.Metric(view.group_by)] if view.group_by else [])
     return ws.Workspace(entity=entity, project=project, name=name, sections=sections, runset_settings=runset)
 
 
