@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import diffusers  # test-only dependency ([dev])
 import pytest
@@ -232,3 +233,17 @@ def test_a_format_1_export_still_samples_as_before(tmp_path):
     (old / "pyramid_dm.json").write_text(json.dumps({**record, "format": 1}))
     a, b = load_engine(old), load_engine(new)
     same_samples(a, b)
+
+
+def test_the_card_lists_the_newest_evaluation_of_the_checkpoints_step(pixel_run, tmp_path):
+    ckpt, _ = pixel_run
+    run, step = ckpt.parent.parent, torch.load(ckpt, weights_only=False)["global_step"]
+    for name, at, fid in (("old", step, 30.0), ("new", step, 20.0), ("other-step", step + 1, 10.0)):
+        (run / "eval" / name).mkdir(parents=True)
+        row = {"sampler": "ddim", "steps": 5, "nfe": 5, "fid_digits_clf": fid}
+        (run / "eval" / name / "results.json").write_text(json.dumps({"meta": {"global_step": at}, "rows": [row]}))
+        time.sleep(0.01)  # distinct modification times: "new" is newer than "old"
+    assert export.main(["--ckpt_path", str(ckpt), "--out", str(tmp_path / "card")]) == 0
+    card = (tmp_path / "card" / "README.md").read_text()
+    assert "| ddim | 5 | 5 | 20 |" in card and "| 30 |" not in card and "| 10 |" not in card
+    shutil.rmtree(run / "eval")

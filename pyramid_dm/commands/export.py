@@ -33,7 +33,11 @@ def parse_args(argv: list[str]):
     p = Parser(prog="python -m pyramid_dm export", description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt_path", required=True, help="a pixel, latent or pyramid diffusion checkpoint")
     p.add_argument("--out", required=True, help="the export folder to write")
-    p.add_argument("--results", help="an evaluate run's results.json whose rows the model card lists")
+    p.add_argument(
+        "--results",
+        help="an evaluate run's results.json whose rows the model card lists (default: the newest evaluation of this "
+        "checkpoint's step in the run's eval/ folder)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
     return p.parse_args(argv)
 
@@ -74,6 +78,18 @@ def model_card(ckpt: dict, engine, name: str, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def latest_results(run: Path, step) -> Path | None:
+    """The newest ``evaluate`` results of this checkpoint's step in the run's ``eval/`` folder, or None."""
+    found = []
+    for path in run.glob("eval/*/results.json"):
+        try:
+            if json.loads(path.read_text())["meta"].get("global_step") == step:
+                found.append(path)
+        except (OSError, ValueError, KeyError):
+            continue  # an unreadable evaluation is not the card's
+    return max(found, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
 def diffusers_line(engine) -> str:
     why = unmapped_reason(engine)
     if why:
@@ -93,21 +109,25 @@ def main(argv: list[str]) -> int:
             raise UserError(f"--out {out} holds an export; pass --overwrite to replace it, or choose another --out")
     ckpt = read_checkpoint(args.ckpt_path, "--ckpt_path", DIFFUSION_FAMILIES, "a diffusion model")
     engine = engine_from_checkpoint(ckpt, args.ckpt_path)  # the weights fit the model they describe
+    ckpt_path = Path(args.ckpt_path).resolve()
+    run = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    results = args.results or latest_results(run, ckpt.get("global_step"))
     rows = []
-    if args.results:
+    if results:
         try:
-            rows = json.loads(Path(args.results).read_text())["rows"]
+            rows = json.loads(Path(results).read_text())["rows"]
         except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"--results {args.results} is not an evaluate results.json ({exc})") from exc
+            raise UserError(f"--results {results} is not an evaluate results.json ({exc})") from exc
     if out.exists() and args.overwrite:
         shutil.rmtree(out)
     files = write_export(ckpt, out, model_card(ckpt, engine, out.name, rows))
     files += write_diffusers_layout(ckpt, engine, out, jsonable)
-    ckpt_path = Path(args.ckpt_path).resolve()
-    config = (ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent) / "config.yaml"
+    config = run / "config.yaml"
     if config.is_file():
         shutil.copy(config, out / "config.yaml")
         files.append(out / "config.yaml")
     names = ", ".join(str(f.relative_to(out)) for f in files)
     print(f"exported {args.ckpt_path} (step {ckpt.get('global_step')}) -> {out}: {names}")
+    if results:
+        print(f"model card: the evaluation rows of {results}")
     return 0
