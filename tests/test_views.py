@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import run_cli
+from helpers import run_cli, run_main
 
 from pyramid_dm.commands.views import logged_keys, wandb_run_dir, workspace
 from pyramid_dm.views import VIEWS, missing_keys
@@ -52,49 +52,65 @@ def runs(tmp_path_factory, session_env) -> dict:
     return {"pyramid": root / "pyramid", "step_aware": root / "step_aware", "search": root / "study"}
 
 
-def test_every_panel_key_is_logged_by_a_real_run_of_its_kind(runs):
+@pytest.fixture(scope="module")
+def keys(runs) -> dict:
+    """(history keys, summary keys) of each run, read once."""
+    return {kind: logged_keys(path) for kind, path in runs.items()}
+
+
+def test_every_panel_key_is_logged_by_a_real_run_of_its_kind(keys):
     assert set(CHECKED) == set(VIEWS)
     for view, kinds in CHECKED.items():
         for kind in kinds:
-            assert missing_keys(VIEWS[view], *logged_keys(runs[kind])) == [], (view, kind)
+            assert missing_keys(VIEWS[view], *keys[kind]) == [], (view, kind)
 
 
-def test_a_renamed_metric_or_a_run_of_another_kind_breaks_the_check(runs, session_env):
-    history, summary = logged_keys(runs["step_aware"])
+def test_a_renamed_metric_or_a_run_of_another_kind_breaks_the_check(runs, keys, session_env, monkeypatch, capsys):
+    history, summary = keys["step_aware"]
     renamed = {k.replace("val/loss", "val/nll") for k in history}
     assert "Losses / loss: val/loss" in missing_keys(VIEWS["run"], renamed, summary)
-    proc = run_cli(["views", "check", "pyramid", "--run", str(runs["step_aware"])], session_env)
-    assert proc.returncode == 2 and "train/loss_level*" in proc.stderr and "samples/coarse_to_fine" in proc.stderr
+    code, err = run_main(
+        ["views", "check", "pyramid", "--run", str(runs["step_aware"])], session_env, monkeypatch, capsys
+    )
+    assert code == 2 and "train/loss_level*" in err and "samples/coarse_to_fine" in err
 
 
-def test_define_metric_keeps_the_best_and_the_last_value(runs):
-    _, summary = logged_keys(runs["step_aware"])
+def test_define_metric_keeps_the_best_and_the_last_value(keys):
+    _, summary = keys["step_aware"]
     assert {"val/loss.min", "val/loss.last", "val/fid_digits_clf.min", "val/precision_digits_clf.max"} <= summary
     assert "val/loss_w0.5.min" in summary and "train/loss.min" not in summary  # training losses: the last value
-    _, summary = logged_keys(runs["search"])
+    _, summary = keys["search"]
     assert "trial/fid.min" in summary
 
 
-def test_each_view_builds_a_workspace_naming_the_runs_keys(runs):
+def test_each_view_builds_a_workspace_naming_the_runs_keys(keys):
     for view, kinds in CHECKED.items():
-        spec = workspace(VIEWS[view], "me", "pyramid_dm", f"pyramid_dm {view}", logged_keys(runs[kinds[0]]))
+        spec = workspace(VIEWS[view], "me", "pyramid_dm", f"pyramid_dm {view}", keys[kinds[0]])
         text = json.dumps(spec._to_model().model_dump(mode="json"))  # the payload save() would upload
         expected = {
             "run": ["val/fid_digits_clf", "train/device/samples_per_sec"],
             "pyramid": ["train/loss_level1", "samples/coarse_to_fine", "samples/level0"],
             "step_aware": ["train/loss_w0.5", "val/loss_w0.5"],
-            "sweep": ["val/fid_digits_clf.min", "train/flops"],
+            "sweep": ["val/fid_digits_clf.min", "train/flops", '"grouping": [{"section": "run", "name": "group"}]'],
             "search": ["trial/gflops_per_sample", "search/pareto"],
         }[view]
         assert all(key in text for key in expected), (view, expected)
 
 
-def test_views_cli_lists_and_refuses_to_apply_offline(runs, session_env):
-    proc = run_cli(["views", "list"], session_env)
-    assert proc.returncode == 0 and all(f"{name}:" in proc.stdout for name in VIEWS)
-    proc = run_cli(["views", "check", "pyramid", "--run", str(runs["pyramid"])], session_env)
-    assert proc.returncode == 0 and "every panel key is logged" in proc.stdout
+def test_views_cli_lists_and_refuses_to_apply_offline(runs, session_env, monkeypatch, capsys):
+    code, _ = run_main(["views", "list"], session_env, monkeypatch, capsys)
+    assert code == 0
+    code, err = run_main(["views", "check", "pyramid", "--run", str(runs["pyramid"])], session_env, monkeypatch, capsys)
+    assert code == 0 and not err
     args = ["views", "apply", "sweep", "--entity", "me", "--project", "p", "--run", str(runs["pyramid"])]
-    proc = run_cli(args, session_env)
-    assert proc.returncode == 2 and "wandb login" in proc.stderr
+    code, err = run_main(args, session_env, monkeypatch, capsys)
+    assert code == 2 and "wandb login" in err
     assert wandb_run_dir(runs["pyramid"]).name.startswith("offline-run-")
+
+
+def test_views_list_names_every_view_and_panel(capsys):
+    from pyramid_dm.commands.views import main
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{name}:" in out for name in VIEWS) and "train/loss_level*" in out and "trial/fid" in out
