@@ -89,6 +89,7 @@ def test_a_pixel_export_holds_no_pickle_and_samples_as_its_checkpoint(pixel_run,
         assert head[:1] != b"\x80" and head != b"PK\x03\x04", path
     card = (out / "README.md").read_text()
     assert "builtin:digits" in card and "3 steps" in card and "| ddim | 3 | 3 | 12.5 |" in card
+    assert "## Training config" in card and (out / "config.yaml").read_text().strip() in card
     same_samples(load_engine(ckpt), load_engine(out))
     proc = run_cli(["sample", "--ckpt_path", str(out), "--num_samples", "4", "--out", str(tmp_path / "s")], session_env)
     assert proc.returncode == 0 and (tmp_path / "s" / "samples.json").is_file(), proc.stderr[-2000:]

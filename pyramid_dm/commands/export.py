@@ -42,7 +42,9 @@ def parse_args(argv: list[str]):
     return p.parse_args(argv)
 
 
-def model_card(ckpt: dict, engine, name: str, rows: list[dict]) -> str:
+def model_card(ckpt: dict, engine, name: str, rows: list[dict], config: str | None = None) -> str:
+    """The export's README.md: what the model is, its data, training and cost, the evaluation rows and, when the run's
+    ``config.yaml`` is at hand, the training config itself."""
     h, data = ckpt["hyper_parameters"], ckpt.get("datamodule_hyper_parameters") or {}
     cost = ckpt.get("training_cost") or {}
     flops = f"{cost['flops']:.3g}" if cost.get("flops") else "not recorded"
@@ -75,6 +77,9 @@ def model_card(ckpt: dict, engine, name: str, rows: list[dict]) -> str:
         for row in rows:
             cells = [f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in keys]
             lines.append("| " + " | ".join(cells) + " |")
+    if config:
+        lines += ["", "## Training config", "", "The run's `config.yaml` (also in this folder):", "", "```yaml"]
+        lines += [config.rstrip("\n"), "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -120,9 +125,10 @@ def main(argv: list[str]) -> int:
             raise UserError(f"--results {results} is not an evaluate results.json ({exc})") from exc
     if out.exists() and args.overwrite:
         shutil.rmtree(out)
-    files = write_export(ckpt, out, model_card(ckpt, engine, out.name, rows))
-    files += write_diffusers_layout(ckpt, engine, out, jsonable)
     config = run / "config.yaml"
+    card = model_card(ckpt, engine, out.name, rows, config.read_text() if config.is_file() else None)
+    files = write_export(ckpt, out, card)
+    files += write_diffusers_layout(ckpt, engine, out, jsonable)
     if config.is_file():
         shutil.copy(config, out / "config.yaml")
         files.append(out / "config.yaml")
