@@ -359,7 +359,7 @@ COMMANDS = {
     "sample": ("pyramid_dm.commands.sample", "draw images from a checkpoint with any sampler, steps and guidance"),
     "evaluate": ("pyramid_dm.commands.evaluate", "sample quality (FID-proxy, KID, ...) and cost of a checkpoint"),
     "compare": ("pyramid_dm.commands.compare", "configurations x training seeds x sampling seeds, both spreads"),
-    "export": ("pyramid_dm.commands.export", "a checkpoint as safetensors + JSON + model card, no pickle"),
+    "export": ("pyramid_dm.commands.export", "a checkpoint as a diffusers-layout folder (safetensors), no pickle"),
     "search-steps": ("pyramid_dm.commands.search_steps", "Pareto front of width policies of a step-aware supernet"),
     "views": ("pyramid_dm.commands.views", "W&B workspaces as code: list, check against a run, apply (online)"),
     "shards": ("pyramid_dm.commands.shards", "write webdataset shards from an image folder, IDX files or digits"),

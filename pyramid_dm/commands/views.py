@@ -34,7 +34,7 @@ def parse_args(argv: list[str]):
         if action == "apply":
             q.add_argument("--entity", required=True, help="the W&B entity (user or team)")
             q.add_argument("--project", required=True, help="the W&B project the runs are in")
-            q.add_argument("--name", help="the workspace's name (default: pyramid_dm <view>)")
+            q.add_argument("--name", help="the workspace's name; None: 'pyramid_dm VIEW'")
     return p.parse_args(argv)
 
 
