@@ -68,16 +68,17 @@ class PyramidDMDenoiser(ModelMixin, ConfigMixin):
         cond = {} if class_labels is None else engine.conditioning(class_labels)
         schedule = engine.schedules[0]
         sigma = schedule.sigma(t.cpu()).to(sample.device)
-        if engine.prediction == "edm":  # D(x~; sigma) as "sample"
-            x = sample.double() * (1 + sigma**2).sqrt().reshape(-1, *[1] * (sample.ndim - 1))
-            out = den(x, sigma, **cond)
-        elif engine.prediction == "flow":  # v from x_t at the path's time t (= the scheduler's sigma)
+        kind = den.parameterization
+        if kind.velocity:  # v from x_t at the path's time t (= the scheduler's sigma)
             out = den.network(sample, t / (1 - t).clamp(min=1e-300), **cond).to(sample.dtype)
             if den.clip_x0:  # the velocity toward the clipped x0_hat = x_t - t v, as our samplers step
                 tt = t.to(sample.dtype).reshape(-1, *[1] * (sample.ndim - 1))
                 out = (sample - (sample - tt * out).clamp(-1, 1)) / tt
-        else:  # eps / x0 / v: the network's output is diffusers' own prediction of that name
+        elif kind.diffusers:  # eps / x0 / v: the network's output is diffusers' own prediction of that name
             out = den.network(sample, sigma, t=t, **cond)
+        else:  # EDM preconditioning: D(x~; sigma) as "sample"
+            x = sample.double() * (1 + sigma**2).sqrt().reshape(-1, *[1] * (sample.ndim - 1))
+            out = den(x, sigma, **cond)
         out = out.to(sample.dtype)
         return DenoiserOutput(sample=out) if return_dict else (out,)
 

@@ -248,3 +248,15 @@ def test_the_card_lists_the_newest_evaluation_of_the_checkpoints_step(pixel_run,
     card = (tmp_path / "card" / "README.md").read_text()
     assert "| ddim | 5 | 5 | 20 |" in card and "| 30 |" not in card and "| 10 |" not in card
     shutil.rmtree(run / "eval")
+
+
+def test_an_edm_preconditioned_export_gives_its_denoiser_as_sample(tmp_path):
+    """EDM's network output is no diffusers prediction: the component gives D(x~; sigma) as ``sample``."""
+    ckpt = torch.load(LEGACY / "pixel.ckpt", map_location="cpu", weights_only=False)
+    ckpt["hyper_parameters"]["prediction"] = "edm"  # the same network, preconditioned as EDM
+    torch.save(ckpt, tmp_path / "edm.ckpt")
+    out = tmp_path / "edm"
+    assert export.main(["--ckpt_path", str(tmp_path / "edm.ckpt"), "--out", str(out)]) == 0
+    config = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert config["prediction_type"] == "sample"
+    check_schedulers(out, [("ddim", "DDIMScheduler"), ("dpmpp_2m", "DPMSolverMultistepScheduler")])

@@ -35,11 +35,13 @@ class Parameterization:
     """One row of the table above: (c_skip, c_out, c_in) and c_noise at a noise level. A new parameterization is one
     subclass registered in :data:`PREDICTIONS`; the denoiser, the loss and the weightings read only these methods.
     ``time_window``: whether a stage's time window (Pyramidal Flow) applies to it; ``velocity``: whether the network
-    predicts the straight path's velocity eps - x0 (what MeanFlow's average velocity generalises)."""
+    predicts the straight path's velocity eps - x0 (what MeanFlow's average velocity generalises); ``diffusers``: the
+    diffusers ``prediction_type`` that the raw network output F is, given x_t and t (None: only D is, as "sample")."""
 
     name = "parameterization"
     time_window = False
     velocity = False
+    diffusers: str | None = None
 
     def coefficients(self, s: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor]:
         raise NotImplementedError
@@ -59,6 +61,7 @@ class Parameterization:
 
 class EpsPrediction(Parameterization):
     name = "eps"
+    diffusers = "epsilon"
 
     def coefficients(self, s, sigma_data):
         return torch.ones_like(s), -s, 1 / (1 + s**2).sqrt()
@@ -74,6 +77,7 @@ class EpsPrediction(Parameterization):
 
 class X0Prediction(Parameterization):
     name = "x0"
+    diffusers = "sample"
 
     def coefficients(self, s, sigma_data):
         return torch.zeros_like(s), torch.ones_like(s), 1 / (1 + s**2).sqrt()
@@ -81,6 +85,7 @@ class X0Prediction(Parameterization):
 
 class VPrediction(Parameterization):
     name = "v"
+    diffusers = "v_prediction"
 
     def coefficients(self, s, sigma_data):
         alpha = 1 / (1 + s**2).sqrt()
@@ -100,6 +105,7 @@ class EDMPreconditioning(Parameterization):
 
 class FlowPrediction(Parameterization):
     name = "flow"
+    diffusers = "flow_prediction"
     time_window = True
     velocity = True
 

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
+from ..diffusion.parameterization import PREDICTIONS, Parameterization
 from ..diffusion.schedules.base import NoiseSchedule
 from .engine import DiffusionEngine
 
 DIFFUSERS_VERSION = "0.42.1"  # the version the layout was written and tested against
 LIBRARY = "pyramid_dm.pipelines"  # the module holding the component and pipeline classes model_index.json names
 CONTINUOUS_T = 1000  # diffusers' table length for a continuous-time schedule
-NATIVE = {"eps": "epsilon", "x0": "sample", "v": "v_prediction", "edm": "sample"}
 # our samplers -> the diffusers scheduler a model's exported default uses (anything else: DDIM)
 SCHEDULER_OF = {"ddim": "DDIMScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler"}
 PIPELINE_FILE = '''"""pyramid_dm's pipeline, for ``DiffusionPipeline.from_pretrained(FOLDER, trust_remote_code=True)``.
@@ -40,13 +40,17 @@ from pyramid_dm.pipelines import PyramidDMPipeline  # noqa: F401
 '''
 
 
+def parameterization(engine: DiffusionEngine) -> Parameterization:
+    return PREDICTIONS.lookup(engine.prediction)
+
+
 def unmapped_reason(engine: DiffusionEngine) -> str | None:
     """Why diffusers' schedulers cannot sample ``engine`` exactly (None: they can)."""
     if engine.num_levels > 1:
         return f"a {engine.num_levels}-level model: each level has its own schedule and conditioning"
     if engine.objective.model_kind != "diffusion":
         return f"a {engine.objective.name} model: it samples with its own {engine.objective.model_kind} sampler"
-    if engine.prediction == "flow" and not engine.schedules[0].straight_path:
+    if parameterization(engine).velocity and not engine.schedules[0].straight_path:
         return "a flow network on a curved schedule"
     return None
 
@@ -70,7 +74,7 @@ def scheduler_config(engine: DiffusionEngine) -> dict | None:
         return None
     schedule = engine.schedules[0]
     head = {"_diffusers_version": DIFFUSERS_VERSION}
-    if engine.prediction == "flow":
+    if parameterization(engine).velocity:
         return {**head, "_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": CONTINUOUS_T,
                 "shift": flow_shift(schedule)}  # fmt: skip
     T, betas = timestep_table(schedule)
@@ -82,7 +86,7 @@ def scheduler_config(engine: DiffusionEngine) -> dict | None:
         "_class_name": name,
         "num_train_timesteps": T,
         "trained_betas": betas,
-        "prediction_type": NATIVE[engine.prediction],
+        "prediction_type": parameterization(engine).diffusers or "sample",  # else D as "sample" (EDM)
         "timestep_spacing": "trailing" if schedule.zero_terminal_snr else "leading",
         "rescale_betas_zero_snr": schedule.zero_terminal_snr,
     }
@@ -98,7 +102,7 @@ def exact_schedulers(engine: DiffusionEngine) -> list[str]:
     """diffusers' schedulers that sample ``engine`` exactly from the exported config (``from_config``)."""
     if unmapped_reason(engine):
         return []
-    if engine.prediction == "flow":
+    if parameterization(engine).velocity:
         return ["FlowMatchEulerDiscreteScheduler"]
     found = ["DDIMScheduler", "DPMSolverMultistepScheduler"]
     return found + ([] if engine.first_stage.pixel_space else ["EulerDiscreteScheduler (integer timesteps)"])
@@ -114,7 +118,7 @@ def denoiser_config(ckpt: dict, engine: DiffusionEngine) -> dict:
         "hyper_parameters": ckpt["hyper_parameters"],
         "first_stage_spec": ckpt["pyramid_dm"].get("first_stage"),
         "num_train_timesteps": scheduler["num_train_timesteps"] if scheduler else CONTINUOUS_T,
-        "time_offset": 0 if engine.prediction == "flow" else 1,
+        "time_offset": 0 if parameterization(engine).velocity else 1,  # flow: the scheduler's sigma is t
     }
 
 
