@@ -12,12 +12,10 @@ before touching W&B, any panel key the run did not log.
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 from ..errors import UserError
-from ..eval.history import run_history
+from ..eval.history import run_history, run_summary
 from ..loggers import has_wandb_credentials, wandb_offline
 from ..views import VIEWS, View, matches, missing_keys, regex_of
 from .args import Parser
@@ -53,15 +51,13 @@ def wandb_run_dir(path: str) -> Path:
 def logged_keys(path: str) -> tuple[set[str], set[str]]:
     """(history keys, summary keys) of the run at ``path``; an image is logged as ``key`` (its parts flattened)."""
     run = wandb_run_dir(path)
-    rows = run_history(run)
+    try:
+        rows, summary = run_history(run), run_summary(run)
+    except RuntimeError as exc:
+        raise UserError(f"--run {path}: {exc}") from exc
     history = {k.split(".")[0] if "._type" in k or k.endswith(".count") else k for row in rows for k in row}
-    proc = subprocess.run(["wandb", "leet", "inspect", "--summary", "--json", str(run)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise UserError(f"cannot read the summary of W&B run {run}: {proc.stderr.strip()[-300:]}")
-    summary = json.loads(proc.stdout).get("summary", {})
-    keys = {k for k, v in summary.items() if not isinstance(v, dict)}
-    keys |= {f"{k}.{part}" for k, v in summary.items() if isinstance(v, dict) for part in v} | set(summary)
-    return history, keys
+    best = {f"{k}.{part}" for k, v in summary.items() if isinstance(v, dict) for part in v}  # val/loss.min
+    return history, set(summary) | best
 
 
 def describe(view: View) -> str:

@@ -108,9 +108,9 @@ def exact_schedulers(engine: DiffusionEngine) -> list[str]:
     return found + ([] if engine.first_stage.pixel_space else ["EulerDiscreteScheduler (integer timesteps)"])
 
 
-def denoiser_config(ckpt: dict, engine: DiffusionEngine) -> dict:
-    """``unet/config.json``: what :class:`pyramid_dm.pipelines.PyramidDMDenoiser` rebuilds the network from."""
-    scheduler = scheduler_config(engine)
+def denoiser_config(ckpt: dict, engine: DiffusionEngine, scheduler: dict | None) -> dict:
+    """``unet/config.json``: what :class:`pyramid_dm.pipelines.PyramidDMDenoiser` rebuilds the network from, with the
+    timestep convention of ``scheduler`` (:func:`scheduler_config`)."""
     return {
         "_class_name": "PyramidDMDenoiser",
         "_diffusers_version": DIFFUSERS_VERSION,
@@ -133,7 +133,7 @@ def write_diffusers_layout(ckpt: dict, engine: DiffusionEngine, out: Path, jsona
         "scheduler": ["diffusers", scheduler["_class_name"]] if scheduler else [None, None],
         "vae": [LIBRARY, "PyramidDMFirstStage"] if has_vae else [None, None],
     }
-    files = {"model_index.json": index, "unet/config.json": denoiser_config(ckpt, engine)}
+    files = {"model_index.json": index, "unet/config.json": denoiser_config(ckpt, engine, scheduler)}
     if scheduler:
         files["scheduler/scheduler_config.json"] = scheduler
     if has_vae:

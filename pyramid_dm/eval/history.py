@@ -25,3 +25,14 @@ def run_history(run_dir: str | Path, prefix: str = "") -> list[dict]:
         if keep:
             rows.append({"trainer/global_step": item.get("trainer/global_step"), **keep})
     return rows
+
+
+def run_summary(run_dir: str | Path) -> dict:
+    """The summary of a local run directory (``wandb leet inspect --summary``): each key's last value, or the
+    ``{"min"/"max": ..., "last": ...}`` that ``define_metric`` asked for."""
+    proc = subprocess.run(
+        ["wandb", "leet", "inspect", "--summary", "--json", str(run_dir)], capture_output=True, text=True, timeout=300
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"cannot read W&B run {run_dir}: {proc.stderr.strip()[-500:]}")
+    return json.loads(proc.stdout).get("summary", {})
